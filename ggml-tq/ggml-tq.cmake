@@ -1,0 +1,7 @@
+# Source lists of ggml-tq, shared by the project's CMakeLists.txt and the patched ggml build.
+get_filename_component(GGML_TQ_DIR ${CMAKE_CURRENT_LIST_DIR} ABSOLUTE)
+set(GGML_TQ_INCLUDE_DIRS ${GGML_TQ_DIR}/include ${GGML_TQ_DIR}/src)
+# scalar reference: ggml-base (type traits: to_float, from_float_ref)
+set(GGML_TQ_REF_SOURCES ${GGML_TQ_DIR}/src/tq-ref.c)
+# optimized kernels: ggml-cpu (from_float, vec_dot, flash attention)
+set(GGML_TQ_CPU_SOURCES ${GGML_TQ_DIR}/src/tq-cpu.c)

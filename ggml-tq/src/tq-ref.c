@@ -1,0 +1,261 @@
+// Scalar reference of the TQ formats: obvious code, the definition the optimized kernels,
+// the torch reference (python/ggml_tq/reference.py) and the CUDA kernels are checked against.
+#include "ggml-tq.h"
+#include "tq-codebook.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+// ---- fp16 ---------------------------------------------------------------------------------------
+
+float tq_fp16_to_fp32(tq_half h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp  = (h >> 10) & 0x1f;
+    const uint32_t man  = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { // subnormal: value = man * 2^-24, exact in float
+            float f = (float) man * 5.9604644775390625e-8f;
+            memcpy(&bits, &f, 4);
+            bits |= sign;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+tq_half tq_fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) {
+        return (tq_half)(sign | 0x7e00); // NaN stays NaN
+    }
+    if (ax >= 0x477ff000u) { // >= 65520 rounds to inf in IEEE: saturate instead, a scale must stay finite
+        return (tq_half)(sign | 0x7bff);
+    }
+    if (ax < 0x38800000u) { // below the smallest normal half: subnormal or zero, round to nearest even
+        if (ax < 0x33000000u) {
+            return (tq_half) sign; // below half of the smallest subnormal
+        }
+        const uint32_t e     = ax >> 23;
+        const uint32_t m     = (ax & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e;          // 14 + (113 - e) - 1 + 1
+        uint32_t       h     = m >> shift;
+        const uint32_t rem   = m & ((1u << shift) - 1);
+        const uint32_t half  = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) {
+            h++;
+        }
+        return (tq_half)(sign | h);
+    }
+    // normal: rebias the exponent, round the 13 dropped mantissa bits to nearest even
+    uint32_t h = ((ax - 0x38000000u) >> 13);
+    const uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) {
+        h++;
+    }
+    return (tq_half)(sign | h);
+}
+
+const float * tq_codebook(int bits) {
+    switch (bits) {
+        case 2: return tq_centroids_2bit;
+        case 3: return tq_centroids_3bit;
+        case 4: return tq_centroids_4bit;
+        default: return NULL;
+    }
+}
+
+// ---- rotation -----------------------------------------------------------------------------------
+
+// In-place 64-point Walsh-Hadamard transform, unnormalized. The butterfly order is part of the
+// format's definition: the torch reference and the SIMD kernels use the same stages, so that
+// dequantized values agree bit for bit.
+static void tq_fwht64(float * v) {
+    for (int h = 1; h < QK_TQ; h <<= 1) {
+        for (int i = 0; i < QK_TQ; i += 2*h) {
+            for (int j = i; j < i + h; ++j) {
+                const float a = v[j];
+                const float b = v[j + h];
+                v[j]     = a + b;
+                v[j + h] = a - b;
+            }
+        }
+    }
+}
+
+void tq_rotate_row(const float * x, float * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        float v[QK_TQ];
+        for (int j = 0; j < QK_TQ; ++j) {
+            v[j] = x[ib*QK_TQ + j]*tq_signs[j];
+        }
+        tq_fwht64(v);
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[ib*QK_TQ + j] = v[j]*0.125f;
+        }
+    }
+}
+
+void tq_unrotate_row(const float * x, float * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        float v[QK_TQ];
+        memcpy(v, x + ib*QK_TQ, sizeof(v));
+        tq_fwht64(v);
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[ib*QK_TQ + j] = v[j]*0.125f*tq_signs[j];
+        }
+    }
+}
+
+// ---- quantize -----------------------------------------------------------------------------------
+
+// Rotates and normalizes one block and picks each coordinate's centroid index.
+// Returns the scale d to store (0 for an all-zero block, whose indices are then all 0).
+static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
+    const float * boundaries = bits == 4 ? tq_boundaries_4bit : tq_boundaries_3bit;
+    const float * centroids  = bits == 4 ? tq_centroids_4bit  : tq_centroids_3bit;
+    const int     nb         = (1 << bits) - 1;
+
+    float amax = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) {
+        amax = fmaxf(amax, fabsf(x[j]));
+    }
+    if (amax == 0.0f) {
+        memset(idx, 0, QK_TQ);
+        return 0.0f;
+    }
+
+    // divide by the largest magnitude first: the sum of squares can then neither overflow nor underflow
+    const float inv_amax = 1.0f/amax;
+    float y[QK_TQ];
+    for (int j = 0; j < QK_TQ; ++j) {
+        y[j] = x[j]*inv_amax*tq_signs[j];
+    }
+    tq_fwht64(y);
+
+    float sumsq = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) {
+        y[j] *= 0.125f;
+        sumsq += y[j]*y[j];
+    }
+    const float norm     = sqrtf(sumsq);
+    const float inv_norm = 1.0f/norm;
+
+    float csumsq = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) {
+        const float z = y[j]*inv_norm;
+        int i = 0;
+        while (i < nb && boundaries[i] < z) { // ties go to the lower centroid
+            ++i;
+        }
+        idx[j] = (uint8_t) i;
+        csumsq += centroids[i]*centroids[i];
+    }
+    return amax*(norm/sqrtf(csumsq));
+}
+
+void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        uint8_t idx[QK_TQ];
+        y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 4, idx));
+        for (int j = 0; j < QK_TQ/2; ++j) {
+            y[ib].qs[j] = (uint8_t)(idx[j] | (idx[j + QK_TQ/2] << 4));
+        }
+    }
+}
+
+void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        uint8_t idx[QK_TQ];
+        y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 3, idx));
+        memset(y[ib].qs, 0, sizeof(y[ib].qs));
+        memset(y[ib].qh, 0, sizeof(y[ib].qh));
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[ib].qs[j % 16] |= (uint8_t)((idx[j] & 3) << (2*(j/16)));
+            y[ib].qh[j % 8]  |= (uint8_t)((idx[j] >> 2) << (j/8));
+        }
+    }
+}
+
+static inline int tq4_0_index(const block_tq4_0 * b, int j) {
+    return j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
+}
+
+static inline int tq3_0_index(const block_tq3_0 * b, int j) {
+    return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+}
+
+size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    const size_t row_size = (size_t)(n_per_row/QK_TQ)*sizeof(block_tq4_0);
+    for (int64_t r = 0; r < nrows; ++r) {
+        quantize_row_tq4_0_ref(src + r*n_per_row, (block_tq4_0 *)((char *) dst + r*row_size), n_per_row);
+    }
+    return nrows*row_size;
+}
+
+size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    const size_t row_size = (size_t)(n_per_row/QK_TQ)*sizeof(block_tq3_0);
+    for (int64_t r = 0; r < nrows; ++r) {
+        quantize_row_tq3_0_ref(src + r*n_per_row, (block_tq3_0 *)((char *) dst + r*row_size), n_per_row);
+    }
+    return nrows*row_size;
+}
+
+// ---- dequantize and rotated-domain kernels ------------------------------------------------------
+
+#define TQ_DEFINE_DECODERS(NAME, BITS)                                                            \
+void dequantize_row_##NAME(const block_##NAME * x, float * y, int64_t k) {                         \
+    assert(k % QK_TQ == 0);                                                                        \
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
+        float v[QK_TQ];                                                                            \
+        for (int j = 0; j < QK_TQ; ++j) {                                                          \
+            v[j] = tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];                              \
+        }                                                                                          \
+        tq_fwht64(v);                                                                              \
+        const float ds = tq_fp16_to_fp32(x[ib].d)*0.125f;                                          \
+        for (int j = 0; j < QK_TQ; ++j) {                                                          \
+            y[ib*QK_TQ + j] = v[j]*ds*tq_signs[j];                                                 \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+float NAME##_dot_rotated_ref(const block_##NAME * x, const float * q_rot, int64_t k) {             \
+    assert(k % QK_TQ == 0);                                                                        \
+    float sum = 0.0f;                                                                              \
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
+        float s = 0.0f;                                                                            \
+        for (int j = 0; j < QK_TQ; ++j) {                                                          \
+            s += q_rot[ib*QK_TQ + j]*tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];            \
+        }                                                                                          \
+        sum += s*tq_fp16_to_fp32(x[ib].d);                                                         \
+    }                                                                                              \
+    return sum;                                                                                    \
+}                                                                                                  \
+void NAME##_mad_rotated_ref(const block_##NAME * x, float * acc, float w, int64_t k) {             \
+    assert(k % QK_TQ == 0);                                                                        \
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
+        const float wd = w*tq_fp16_to_fp32(x[ib].d);                                               \
+        for (int j = 0; j < QK_TQ; ++j) {                                                          \
+            acc[ib*QK_TQ + j] += wd*tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];             \
+        }                                                                                          \
+    }                                                                                              \
+}
+
+TQ_DEFINE_DECODERS(tq4_0, 4)
+TQ_DEFINE_DECODERS(tq3_0, 3)
