@@ -37,8 +37,18 @@ typedef struct {
     uint8_t qh[QK_TQ/8];
 } block_tq3_0;
 
-_Static_assert(sizeof(block_tq4_0) == sizeof(tq_half) + QK_TQ/2,           "wrong tq4_0 block size/padding");
-_Static_assert(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wrong tq3_0 block size/padding");
+// the query of attention over TQ keys, rotated once into the blocks' domain (ggml's vec_dot_type of TQ types)
+typedef struct {
+    float qs[QK_TQ];
+} block_tq_rot_f32;
+
+#ifdef __cplusplus
+#define TQ_STATIC_ASSERT static_assert
+#else
+#define TQ_STATIC_ASSERT _Static_assert
+#endif
+TQ_STATIC_ASSERT(sizeof(block_tq4_0) == sizeof(tq_half) + QK_TQ/2,           "wrong tq4_0 block size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wrong tq3_0 block size/padding");
 
 // ---- scalar reference (tq-ref.c): the definition of the formats --------------------------------
 // k is the number of values, a multiple of QK_TQ. Non-finite input is the caller's to reject:
@@ -77,6 +87,12 @@ float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k);
 void  tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k);
 const char * tq_cpu_variant(void); // "avx2", "neon" or "scalar": what tq-cpu.c was compiled for
+
+// ---- ggml glue (tq-ggml-cpu.c): ggml's vec_dot / from_float signatures ---------------------------
+// vec_dot of a TQ row (x) against a row of block_tq_rot_f32 (y); nrc must be 1.
+void ggml_vec_dot_tq4_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void ggml_vec_dot_tq3_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void quantize_row_tq_rot_f32(const float * x, void * y, int64_t k); // rotates q into block_tq_rot_f32
 
 // ---- helpers ------------------------------------------------------------------------------------
 float   tq_fp16_to_fp32(tq_half h);

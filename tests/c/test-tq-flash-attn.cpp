@@ -1,0 +1,156 @@
+// CPU flash attention over TQ K/V against the same attention over the dequantized (f32) K/V.
+//
+// test-backend-ops -b CPU compares the CPU with itself; this test is the CPU's correctness check of the
+// rotated-domain paths (row-by-row, split-KV decode, tiled prefill): scores against a rotated query and
+// values summed rotated must equal ordinary attention over dequantize(K), dequantize(V) to float rounding.
+// Built against the patched ggml by tests/test_llama_cpu.py; exits non-zero on any failure.
+#include "ggml.h"
+#include "ggml-cpu.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+static std::mt19937 rng(1234);
+
+static void fill(std::vector<float> & x, float scale, int outlier_every) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = scale*nd(rng);
+        if (outlier_every && i % outlier_every == 3) {
+            x[i] *= 12.0f; // outlier channels, as real K caches have
+        }
+    }
+}
+
+struct result { double max_abs; double ref_max; bool finite; };
+
+// attention with K/V of type kv_type (made from k32/v32 by quantization) vs the dequantized K/V in f32
+static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv, int gqa, int n_kv, int n_q, int n_threads, bool sinks) {
+    const int n_head = n_head_kv*gqa;
+    std::vector<float> q(D*n_q*n_head), k(D*n_kv*n_head_kv), v(D*n_kv*n_head_kv);
+    fill(q, 1.0f, 0);
+    fill(k, 1.0f, 64);
+    fill(v, 1.0f, 0);
+
+    // dequantized copies: what the TQ cache really holds
+    std::vector<float> kd(k.size()), vd(v.size());
+    const auto roundtrip = [](ggml_type t, const std::vector<float> & x, std::vector<float> & y, int ne0) {
+        if (t == GGML_TYPE_F16 || t == GGML_TYPE_F32) {
+            for (size_t i = 0; i < x.size(); ++i) y[i] = ggml_fp16_to_fp32(ggml_fp32_to_fp16(x[i]));
+            if (t == GGML_TYPE_F32) y = x;
+            return;
+        }
+        const int64_t rows = x.size()/ne0;
+        std::vector<uint8_t> buf(ggml_row_size(t, ne0)*rows);
+        ggml_quantize_chunk(t, x.data(), buf.data(), 0, rows, ne0, nullptr);
+        ggml_get_type_traits(t)->to_float(buf.data(), y.data(), x.size());
+    };
+    roundtrip(type_k, k, kd, D);
+    roundtrip(type_v, v, vd, D);
+
+    const size_t mem = 64*1024*1024 + 8*(q.size() + 2*k.size())*sizeof(float);
+    ggml_init_params ip = { mem, nullptr, false };
+    ggml_context * ctx = ggml_init(ip);
+
+    ggml_tensor * tq  = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, D, n_q, n_head, 1);
+    memcpy(tq->data, q.data(), ggml_nbytes(tq));
+    ggml_tensor * tk  = ggml_new_tensor_4d(ctx, type_k, D, n_kv, n_head_kv, 1);
+    ggml_tensor * tv  = ggml_new_tensor_4d(ctx, type_v, D, n_kv, n_head_kv, 1);
+    const auto store = [](ggml_tensor * t, const std::vector<float> & x) {
+        if (t->type == GGML_TYPE_F32) { memcpy(t->data, x.data(), ggml_nbytes(t)); return; }
+        if (t->type == GGML_TYPE_F16) { ggml_fp32_to_fp16_row(x.data(), (ggml_fp16_t *) t->data, x.size()); return; }
+        ggml_quantize_chunk(t->type, x.data(), t->data, 0, x.size()/t->ne[0], t->ne[0], nullptr);
+    };
+    store(tk, k);
+    store(tv, v);
+    // the reference holds a TQ side as its f32 dequantization and keeps an f16 side as it is, so that
+    // both graphs round Q and the V sum to f16 alike where upstream's f16 path does
+    const auto ref_type = [](ggml_type t) { return t == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32; };
+    ggml_tensor * tk32 = ggml_new_tensor_4d(ctx, ref_type(type_k), D, n_kv, n_head_kv, 1);
+    ggml_tensor * tv32 = ggml_new_tensor_4d(ctx, ref_type(type_v), D, n_kv, n_head_kv, 1);
+    store(tk32, kd);
+    store(tv32, vd);
+
+    // causal-style mask with some fully visible rows and some masked keys
+    ggml_tensor * mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv, n_q, 1, 1);
+    ggml_fp16_t * mp = (ggml_fp16_t *) mask->data;
+    for (int i = 0; i < n_q; ++i) {
+        for (int j = 0; j < n_kv; ++j) {
+            mp[i*n_kv + j] = ggml_fp32_to_fp16(j > n_kv - n_q + i ? -INFINITY : 0.0f);
+        }
+    }
+    ggml_tensor * tsinks = nullptr;
+    if (sinks) {
+        tsinks = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_head);
+        for (int h = 0; h < n_head; ++h) ((float *) tsinks->data)[h] = 0.5f*h - 1.0f;
+    }
+
+    const float scale = 1.0f/sqrtf((float) D);
+    ggml_tensor * out_tq  = ggml_flash_attn_ext(ctx, tq, tk,   tv,   mask, scale, 0.0f, 0.0f);
+    ggml_tensor * out_ref = ggml_flash_attn_ext(ctx, tq, tk32, tv32, mask, scale, 0.0f, 0.0f);
+        if (tsinks) {
+        ggml_flash_attn_ext_add_sinks(out_tq,  tsinks);
+        ggml_flash_attn_ext_add_sinks(out_ref, tsinks);
+    }
+
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out_tq);
+    ggml_build_forward_expand(gf, out_ref);
+    ggml_graph_compute_with_ctx(ctx, gf, n_threads);
+
+    result r = { 0.0, 0.0, true };
+    const float * a = (const float *) out_tq->data;
+    const float * b = (const float *) out_ref->data;
+    for (int64_t i = 0; i < ggml_nelements(out_tq); ++i) {
+        if (!std::isfinite(a[i])) r.finite = false;
+        r.max_abs = std::max(r.max_abs, (double) fabsf(a[i] - b[i]));
+        r.ref_max = std::max(r.ref_max, (double) fabsf(b[i]));
+    }
+    ggml_free(ctx);
+    return r;
+}
+
+int main() {
+    int passed = 0, failed = 0;
+    // float rounding only: rotated vs unrotated order of the same sums
+    const double tol = 2e-5;
+    for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }) {
+        for (int D : { 64, 128, 256 }) {
+            for (int gqa : { 1, 4, 8 }) {
+                // n_q = 1 with >= 512 keys takes split-KV; >= 64 query rows take the tiled path
+                for (int n_kv : { 113, 1024 }) {
+                    for (int n_q : { 1, 3, 64, 75 }) {
+                        for (int nth : { 1, 2 }) {
+                            const bool sinks = (n_q == 3);
+                            result r = run_case(t, t, D, 2, gqa, n_kv, n_q, nth, sinks);
+                            const double rel = r.max_abs/r.ref_max;
+                            const bool ok = r.finite && rel < tol;
+                            (ok ? passed : failed)++;
+                            if (!ok) {
+                                printf("FAIL %s D=%d gqa=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
+                                       ggml_type_name(t), D, gqa, n_kv, n_q, nth, rel);
+                            }
+                        }
+                    }
+                }
+            }
+            // mixed K/V types take the row-by-row path
+            for (auto kv : { std::make_pair(t, GGML_TYPE_F16), std::make_pair(GGML_TYPE_F16, t) }) {
+                result r = run_case(kv.first, kv.second, D, 2, 4, 600, 1, 2, false);
+                const double rel = r.max_abs/r.ref_max;
+                // an f16 V is summed in an f16 accumulator (upstream's path): the last-bit differences
+                // of the scores surface through its rounding (f16 epsilon 9.8e-4), not through ours
+                const bool ok = r.finite && rel < (kv.second == GGML_TYPE_F16 ? 1e-3 : tol);
+                (ok ? passed : failed)++;
+                if (!ok) {
+                    printf("FAIL K=%s V=%s D=%d: max rel diff %.3g\n", ggml_type_name(kv.first), ggml_type_name(kv.second), D, rel);
+                }
+            }
+        }
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

