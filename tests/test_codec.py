@@ -1,0 +1,178 @@
+"""The Python API of the C library: types, validation, round trips, accuracy, rotated-domain kernels."""
+import numpy as np
+import pytest
+
+import ggml_tq as G
+from ggml_tq import reference as R
+
+TYPES = ("tq4_0", "tq3_0")
+
+
+def _gauss(rows, n, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal((rows, n)) * scale).astype(np.float32)
+
+
+# ---- types --------------------------------------------------------------------------------------
+
+def test_type_info_values():
+    t4, t3 = G.type_info("tq4_0"), G.type_info("tq3_0")
+    assert (t4.block_size, t4.type_size, t4.bits_per_value, t4.bits) == (64, 34, 4.25, 4)
+    assert (t3.block_size, t3.type_size, t3.bits_per_value, t3.bits) == (64, 26, 3.25, 3)
+    assert G.GGML_TYPE_TQ4_0 == 43 and G.GGML_TYPE_TQ3_0 == 44
+    assert t4.ggml_type == 43 and t3.ggml_type == 44
+    assert G.type_info(43) is t4 and G.type_info("TQ3_0") is t3
+    assert R.type_info("tq4_0") == t4
+
+
+@pytest.mark.parametrize("mod", [G, R])
+def test_wrong_type_name(mod):
+    with pytest.raises(ValueError, match=r"tq5_0.*'tq4_0', 'tq3_0'"):
+        mod.quantize(np.zeros((1, 64), np.float32), "tq5_0")
+    with pytest.raises(ValueError, match="tq4_0"):
+        mod.type_info("q4_0")
+    with pytest.raises(ValueError, match="43"):
+        G.type_info(42)
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mod", [G, R])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_names_first_bad_row(mod, bad):
+    x = _gauss(6, 128)
+    x[3, 70] = bad
+    x[5, 0] = bad
+    with pytest.raises(ValueError, match=r"row 3 .*(NaN|Inf)"):
+        mod.quantize(x, "tq4_0")
+
+
+@pytest.mark.parametrize("mod", [G, R])
+@pytest.mark.parametrize("n", [0, 63, 100, 130])
+def test_length_not_multiple_of_64(mod, n):
+    with pytest.raises(ValueError, match=rf"length {n}\b"):
+        mod.quantize(np.ones((2, n), np.float32), "tq3_0")
+
+
+def test_dequantize_length_checks():
+    q = G.quantize(_gauss(2, 128), "tq4_0")
+    with pytest.raises(ValueError, match="length 100"):
+        G.dequantize(q, "tq4_0", 100)
+    with pytest.raises(ValueError, match="68 bytes"):
+        G.dequantize(q[:, :60], "tq4_0", 128)
+    with pytest.raises(TypeError):
+        G.dequantize(q.astype(np.int16), "tq4_0", 128)
+
+
+@pytest.mark.parametrize("mod", [G, R])
+def test_block_norm_above_fp16_max_names_row(mod):
+    x = _gauss(4, 128)
+    x[2, 64:] *= 70000.0 / np.linalg.norm(x[2, 64:])
+    with pytest.raises(ValueError, match=r"row 2: block 1 .*65504"):
+        mod.quantize(x, "tq4_0")
+    x[2, 64:] *= 62000.0 / 70000.0   # under the limit (|c| = 0.975 here: scale 63600): accepted, same norm
+    if mod is G:
+        y = G.dequantize(G.quantize(x, "tq4_0"), "tq4_0", 128)
+        assert abs(np.linalg.norm(y[2, 64:]) / 62000.0 - 1) < 2e-3
+
+
+def test_scale_that_would_saturate_is_rejected():
+    # every rotated coordinate equal to 1/8: tq3_0 codes 0.125 as 0.0938, |c| = 0.75, d = |x|/0.75
+    z = np.full((1, 64), 0.125, np.float32)
+    x = G.unrotate(z)
+    x *= 60000.0 / np.linalg.norm(x)          # norm under 65504, scale 80000 over it
+    assert np.abs(G.rotate(x)[0] / np.linalg.norm(x) - 0.125).max() < 1e-6
+    with pytest.raises(ValueError, match=r"row 0: block 0 needs scale"):
+        G.quantize(x, "tq3_0")
+    G.quantize(x * 0.75, "tq3_0")             # scale 60000: fine
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_all_zero_rows_and_blocks(t):
+    x = _gauss(4, 192)
+    x[1] = 0.0
+    x[3, 64:128] = 0.0
+    for mod in (G, R):
+        q = np.asarray(mod.quantize(x, t))
+        y = np.asarray(mod.dequantize(q, t, 192))
+        assert np.isfinite(y).all()
+        assert not y[1].any() and not y[3, 64:128].any()
+        assert not q[1].any()                    # d = 0 and all indices 0
+    assert G.dot_rotated(G.quantize(x, t), G.rotate(x[0])[0], t)[1] == 0.0
+
+
+def test_input_conversion():
+    x64 = np.random.default_rng(1).standard_normal(256)            # 1-D float64: one row
+    q = G.quantize(x64, "tq4_0")
+    assert q.shape == (1, 4 * 34) and q.dtype == np.uint8
+    np.testing.assert_array_equal(q, G.quantize(x64.astype(np.float32)[None], "tq4_0"))
+    np.testing.assert_array_equal(G.quantize(x64.astype(np.float16), "tq4_0"),
+                                  G.quantize(x64.astype(np.float16).astype(np.float32), "tq4_0"))
+    with pytest.raises(TypeError, match="floating"):
+        G.quantize(np.ones((1, 64), np.int32), "tq4_0")
+    with pytest.raises(ValueError, match="1-D .* or 2-D"):
+        G.quantize(np.ones((2, 2, 64), np.float32), "tq4_0")
+    with pytest.raises(ValueError, match="row 0 holds Inf"):          # float64 beyond float32's range
+        G.quantize(np.full(64, 1e300), "tq4_0")
+    assert G.quantize(np.zeros((0, 128), np.float32), "tq3_0").shape == (0, 52)
+
+
+# ---- accuracy and kernels -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("t,mse_max", [("tq4_0", 0.0100), ("tq3_0", 0.0360)])
+def test_unit_vector_mse(t, mse_max):
+    x = _gauss(4096, 128, seed=7)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = G.dequantize(G.quantize(x, t), t, 128)
+    mse = float(np.mean(np.sum((x.astype(np.float64) - y) ** 2, axis=1)))
+    assert mse <= mse_max
+    assert mse > mse_max * 0.5                # and not suspiciously good (e.g. a lossless bypass)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_norm_correction_keeps_block_norms(t):
+    x = _gauss(256, 128, seed=3, scale=3.0)
+    y = G.dequantize(G.quantize(x, t), t, 128)
+    nx = np.linalg.norm(x.reshape(-1, 64), axis=1)
+    ny = np.linalg.norm(y.reshape(-1, 64).astype(np.float64), axis=1)
+    assert np.abs(ny / nx - 1).max() < 1e-3    # fp16 scale: relative error <= 2^-11
+
+
+def test_rotation_is_orthonormal_and_inverted():
+    x = _gauss(8, 256, seed=4)
+    y = G.rotate(x)
+    np.testing.assert_allclose(np.linalg.norm(y.reshape(-1, 64), axis=1),
+                               np.linalg.norm(x.reshape(-1, 64), axis=1), rtol=1e-5)
+    np.testing.assert_allclose(G.unrotate(y), x, atol=1e-5)
+    for impl in ("ref", "cpu"):
+        np.testing.assert_array_equal(G.rotate(x, impl=impl), R.rotate(x).numpy())
+        np.testing.assert_array_equal(G.unrotate(y, impl=impl), R.unrotate(y).numpy())
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("impl", ["ref", "cpu"])
+def test_dot_rotated_equals_dot_with_dequantized(t, impl):
+    x = _gauss(64, 256, seed=5)
+    q = G.quantize(x, t)
+    y = G.dequantize(q, t, 256).astype(np.float64)
+    query = _gauss(1, 256, seed=6)
+    s = G.dot_rotated(q, G.rotate(query)[0], t, impl=impl)
+    assert s.shape == (64,) and s.dtype == np.float32
+    np.testing.assert_allclose(s, y @ query[0].astype(np.float64), rtol=1e-4, atol=1e-4)
+    # one query per row, and the torch reference's sum order gives the same floats
+    qs = _gauss(64, 256, seed=8)
+    s2 = G.dot_rotated(q, G.rotate(qs), t, impl=impl)
+    np.testing.assert_allclose(s2, np.sum(y * qs, axis=1), rtol=1e-4, atol=1e-4)
+    if impl == "ref":
+        np.testing.assert_array_equal(s2, R.dot_rotated(q, R.rotate(qs), t).numpy())
+    with pytest.raises(ValueError, match="rows"):
+        G.dot_rotated(q, G.rotate(qs[:3]), t)
+
+
+def test_bad_impl():
+    with pytest.raises(ValueError, match="impl"):
+        G.quantize(_gauss(1, 64), "tq4_0", impl="avx")
+
+
+def test_cpu_variant():
+    v = G.cpu_variant()                      # "scalar", "avx2", "avx512", "neon", ...: what tq-cpu.c was built for
+    assert isinstance(v, str) and v.isidentifier()
