@@ -62,7 +62,7 @@ ffibuilder.set_source(
     include_dirs=[_rel("ggml-tq", "include"), _rel("ggml-tq", "src")],
     # -std=c11 (not gnu11) also means -ffp-contract=off: no fused multiply-adds, so the float
     # operations are exactly the ones tq-ref.c writes, the ones the torch reference repeats.
-    extra_compile_args=["-O2", "-march=native", "-std=c11"],
+    extra_compile_args=["-O2", "-march=native", "-std=c11", "-ffp-contract=off"],
     libraries=["m"],
 )
 

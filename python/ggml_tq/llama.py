@@ -74,3 +74,72 @@ def default_model() -> Path:
     if not found:
         raise FileNotFoundError(f"no .gguf file in {folder}")
     return found[0]
+
+
+# ---- state files -------------------------------------------------------------------------------------
+# A state file holds the KV cache in its own type, so it can only be restored into a context with the
+# same cache types and model. The header says which; load_state_file checks it (and a checksum) before it
+# touches the context, so a mismatched or corrupt file is refused with a clear error and loses nothing.
+_STATE_MAGIC = b"GGTQSTAT"
+_STATE_VERSION = 1
+
+
+def _cache_type_name(t: int) -> str:
+    for name, value in CACHE_TYPES.items():
+        if value == t:
+            return name
+    return f"ggml_type {t}"
+
+
+def save_state_file(llm, path) -> None:
+    """Write llm's state (KV cache, tokens, last logits) to path."""
+    import hashlib
+    import struct
+    import numpy as np
+    state = llm.save_state()
+    ids = np.asarray(state.input_ids[: state.n_tokens], dtype=np.int32)
+    last = np.asarray(state.scores[state.n_tokens - 1] if state.n_tokens else np.zeros(llm.n_vocab()), dtype=np.float32)
+    payload = ids.tobytes() + last.tobytes() + bytes(state.llama_state)
+    header = struct.pack("<8sIIIIIIQ", _STATE_MAGIC, _STATE_VERSION, llm.context_params.type_k, llm.context_params.type_v,
+                         llm.n_ctx(), llm.n_vocab(), state.n_tokens, len(state.llama_state))
+    with open(path, "wb") as f:
+        f.write(header + hashlib.sha256(payload).digest() + payload)
+
+
+def load_state_file(llm, path) -> None:
+    """Restore a state written by save_state_file; ValueError if it does not fit llm or is corrupt."""
+    import hashlib
+    import struct
+    import numpy as np
+    from llama_cpp.llama import LlamaState
+    with open(path, "rb") as f:
+        blob = f.read()
+    hsize = struct.calcsize("<8sIIIIIIQ")
+    if len(blob) < hsize + 32 or blob[:8] != _STATE_MAGIC:
+        raise ValueError(f"{path}: not a ggml-tq state file")
+    magic, version, type_k, type_v, n_ctx, n_vocab, n_tokens, state_size = struct.unpack_from("<8sIIIIIIQ", blob)
+    if version != _STATE_VERSION:
+        raise ValueError(f"{path}: state file version {version}, this ggml_tq reads {_STATE_VERSION}")
+    want_k, want_v = llm.context_params.type_k, llm.context_params.type_v
+    if (type_k, type_v) != (want_k, want_v):
+        raise ValueError(
+            f"{path}: saved with K/V cache types {_cache_type_name(type_k)}/{_cache_type_name(type_v)}, "
+            f"this context uses {_cache_type_name(want_k)}/{_cache_type_name(want_v)}: "
+            "restore it into a context with the types it was saved with")
+    if n_vocab != llm.n_vocab():
+        raise ValueError(f"{path}: saved for a model with {n_vocab} tokens, this model has {llm.n_vocab()}")
+    if n_tokens > llm.n_ctx():
+        raise ValueError(f"{path}: holds {n_tokens} tokens, more than this context's n_ctx={llm.n_ctx()}")
+    digest, payload = blob[hsize:hsize + 32], blob[hsize + 32:]
+    if len(payload) != 4 * n_tokens + 4 * n_vocab + state_size or hashlib.sha256(payload).digest() != digest:
+        raise ValueError(f"{path}: corrupt state file (size or checksum mismatch)")
+    ids = np.frombuffer(payload, dtype=np.int32, count=n_tokens)
+    last = np.frombuffer(payload, dtype=np.float32, count=n_vocab, offset=4 * n_tokens)
+    scores = np.zeros((n_tokens, n_vocab), dtype=np.single)
+    if n_tokens:
+        scores[-1] = last
+    input_ids = np.zeros(llm.n_ctx(), dtype=np.intc)
+    input_ids[:n_tokens] = ids
+    state = LlamaState(input_ids=input_ids, scores=scores, n_tokens=n_tokens,
+                       llama_state=payload[4 * n_tokens + 4 * n_vocab:], llama_state_size=state_size, seed=llm._seed)
+    llm.load_state(state)

@@ -1,0 +1,254 @@
+"""The patched llama.cpp on the CPU, through its real binaries and through llama-cpp-python.
+
+Needs tools/setup.sh to have run (build/llama.cpp/bin and .venv): the README's test command does it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ggml_tq import llama as tql
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "build" / "llama.cpp" / "bin"
+SRC = ROOT / "build" / "llama.cpp-src"
+MODEL = tql.default_model()
+PROMPT = "The capital of France is"
+
+
+def run(*args, timeout=600, env=None, check=False):
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args[0]} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def cli(*args, **kw):
+    return run(BIN / "llama-cli", "-m", MODEL, "-st", "--temp", "0", "-t", "2", "-fa", "on", *args, **kw)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """Random-weight llama GGUFs of a given head size (speed and shape tests only: the weights mean nothing)."""
+    made = {}
+
+    def make(head_dim: int, heads: int = 4, kv_heads: int = 2) -> Path:
+        if head_dim not in made:
+            out = tmp_path_factory.mktemp("models") / f"random-hd{head_dim}.gguf"
+            run(sys.executable, ROOT / "tools" / "make_random_llama.py", out, "--layers", 1, "--embd", head_dim * heads,
+                "--ff", 256, "--heads", heads, "--kv-heads", kv_heads, "--vocab", 1000, "--ctx", 4096,
+                env={"PYTHONPATH": str(SRC / "gguf-py")}, check=True)
+            made[head_dim] = out
+        return made[head_dim]
+    return make
+
+
+# ---- llama.cpp's own tests -----------------------------------------------------------------------------
+
+def test_quantize_fns_covers_tq_types():
+    p = run(BIN / "test-quantize-fns", "-v", check=True)
+    for t in ("tq4_0", "tq3_0"):
+        assert f"Testing {t}" in p.stdout
+        for what in ("absolute quantization error", "reference implementation error", "dot product error"):
+            assert any(line.startswith(t) and what in line and "ok" in line for line in p.stdout.splitlines()), (t, what)
+
+
+def test_backend_ops_cpu_runs_every_tq_case():
+    # -b CPU compares the CPU with itself: this proves the ops run and are supported, not that they are right
+    p = run(BIN / "test-backend-ops", "-b", "CPU", "-p", "tq[34]_0", check=True)
+    out = p.stdout
+    for op in ("FLASH_ATTN_EXT", "SET_ROWS", "CPY", "GET_ROWS", "MUL_MAT"):
+        assert f"  {op}(" in out, op
+    assert "type_K=tq4_0" in out and "type_K=tq3_0" in out
+    assert "1/1 backends passed" in out
+
+
+def test_cpu_flash_attention_matches_dequantized_reference(tmp_path):
+    exe = tmp_path / "test-tq-flash-attn"
+    run("g++", "-O2", "-std=c++17", ROOT / "tests/c/test-tq-flash-attn.cpp", "-I", SRC / "ggml/include",
+        "-L", BIN, "-lggml", "-lggml-base", "-lggml-cpu", f"-Wl,-rpath,{BIN}", "-o", exe, check=True)
+    p = run(exe, check=True)
+    assert p.stdout.strip().endswith("0 failed")
+
+
+# ---- the command-line tools ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cache", ["tq4_0", "tq3_0"])
+def test_cli_generates_with_tq_cache(cache):
+    p = cli("-p", "What is the capital of France? Answer in one sentence.", "-n", "24",
+            "-ctk", cache, "-ctv", cache, "-lv", "4", check=True)
+    assert "Paris" in p.stdout
+    log = p.stdout + p.stderr
+    assert f"K ({cache})" in log and f"V ({cache})" in log
+    assert "attn_rot_k = 0" in log  # TQ rotates its own blocks: upstream's rotation stays off
+
+
+def test_cli_rejects_unknown_cache_type_listing_valid_ones():
+    p = cli("-p", "hi", "-n", "1", "-ctk", "tq5_0")
+    assert p.returncode != 0
+    msg = p.stdout + p.stderr
+    assert "tq5_0" in msg and "tq4_0" in msg and "tq3_0" in msg and "q8_0" in msg
+
+
+def test_unsupported_head_size_is_refused_with_its_size(random_model):
+    model = random_model(80)  # head size 80: not a multiple of the 64-value TQ block
+    p = run(BIN / "llama-cli", "-m", model, "-st", "-p", "hi", "-n", "1", "-fa", "on", "-ctk", "tq4_0", "-ctv", "tq4_0")
+    assert p.returncode != 0
+    assert "n_embd_head_k=80" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_tq_cache_runs_at_head_sizes_128_and_256(random_model, head_dim):
+    model = random_model(head_dim)
+    p = run(BIN / "llama-cli", "-m", model, "-st", "-p", "hi there", "-n", "8", "--temp", "0", "-fa", "on",
+            "-ctk", "tq3_0", "-ctv", "tq4_0", "-t", "2", check=True)
+    assert "Generation:" in p.stdout + p.stderr
+
+
+def test_perplexity_takes_tq_cache(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(("The quick brown fox jumps over the lazy dog. " * 40 + "\n") * 4)
+    p = run(BIN / "llama-perplexity", "-m", MODEL, "-f", text, "-c", "128", "--chunks", "2", "-t", "2",
+            "-fa", "on", "-ctk", "tq4_0", "-ctv", "tq4_0", check=True)
+    assert "Final estimate: PPL" in p.stdout + p.stderr
+
+
+# ---- Python: llama-cpp-python on the patched library --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm():
+    return tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tq4_0", n_ctx=512, n_threads=2, verbose=False)
+
+
+def test_python_llama_completes_with_tq_cache(llm):
+    out = llm.create_completion(PROMPT, max_tokens=8, temperature=0.0)
+    assert "Paris" in out["choices"][0]["text"]
+    assert (llm.context_params.type_k, llm.context_params.type_v) == (43, 43)
+
+
+def test_python_llama_rejects_bad_type_name():
+    with pytest.raises(ValueError, match="tq4_0.*tq3_0"):
+        tql.Llama(str(MODEL), cache_type_k="tq5_0")
+
+
+def _next_logits(llm, tokens):
+    llm.reset()
+    llm.eval(tokens)
+    return np.array(llm.scores[llm.n_tokens - 1], copy=True)
+
+
+def test_state_round_trip_reproduces_next_token_logits(llm, tmp_path):
+    tokens = llm.tokenize(b"Once upon a time, in a small village by the sea,")
+    ref = _next_logits(llm, tokens)
+    path = tmp_path / "state.bin"
+    tql.save_state_file(llm, path)
+    _next_logits(llm, llm.tokenize(b"Something else entirely, to overwrite the cache."))
+    tql.load_state_file(llm, path)
+    np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), ref)
+    # the restored cache continues exactly like the original one
+    llm.eval(llm.tokenize(b" there", add_bos=False))
+    cont = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+    _next_logits(llm, tokens)
+    llm.eval(llm.tokenize(b" there", add_bos=False))
+    np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
+
+
+def test_state_file_refused_by_context_of_other_cache_type(llm, tmp_path):
+    path = tmp_path / "state.bin"
+    _next_logits(llm, llm.tokenize(b"Hello world"))
+    tql.save_state_file(llm, path)
+    other = tql.Llama(str(MODEL), cache_type_k="q8_0", cache_type_v="q8_0", n_ctx=512, n_threads=2, verbose=False)
+    with pytest.raises(ValueError, match="tq4_0/tq4_0.*q8_0/q8_0"):
+        tql.load_state_file(other, path)
+    assert other.n_tokens == 0  # refused before anything was touched
+
+
+def test_corrupt_state_file_is_refused(llm, tmp_path):
+    path = tmp_path / "state.bin"
+    _next_logits(llm, llm.tokenize(b"Hello world"))
+    tql.save_state_file(llm, path)
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="corrupt"):
+        tql.load_state_file(llm, path)
+    path.write_bytes(b"not a state file")
+    with pytest.raises(ValueError, match="not a ggml-tq state file"):
+        tql.load_state_file(llm, path)
+
+
+def test_llama_cpp_session_file_with_other_cache_type_is_refused(llm, tmp_path, capfd):
+    # llama.cpp's own session files (llama-cli --prompt-cache): the patched check names both types
+    import llama_cpp
+    path = str(tmp_path / "session.bin").encode()
+    tokens = llm.tokenize(b"Hello world")
+    _next_logits(llm, tokens)
+    arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+    assert llama_cpp.llama_state_save_file(llm._ctx.ctx, path, arr, len(tokens))
+    other = tql.Llama(str(MODEL), cache_type_k="q8_0", cache_type_v="q8_0", n_ctx=512, n_threads=2, verbose=True)
+    out = (llama_cpp.llama_token * 512)()
+    n = llama_cpp.ctypes.c_size_t(0)
+    ok = llama_cpp.llama_state_load_file(other._ctx.ctx, path, out, 512, llama_cpp.ctypes.byref(n))
+    assert not ok
+    err = capfd.readouterr().err
+    assert "mismatched key type (context q8_0, state tq4_0" in err
+
+
+# ---- llama-server with 4 parallel slots -------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port, payload, timeout=120):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def test_server_answers_four_concurrent_requests_with_tq_cache():
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN / "llama-server"), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port),
+                             "-ctk", "tq4_0", "-ctv", "tq4_0", "-fa", "on", "-np", "4", "-c", "2048", "-t", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+            assert time.time() < deadline, "llama-server did not become healthy"
+            time.sleep(0.5)
+        prompts = ["The capital of France is", "One, two, three, four,", "The opposite of hot is", "Water freezes at"]
+        payload = lambda p: {"prompt": p, "n_predict": 12, "temperature": 0, "cache_prompt": False}
+        # alone first: greedy decoding of each prompt, one at a time
+        alone = [_post(port, payload(p))["content"] for p in prompts]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda p: _post(port, payload(p)), prompts))
+        assert [r["content"] for r in together] == alone
+        assert all(r["content"].strip() for r in together)
+        assert "Paris" in together[0]["content"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
