@@ -52,7 +52,7 @@ TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wr
 
 // ---- scalar reference (tq-ref.c): the definition of the formats --------------------------------
 // k is the number of values, a multiple of QK_TQ. Non-finite input is the caller's to reject:
-// the reference maps an all-zero block to d = 0 and never produces NaN from finite input.
+// the reference maps an all-zero block (or one below FLT_MIN) to d = 0 and never produces NaN from finite input.
 void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k);
 void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k);
@@ -86,7 +86,7 @@ float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k);
 void  tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k);
-const char * tq_cpu_variant(void); // "avx2", "neon" or "scalar": what tq-cpu.c was compiled for
+const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what tq-cpu.c was compiled for
 
 // ---- ggml glue (tq-ggml-cpu.c): ggml's vec_dot / from_float signatures ---------------------------
 // vec_dot of a TQ row (x) against a row of block_tq_rot_f32 (y); nrc must be 1.

@@ -19,6 +19,7 @@
 #include "tq-codebook.h"
 
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -192,7 +193,7 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
         m = _mm512_max_ps(m, _mm512_abs_ps(v[i]));
     }
     const float amax = _mm512_reduce_max_ps(m);
-    if (amax == 0.0f) {
+    if (amax < FLT_MIN) { // also subnormal blocks: 1/amax would overflow, and d would underflow to 0 anyway
         for (int i = 0; i < 4; ++i) {
             _mm512_store_ps(sq + 16*i, _mm512_setzero_ps());
         }
@@ -455,7 +456,7 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
         m = _mm256_max_ps(m, _mm256_and_ps(v[i], absmask));
     }
     const float amax = tq_hmax(m);
-    if (amax == 0.0f) {
+    if (amax < FLT_MIN) { // also subnormal blocks: 1/amax would overflow, and d would underflow to 0 anyway
         for (int i = 0; i < 8; ++i) {
             _mm256_store_ps(sq + 8*i, _mm256_setzero_ps());
         }
@@ -747,7 +748,7 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
         m = vmaxq_f32(m, vabsq_f32(v[i]));
     }
     const float amax = vmaxvq_f32(m);
-    if (amax == 0.0f) {
+    if (amax < FLT_MIN) { // also subnormal blocks: 1/amax would overflow, and d would underflow to 0 anyway
         for (int i = 0; i < 16; ++i) {
             vst1q_f32(sq + 4*i, vdupq_n_f32(0.0f));
         }

@@ -4,6 +4,7 @@
 #include "tq-codebook.h"
 
 #include <assert.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -133,7 +134,7 @@ static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
     for (int j = 0; j < QK_TQ; ++j) {
         amax = fmaxf(amax, fabsf(x[j]));
     }
-    if (amax == 0.0f) {
+    if (amax < FLT_MIN) { // also subnormal blocks: 1/amax would overflow, and d would underflow to 0 anyway
         memset(idx, 0, QK_TQ);
         return 0.0f;
     }

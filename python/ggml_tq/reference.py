@@ -6,7 +6,7 @@ bytes equal the C reference's and dequantizing the same bytes gives the same flo
 what the parity tool uses to tell rounding ties from real mismatches.
 
 Quantizing a 64-value block x (tq-ref.c: tq_quantize_block):
-    amax = max |x_j|                          (amax == 0: d = 0, all indices 0)
+    amax = max |x_j|                          (amax < FLT_MIN: d = 0, all indices 0)
     y    = FWHT64(x * (1/amax) * sign) * 0.125   (butterfly stages h = 1, 2, 4, .., 32: a+b, a-b)
     norm = sqrt(sum_j y_j^2)                  (summed j = 0..63 in order; sqrt correctly rounded)
     z    = y * (1/norm)
@@ -166,7 +166,7 @@ def quantize_indices(x, type: TypeLike, dtype: torch.dtype = torch.float32,
         raise ValueError(f"norm_mode must be 'corrected' or 'raw', got {norm_mode!r}")
     b = _blocks(_rows(x, dtype))
     amax = b.abs().amax(dim=-1)
-    zero = amax == 0
+    zero = amax < torch.finfo(torch.float32).tiny  # subnormal blocks too, as in C: stored as zero
     one = torch.ones_like(amax)
     inv_amax = one / torch.where(zero, one, amax)         # an all-zero block: any finite value, masked below
     y = fwht64(b * inv_amax[..., None] * signs(dtype)) * 0.125
