@@ -11,7 +11,7 @@ HEADER = Path(__file__).resolve().parents[1] / "ggml-tq" / "src" / "tq-codebook.
 
 
 def _header_array(text: str, name: str) -> np.ndarray:
-    m = re.search(r"static const float " + re.escape(name) + r"\[\d+\] = \{(.*?)\};", text, re.S)
+    m = re.search(r"#define " + re.escape(name) + r" \{(.*?)\}", text.replace("\\\n", "\n"), re.S)
     assert m, f"{name} not found in {HEADER}"
     return np.array([float(v.strip().rstrip("f")) for v in m.group(1).split(",") if v.strip()], dtype=np.float32)
 
@@ -23,9 +23,9 @@ def test_header_regenerates_identically():
 def test_reference_tables_equal_header():
     text = HEADER.read_text()
     for bits in (2, 3, 4):
-        np.testing.assert_array_equal(reference.centroids(bits).numpy(), _header_array(text, f"tq_centroids_{bits}bit"))
-        np.testing.assert_array_equal(reference.boundaries(bits).numpy(), _header_array(text, f"tq_boundaries_{bits}bit"))
-    np.testing.assert_array_equal(reference.signs().numpy(), _header_array(text, "tq_signs"))
+        np.testing.assert_array_equal(reference.centroids(bits).numpy(), _header_array(text, f"TQ_CENTROIDS_{bits}BIT_INIT"))
+        np.testing.assert_array_equal(reference.boundaries(bits).numpy(), _header_array(text, f"TQ_BOUNDARIES_{bits}BIT_INIT"))
+    np.testing.assert_array_equal(reference.signs().numpy(), _header_array(text, "TQ_SIGNS_INIT"))
 
 
 def test_c_library_centroids_equal_reference():

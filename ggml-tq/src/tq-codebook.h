@@ -10,24 +10,32 @@
 // bit i set: coordinate i is negated before the Walsh-Hadamard transform (splitmix64(TQ_ROT_SEED))
 #define TQ_SIGN_MASK 0xc325a4cd5d474de1ull
 
-static const float tq_signs[64] = {
-    -1.0f, +1.0f, +1.0f, +1.0f, +1.0f, -1.0f, -1.0f, -1.0f, -1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f,
-    -1.0f, -1.0f, -1.0f, +1.0f, +1.0f, +1.0f, -1.0f, +1.0f, -1.0f, +1.0f, -1.0f, -1.0f, -1.0f, +1.0f, -1.0f, +1.0f,
-    -1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, -1.0f,
-    -1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, +1.0f, +1.0f, -1.0f, -1.0f,
-};
+// the same signs as a table (tq_signs) and as an initializer for other address spaces (CUDA __constant__)
+#define TQ_SIGNS_INIT { \
+    -1.0f, +1.0f, +1.0f, +1.0f, +1.0f, -1.0f, -1.0f, -1.0f, -1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, \
+    -1.0f, -1.0f, -1.0f, +1.0f, +1.0f, +1.0f, -1.0f, +1.0f, -1.0f, +1.0f, -1.0f, -1.0f, -1.0f, +1.0f, -1.0f, +1.0f, \
+    -1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, -1.0f, \
+    -1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, +1.0f, +1.0f, -1.0f, -1.0f, +1.0f, +1.0f, +1.0f, +1.0f, -1.0f, -1.0f, \
+}
+static const float tq_signs[64] = TQ_SIGNS_INIT;
 
 // 4 levels, expected unit-vector MSE 0.114526
-static const float tq_centroids_2bit[4] = { -1.874968559e-01f, -5.651487038e-02f, 5.651487038e-02f, 1.874968559e-01f };
+#define TQ_CENTROIDS_2BIT_INIT { -1.874968559e-01f, -5.651487038e-02f, 5.651487038e-02f, 1.874968559e-01f }
 // decision boundaries (midpoints): index = number of boundaries strictly below the value
-static const float tq_boundaries_2bit[3] = { -1.220058575e-01f, 0.000000000e+00f, 1.220058575e-01f };
+#define TQ_BOUNDARIES_2BIT_INIT { -1.220058575e-01f, 0.000000000e+00f, 1.220058575e-01f }
+static const float tq_centroids_2bit[4] = TQ_CENTROIDS_2BIT_INIT;
+static const float tq_boundaries_2bit[3] = TQ_BOUNDARIES_2BIT_INIT;
 
 // 8 levels, expected unit-vector MSE 0.033391
-static const float tq_centroids_3bit[8] = { -2.639139295e-01f, -1.661678553e-01f, -9.383226186e-02f, -3.046917915e-02f, 3.046917915e-02f, 9.383226186e-02f, 1.661678553e-01f, 2.639139295e-01f };
+#define TQ_CENTROIDS_3BIT_INIT { -2.639139295e-01f, -1.661678553e-01f, -9.383226186e-02f, -3.046917915e-02f, 3.046917915e-02f, 9.383226186e-02f, 1.661678553e-01f, 2.639139295e-01f }
 // decision boundaries (midpoints): index = number of boundaries strictly below the value
-static const float tq_boundaries_3bit[7] = { -2.150408924e-01f, -1.300000548e-01f, -6.215072051e-02f, 0.000000000e+00f, 6.215072051e-02f, 1.300000548e-01f, 2.150408924e-01f };
+#define TQ_BOUNDARIES_3BIT_INIT { -2.150408924e-01f, -1.300000548e-01f, -6.215072051e-02f, 0.000000000e+00f, 6.215072051e-02f, 1.300000548e-01f, 2.150408924e-01f }
+static const float tq_centroids_3bit[8] = TQ_CENTROIDS_3BIT_INIT;
+static const float tq_boundaries_3bit[7] = TQ_BOUNDARIES_3BIT_INIT;
 
 // 16 levels, expected unit-vector MSE 0.009132
-static const float tq_centroids_4bit[16] = { -3.307963014e-01f, -2.529137135e-01f, -1.988561451e-01f, -1.549255252e-01f, -1.164867505e-01f, -8.131176978e-02f, -4.808978364e-02f, -1.591902226e-02f, 1.591902226e-02f, 4.808978364e-02f, 8.131176978e-02f, 1.164867505e-01f, 1.549255252e-01f, 1.988561451e-01f, 2.529137135e-01f, 3.307963014e-01f };
+#define TQ_CENTROIDS_4BIT_INIT { -3.307963014e-01f, -2.529137135e-01f, -1.988561451e-01f, -1.549255252e-01f, -1.164867505e-01f, -8.131176978e-02f, -4.808978364e-02f, -1.591902226e-02f, 1.591902226e-02f, 4.808978364e-02f, 8.131176978e-02f, 1.164867505e-01f, 1.549255252e-01f, 1.988561451e-01f, 2.529137135e-01f, 3.307963014e-01f }
 // decision boundaries (midpoints): index = number of boundaries strictly below the value
-static const float tq_boundaries_4bit[15] = { -2.918550074e-01f, -2.258849293e-01f, -1.768908352e-01f, -1.357061416e-01f, -9.889926016e-02f, -6.470077485e-02f, -3.200440109e-02f, 0.000000000e+00f, 3.200440109e-02f, 6.470077485e-02f, 9.889926016e-02f, 1.357061416e-01f, 1.768908352e-01f, 2.258849293e-01f, 2.918550074e-01f };
+#define TQ_BOUNDARIES_4BIT_INIT { -2.918550074e-01f, -2.258849293e-01f, -1.768908352e-01f, -1.357061416e-01f, -9.889926016e-02f, -6.470077485e-02f, -3.200440109e-02f, 0.000000000e+00f, 3.200440109e-02f, 6.470077485e-02f, 9.889926016e-02f, 1.357061416e-01f, 1.768908352e-01f, 2.258849293e-01f, 2.918550074e-01f }
+static const float tq_centroids_4bit[16] = TQ_CENTROIDS_4BIT_INIT;
+static const float tq_boundaries_4bit[15] = TQ_BOUNDARIES_4BIT_INIT;

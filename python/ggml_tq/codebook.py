@@ -108,21 +108,25 @@ def render_header() -> str:
         "// bit i set: coordinate i is negated before the Walsh-Hadamard transform (splitmix64(TQ_ROT_SEED))",
         f"#define TQ_SIGN_MASK 0x{sign_mask():016x}ull",
         "",
-        f"static const float tq_signs[{QK_TQ}] = {{",
+        "// the same signs as a table (tq_signs) and as an initializer for other address spaces (CUDA __constant__)",
+        "#define TQ_SIGNS_INIT { \\",
     ]
     s = signs()
     for i in range(0, QK_TQ, 16):
-        lines.append("    " + ", ".join(f"{x:+.1f}f" for x in s[i:i + 16]) + ",")
-    lines.append("};")
+        lines.append("    " + ", ".join(f"{x:+.1f}f" for x in s[i:i + 16]) + ", \\")
+    lines.append("}")
+    lines.append(f"static const float tq_signs[{QK_TQ}] = TQ_SIGNS_INIT;")
     for bits in (2, 3, 4):
         c = lloyd_max_centroids(bits)
         mids = (c[1:] + c[:-1]) / 2
         lines += [
             "",
             f"// {1 << bits} levels, expected unit-vector MSE {expected_mse(c):.6f}",
-            f"static const float tq_centroids_{bits}bit[{1 << bits}] = {{ {_c_floats(c)} }};",
+            f"#define TQ_CENTROIDS_{bits}BIT_INIT {{ {_c_floats(c)} }}",
             f"// decision boundaries (midpoints): index = number of boundaries strictly below the value",
-            f"static const float tq_boundaries_{bits}bit[{(1 << bits) - 1}] = {{ {_c_floats(mids)} }};",
+            f"#define TQ_BOUNDARIES_{bits}BIT_INIT {{ {_c_floats(mids)} }}",
+            f"static const float tq_centroids_{bits}bit[{1 << bits}] = TQ_CENTROIDS_{bits}BIT_INIT;",
+            f"static const float tq_boundaries_{bits}bit[{(1 << bits) - 1}] = TQ_BOUNDARIES_{bits}BIT_INIT;",
         ]
     return "\n".join(lines) + "\n"
 
