@@ -252,3 +252,33 @@ def test_server_answers_four_concurrent_requests_with_tq_cache():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ---- llama.cpp's RPC backend: the cache and the attention live on an rpc-server -----------------------------
+
+def test_rpc_server_holds_and_attends_over_a_tq_cache():
+    port = _free_port()
+    server = subprocess.Popen([str(BIN / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, server.stdout.read().decode(errors="replace")[-2000:]
+            assert time.time() < deadline, "rpc-server did not start listening"
+            time.sleep(0.3)
+        p = cli("-p", "What is the capital of France? Answer in one sentence.", "-n", "24", "--rpc", f"127.0.0.1:{port}",
+                "-ngl", "99", "-dev", f"RPC0", "-ctk", "tq4_0", "-ctv", "tq4_0", "-lv", "4", check=True)
+        log = p.stdout + p.stderr
+        assert "Paris" in p.stdout
+        kv_lines = [line for line in log.splitlines() if "KV buffer size" in line]
+        assert kv_lines and all("RPC" in line for line in kv_lines), kv_lines
+        assert "K (tq4_0)" in log
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -46,9 +46,11 @@ BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_
 UPSTREAM = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0"]
 TQ = ["tq4_0", "tq3_0"]
 ALL_TYPES = UPSTREAM + TQ
-# extra rows: (row name, cache type, extra environment)
-EXTRAS = [("q4_0 norot", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
-          ("tq4_0 +rot", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"})]
+# extra rows: (row name, K type, V type, extra environment). K errors move the softmax, V errors only
+# average out, so a 4-bit K with a 3-bit V (3.75 bits per value) is measured too.
+EXTRAS = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
+          ("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
+          ("tq4_0/tq3_0", "tq4_0", "tq3_0", {})]
 ROT_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ")
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small
@@ -243,6 +245,10 @@ def parse_log(text):
 
 # ------------------------------------------------------------------------------------------------ verdict
 
+def uses_tq(r):
+    return r.get("type_k") in TQ or r.get("type_v") in TQ
+
+
 def curve_fit(rows):
     by = {r["name"]: r for r in rows}
     k4 = by.get("q4_0", {}).get("kld")
@@ -278,7 +284,7 @@ def table(rows, random_model):
             v = f"RUN FAILED rc={r['rc']}"
         elif r.get("kld") is None:
             v = "no KLD in output"
-        elif r["type"] in TQ:
+        elif uses_tq(r):
             if random_model:
                 v = "ran OK (quality n/a: random weights)"
             elif r.get("curve_kld") is None:
@@ -307,7 +313,8 @@ def plot(rows, fit, path, title):
             ax.annotate(r["name"], (r["bits"], r["kld"]), textcoords="offset points", fontsize=8,
                         xytext=(5, -10) if r["name"] == "iq4_nl" else (5, 5))
     style = {"tq4_0": ("*", "tab:red", "full"), "tq3_0": ("D", "tab:purple", "full"),
-             "tq4_0 +rot": ("*", "tab:red", "none"), "q4_0 norot": ("s", "tab:gray", "none")}
+             "tq4_0 +rot": ("*", "tab:red", "none"), "q4_0 norot": ("s", "tab:gray", "none"),
+             "tq4_0/tq3_0": ("P", "tab:orange", "full")}
     for r in ok:
         if r["name"] in style:
             m, c, fill = style[r["name"]]
@@ -353,17 +360,18 @@ def sweep(name, a, info_corpus):
     base_info["wall_s"] = round(dt, 1)
 
     rows = []
-    plan = [(t, t, {}) for t in a.types]
+    plan = [(t, t, t, {}) for t in a.types]
     if not a.no_extras:
-        for nm, t, env in EXTRAS:
-            if t in a.types:
-                plan.insert(plan.index((t, t, {})) + 1, (nm, t, env))
-    for nm, t, env in plan:
+        for nm, tk, tv, env in EXTRAS:
+            if tk in a.types and tv in a.types:
+                plan.insert(plan.index((tv, tv, tv, {})) + 1, (nm, tk, tv, env))
+    for nm, t, tv, env in plan:
         print(f"\n== {name}: {nm}")
-        logf = work / (nm.replace(" ", "_").replace("+", "plus") + ".log")
-        rc, out, dt = run([rel(perp)] + common + ["-ctk", t, "-ctv", t, "--kl-divergence", "--kl-divergence-base", rel(base)],
+        logf = work / (nm.replace(" ", "_").replace("+", "plus").replace("/", "-") + ".log")
+        rc, out, dt = run([rel(perp)] + common + ["-ctk", t, "-ctv", tv, "--kl-divergence", "--kl-divergence-base", rel(base)],
                           env=env, log=logf, check=False)
-        r = {"name": nm, "type": t, "env": env, "bits": BITS[t], "rc": rc, "wall_s": round(dt, 1), "log": rel(logf)}
+        r = {"name": nm, "type": t if t == tv else f"{t}/{tv}", "type_k": t, "type_v": tv, "env": env,
+             "bits": (BITS[t] + BITS[tv])/2, "rc": rc, "wall_s": round(dt, 1), "log": rel(logf)}
         r.update(parse_log(out))
         if rc != 0:
             print(out[-1500:])
@@ -376,7 +384,7 @@ def sweep(name, a, info_corpus):
 
     fit = curve_fit(rows)
     for r in rows:
-        if r["type"] in TQ and fit and r.get("kld") is not None:
+        if uses_tq(r) and fit and r.get("kld") is not None:
             r["curve_kld"] = fit["at"](r["bits"])
             r["below_curve"] = bool(r["kld"] < r["curve_kld"])
 
@@ -425,7 +433,7 @@ def sweep(name, a, info_corpus):
               f"slope {fit['slope_ln_per_bit']:.3f} ln/bit")
     print(tbl)
     for r in rows:
-        if r["type"] in TQ and r.get("curve_kld") is not None:
+        if uses_tq(r) and r.get("curve_kld") is not None:
             tag = "(random weights: not meaningful)" if random_model else ""
             print(f"verdict {r['name']}: KLD {r['kld']:.5f} vs curve {r['curve_kld']:.5f} at {r['bits']} bits -> "
                   f"{'PASS' if r['below_curve'] else 'FAIL'} {tag}")

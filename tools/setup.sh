@@ -36,21 +36,27 @@ fi
 # --- patched llama.cpp ----------------------------------------------------------------------------
 tools/fetch_llama.sh
 build=build/llama.cpp
-cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON)
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DGGML_RPC=ON)
 if [ "${GGML_CUDA:-OFF}" = "ON" ]; then
     build=build/llama.cpp-cuda
     cmake_args+=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90})
 fi
-if [ ! -f $build/build.ninja ]; then
+if [ "$(cat $build/.ggml-tq-cmake-args 2>/dev/null)" != "${cmake_args[*]}" ]; then
     log "configuring $build"
     cmake -S build/llama.cpp-src -B $build "${cmake_args[@]}" >/dev/null
+    echo "${cmake_args[*]}" > $build/.ggml-tq-cmake-args
 fi
 log "building llama.cpp tools in $build (incremental)"
-ninja -C $build -j"$(nproc)" llama-cli llama-server llama-bench llama-perplexity test-backend-ops test-quantize-fns | grep -v '^\[' || true
+if ! ninja -C $build -j"$(nproc)" llama-cli llama-server llama-bench llama-perplexity test-backend-ops test-quantize-fns ggml-rpc-server > $build/ninja.log 2>&1; then
+    tail -40 $build/ninja.log
+    echo "llama.cpp build failed: $build/ninja.log" >&2
+    exit 1
+fi
 test -x $build/bin/llama-cli
 
 # --- llama-cpp-python on the patched library --------------------------------------------------------
-if ! $py -c "import llama_cpp" 2>/dev/null || [ "$($py -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null)" != "0.3.36" ]; then
+# (importing llama_cpp needs LLAMA_CPP_LIB_PATH: check the installed version's metadata only)
+if [ "$($py -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null)" != "0.3.36" ]; then
     log "installing llama-cpp-python 0.3.36 without its own llama.cpp build (ggml_tq.llama points it at $build/bin)"
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF" \
         $py -m pip install -q "${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}/llama_cpp_python-0.3.36.tar.gz"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Pack the patched llama.cpp tree (ggml-tq compiled in, links dereferenced) for the GPU machine, which has
+# no network: .carry/llama-src.tar.gz, about 10 MB without models, docs and the backends we do not build.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+src=$root/build/llama.cpp-src
+mkdir -p "$root/.carry"
+tar -C "$src" -czhf "$root/.carry/llama-src.tar.gz" \
+    --exclude=./.git --exclude=./models --exclude=./docs --exclude=./media --exclude=./examples --exclude=./pocs \
+    --exclude=./ggml/src/ggml-vulkan --exclude=./ggml/src/ggml-sycl --exclude=./ggml/src/ggml-opencl \
+    --exclude=./ggml/src/ggml-hexagon --exclude=./ggml/src/ggml-metal --exclude=./ggml/src/ggml-cann \
+    --exclude=./ggml/src/ggml-webgpu --exclude=./ggml/src/ggml-openvino --exclude=./ggml/src/ggml-virtgpu \
+    --exclude='./ggml/src/ggml-tq/cuda/__pycache__' .
+ls -la "$root/.carry/llama-src.tar.gz"
