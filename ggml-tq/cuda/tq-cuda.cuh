@@ -1,0 +1,299 @@
+// ggml-tq CUDA device helpers: header-only, included by tq-cuda.cu (cache writes, reads, conversions)
+// and by the flash-attention kernels.
+//
+// Layout of a block in a warp: lane l holds elements l ("lo") and l + 32 ("hi") of a 64-value block.
+// The 64-point Walsh-Hadamard transform then runs its stages h = 1..16 across lanes (__shfl_xor_sync(h))
+// and stage 32 inside the lane, in the reference's order (tq-ref.c, tq_fwht64), so that every rounding
+// is the reference's: quantized bytes and dequantized values are bit-identical to the CPU.
+//
+// Exactness under ggml-cuda's -use_fast_math: every product, sum, quotient and square root that feeds a
+// quantized byte or a dequantized value is an explicit _rn intrinsic (never contracted to an FMA, never
+// approximated). Flush-to-zero is the one thing an intrinsic does not control: tq-cuda.cu is compiled with
+// -ftz=false; a kernel compiled with fast math that includes this header differs from the CPU only for
+// values below 2^-126 (subnormal floats), which no real K/V block holds.
+//
+// Every warp-level helper must be called by all 32 lanes of the warp (full-mask shuffles).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "ggml-tq.h"
+#include "tq-codebook.h"
+
+#define TQ_CUDA_FULL_MASK 0xffffffffu
+
+// ---- tables -------------------------------------------------------------------------------------
+// Device copies of tq-codebook.h, statically initialized from it (one copy per translation unit: static).
+// Index them with warp-uniform indices (constant cache broadcast); for per-lane indices use the
+// shuffle lookup below or a shared-memory copy.
+#define TQ_CUDA_I4(a, i)  a[i], a[i + 1], a[i + 2], a[i + 3]
+#define TQ_CUDA_I8(a, i)  TQ_CUDA_I4(a, i), TQ_CUDA_I4(a, i + 4)
+static __constant__ float tq_cuda_centroids_4bit[16]  = { TQ_CUDA_I8(tq_centroids_4bit, 0), TQ_CUDA_I8(tq_centroids_4bit, 8) };
+static __constant__ float tq_cuda_centroids_3bit[8]   = { TQ_CUDA_I8(tq_centroids_3bit, 0) };
+static __constant__ float tq_cuda_boundaries_4bit[15] = { TQ_CUDA_I8(tq_boundaries_4bit, 0), TQ_CUDA_I4(tq_boundaries_4bit, 8),
+                                                          tq_boundaries_4bit[12], tq_boundaries_4bit[13], tq_boundaries_4bit[14] };
+static __constant__ float tq_cuda_boundaries_3bit[7]  = { TQ_CUDA_I4(tq_boundaries_3bit, 0),
+                                                          tq_boundaries_3bit[4], tq_boundaries_3bit[5], tq_boundaries_3bit[6] };
+#undef TQ_CUDA_I4
+#undef TQ_CUDA_I8
+
+// bits -> block type and codebook
+template <int bits> struct tq_cuda_type;
+template <> struct tq_cuda_type<4> {
+    typedef block_tq4_0 block;
+    static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_4bit[i]; }
+    static __device__ __forceinline__ float boundary (int i) { return tq_cuda_boundaries_4bit[i]; }
+};
+template <> struct tq_cuda_type<3> {
+    typedef block_tq3_0 block;
+    static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_3bit[i]; }
+    static __device__ __forceinline__ float boundary (int i) { return tq_cuda_boundaries_3bit[i]; }
+};
+
+// ---- scalar helpers -----------------------------------------------------------------------------
+
+// Flips the sign of v where the rotation's sign of element j (0..63) is -1: v*tq_signs[j], exactly.
+static __device__ __forceinline__ float tq_cuda_apply_sign(float v, int j) {
+    const uint32_t flip = (uint32_t)(TQ_SIGN_MASK >> j) & 1u;
+    return __uint_as_float(__float_as_uint(v) ^ (flip << 31));
+}
+
+// tq_fp16_to_fp32 / tq_fp32_to_fp16 of tq-ref.c (the scale: round to nearest even, saturating at 65504)
+static __device__ __forceinline__ float tq_cuda_fp16_to_fp32(tq_half h) {
+    return __half2float(__ushort_as_half(h)); // exact, subnormal halves included
+}
+
+static __device__ __forceinline__ tq_half tq_cuda_fp32_to_fp16(float f) {
+    const uint32_t x    = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    const uint32_t ax   = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) {
+        return (tq_half)(sign | 0x7e00);
+    }
+    if (ax >= 0x477ff000u) {
+        return (tq_half)(sign | 0x7bff);
+    }
+    if (ax < 0x38800000u) {
+        if (ax < 0x33000000u) {
+            return (tq_half) sign;
+        }
+        const uint32_t e     = ax >> 23;
+        const uint32_t m     = (ax & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e;
+        uint32_t       h     = m >> shift;
+        const uint32_t rem   = m & ((1u << shift) - 1);
+        const uint32_t half  = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) {
+            h++;
+        }
+        return (tq_half)(sign | h);
+    }
+    uint32_t       h   = (ax - 0x38000000u) >> 13;
+    const uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) {
+        h++;
+    }
+    return (tq_half)(sign | h);
+}
+
+// Index of element j (0..63) of a block, for any thread layout (tq4_0_index / tq3_0_index of tq-ref.c).
+// A block starts at a 2-byte boundary only (34 and 26 bytes): load qs/qh bytewise or as 16-bit words.
+static __device__ __forceinline__ int tq4_0_cuda_index(const block_tq4_0 * b, int j) {
+    return j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
+}
+static __device__ __forceinline__ int tq3_0_cuda_index(const block_tq3_0 * b, int j) {
+    return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+}
+
+// The centroid index of a rotated, normalized coordinate z: the number of boundaries strictly below z
+// (ties go to the lower centroid; NaN gives 0), compared against warp-uniform constants.
+template <int bits>
+static __device__ __forceinline__ int tq_cuda_nearest_index(float z) {
+    int i = 0;
+#pragma unroll
+    for (int k = 0; k < (1 << bits) - 1; ++k) {
+        i += tq_cuda_type<bits>::boundary(k) < z;
+    }
+    return i;
+}
+
+// ---- warp helpers: lane l holds elements l (lo) and l + 32 (hi) -----------------------------------
+
+// Codebook lookup by shuffle: every lane keeps centroid (lane mod 2^bits) in a register,
+// loaded once per thread with tq_cuda_codebook_lane; tq_cuda_codebook_lookup then reads any index.
+template <int bits>
+static __device__ __forceinline__ float tq_cuda_codebook_lane(int lane) {
+    return tq_cuda_type<bits>::centroid(lane & ((1 << bits) - 1));
+}
+static __device__ __forceinline__ float tq_cuda_codebook_lookup(float codebook_lane, int idx) {
+    return __shfl_sync(TQ_CUDA_FULL_MASK, codebook_lane, idx);
+}
+
+// In-place 64-point Walsh-Hadamard transform, unnormalized, the reference's stages and roundings.
+static __device__ __forceinline__ void tq_cuda_fwht64_warp(float & lo, float & hi, int lane) {
+#pragma unroll
+    for (int h = 1; h < 32; h <<= 1) {
+        const float plo = __shfl_xor_sync(TQ_CUDA_FULL_MASK, lo, h);
+        const float phi = __shfl_xor_sync(TQ_CUDA_FULL_MASK, hi, h);
+        // lower element of a pair: a + b; upper: a - b = partner + (-mine), the same rounding
+        const uint32_t neg = (lane & h) ? 0x80000000u : 0u;
+        lo = __fadd_rn(plo, __uint_as_float(__float_as_uint(lo) ^ neg));
+        hi = __fadd_rn(phi, __uint_as_float(__float_as_uint(hi) ^ neg));
+    }
+    const float a = lo;
+    lo = __fadd_rn(a, hi);
+    hi = __fsub_rn(a, hi);
+}
+
+// y = H D x / 8 (tq_rotate_row for one block): a query rotated into the blocks' domain
+static __device__ __forceinline__ void tq_cuda_rotate_warp(float & lo, float & hi, int lane) {
+    lo = tq_cuda_apply_sign(lo, lane);
+    hi = tq_cuda_apply_sign(hi, lane + 32);
+    tq_cuda_fwht64_warp(lo, hi, lane);
+    lo = __fmul_rn(lo, 0.125f);
+    hi = __fmul_rn(hi, 0.125f);
+}
+
+// x = D H y / 8 (tq_unrotate_row for one block): a rotated-domain V sum back to the model's domain
+static __device__ __forceinline__ void tq_cuda_unrotate_warp(float & lo, float & hi, int lane) {
+    tq_cuda_fwht64_warp(lo, hi, lane);
+    lo = tq_cuda_apply_sign(__fmul_rn(lo, 0.125f), lane);
+    hi = tq_cuda_apply_sign(__fmul_rn(hi, 0.125f), lane + 32);
+}
+
+// Max over the warp of max(lo, hi): exact, any order.
+static __device__ __forceinline__ float tq_cuda_warp_max(float v) {
+#pragma unroll
+    for (int h = 16; h > 0; h >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(TQ_CUDA_FULL_MASK, v, h));
+    }
+    return v;
+}
+
+// Sum of the 64 values in element order 0, 1, ..., 63 (lo of lanes 0..31, then hi), one rounding per
+// addition as in the reference's loop; every lane gets the result. A tree reduction would round
+// differently and change a quantized byte now and then.
+static __device__ __forceinline__ float tq_cuda_warp_sum_ordered(float lo, float hi) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        s = __fadd_rn(s, __shfl_sync(TQ_CUDA_FULL_MASK, lo, j));
+    }
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        s = __fadd_rn(s, __shfl_sync(TQ_CUDA_FULL_MASK, hi, j));
+    }
+    return s;
+}
+
+// The centroid indices of elements lane and lane + 32 of block b.
+static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tq4_0 * b, int lane, int & ilo, int & ihi) {
+    const int q = b->qs[lane];
+    ilo = q & 0xf;
+    ihi = q >> 4;
+}
+static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tq3_0 * b, int lane, int & ilo, int & ihi) {
+    const int qs = b->qs[lane & 15];
+    const int qh = b->qh[lane & 7];
+    ilo = ((qs >> (2*(lane >> 4)))     & 3) | (((qh >> (lane >> 3))       & 1) << 2);
+    ihi = ((qs >> (2*(lane >> 4) + 4)) & 3) | (((qh >> ((lane >> 3) + 4)) & 1) << 2);
+}
+
+// Rotated-domain values of a block: d * c[index] for elements lane and lane + 32, no inverse rotation
+// (what attention uses: q.x = (H D q / 8) . (d c), and V accumulated rotated, unrotated once).
+template <int bits>
+static __device__ __forceinline__ void tq_cuda_rotated_block_warp(const typename tq_cuda_type<bits>::block * b, int lane,
+                                                                  float codebook_lane, float & lo, float & hi) {
+    int ilo, ihi;
+    tq_cuda_load_indices_warp(b, lane, ilo, ihi);
+    const float d = tq_cuda_fp16_to_fp32(b->d);
+    lo = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ilo));
+    hi = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ihi));
+}
+
+// dequantize_row_tq4_0 / dequantize_row_tq3_0 for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
+// and scale: lo = x'[lane], hi = x'[lane + 32]. Kernels that load several blocks before decoding them call this.
+static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ihi, tq_half d, int lane,
+                                                                 float codebook_lane, float & lo, float & hi) {
+    lo = tq_cuda_codebook_lookup(codebook_lane, ilo);
+    hi = tq_cuda_codebook_lookup(codebook_lane, ihi);
+    tq_cuda_fwht64_warp(lo, hi, lane);
+    const float ds = __fmul_rn(tq_cuda_fp16_to_fp32(d), 0.125f);
+    lo = tq_cuda_apply_sign(__fmul_rn(lo, ds), lane);
+    hi = tq_cuda_apply_sign(__fmul_rn(hi, ds), lane + 32);
+}
+
+// dequantize_row_tq4_0 / dequantize_row_tq3_0 for one block, bit-identical: lo = x'[lane], hi = x'[lane + 32].
+template <int bits>
+static __device__ __forceinline__ void tq_dequantize_block_warp(const typename tq_cuda_type<bits>::block * b, int lane,
+                                                                float codebook_lane, float & lo, float & hi) {
+    int ilo, ihi;
+    tq_cuda_load_indices_warp(b, lane, ilo, ihi);
+    tq_cuda_decode_block_warp(ilo, ihi, b->d, lane, codebook_lane, lo, hi);
+}
+
+// Writes the block's data bytes: lane l < nbytes writes byte l, lane 0 the scale (coalesced, no local memory).
+static __device__ __forceinline__ void tq_cuda_store_block(block_tq4_0 * y, int lane, tq_half d, int ilo, int ihi) {
+    y->qs[lane] = (uint8_t)(ilo | (ihi << 4)); // qs[j] = idx[j] | idx[j + 32] << 4
+    if (lane == 0) {
+        y->d = d;
+    }
+}
+static __device__ __forceinline__ void tq_cuda_store_block(block_tq3_0 * y, int lane, tq_half d, int ilo, int ihi) {
+    // qs[j] (j < 16): low 2 bits of indices j, j + 16, j + 32, j + 48 at bits 0, 2, 4, 6
+    const int ilo16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ilo, 16);
+    const int ihi16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ihi, 16);
+    // qh[j] (j < 8): bit k is the third bit of index j + 8k
+    const uint64_t bit2 = (uint64_t) __ballot_sync(TQ_CUDA_FULL_MASK, ilo & 4) |
+                          (uint64_t) __ballot_sync(TQ_CUDA_FULL_MASK, ihi & 4) << 32;
+    if (lane < 16) {
+        y->qs[lane] = (uint8_t)((ilo & 3) | (ilo16 & 3) << 2 | (ihi & 3) << 4 | (ihi16 & 3) << 6);
+    } else if (lane < 24) {
+        const int j = lane - 16;
+        uint32_t qh = 0;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            qh |= (uint32_t)((bit2 >> (j + 8*k)) & 1) << k;
+        }
+        y->qh[j] = (uint8_t) qh;
+    }
+    if (lane == 0) {
+        y->d = d;
+    }
+}
+
+// quantize_row_tq4_0_ref / quantize_row_tq3_0_ref for one block, byte-identical:
+// lo = x[lane], hi = x[lane + 32]; writes *y. codebook_lane: tq_cuda_codebook_lane<bits>(lane).
+template <int bits>
+static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi, int lane, float codebook_lane,
+                                                              typename tq_cuda_type<bits>::block * y) {
+    const float amax = tq_cuda_warp_max(fmaxf(fabsf(lo), fabsf(hi)));
+    if (amax == 0.0f) {
+        tq_cuda_store_block(y, lane, (tq_half) 0, 0, 0);
+        return;
+    }
+
+    // divide by the largest magnitude first, then rotate: y = H D (x/amax) / 8
+    const float inv_amax = __fdiv_rn(1.0f, amax);
+    lo = tq_cuda_apply_sign(__fmul_rn(lo, inv_amax), lane);
+    hi = tq_cuda_apply_sign(__fmul_rn(hi, inv_amax), lane + 32);
+    tq_cuda_fwht64_warp(lo, hi, lane);
+    lo = __fmul_rn(lo, 0.125f);
+    hi = __fmul_rn(hi, 0.125f);
+
+    const float norm     = __fsqrt_rn(tq_cuda_warp_sum_ordered(__fmul_rn(lo, lo), __fmul_rn(hi, hi)));
+    const float inv_norm = __fdiv_rn(1.0f, norm);
+
+    const int ilo = tq_cuda_nearest_index<bits>(__fmul_rn(lo, inv_norm));
+    const int ihi = tq_cuda_nearest_index<bits>(__fmul_rn(hi, inv_norm));
+
+    // d = |x| / |c|: the reconstruction keeps x's norm
+    const float clo    = tq_cuda_codebook_lookup(codebook_lane, ilo);
+    const float chi    = tq_cuda_codebook_lookup(codebook_lane, ihi);
+    const float csumsq = tq_cuda_warp_sum_ordered(__fmul_rn(clo, clo), __fmul_rn(chi, chi));
+    const float d      = __fmul_rn(amax, __fdiv_rn(norm, __fsqrt_rn(csumsq)));
+
+    tq_cuda_store_block(y, lane, tq_cuda_fp32_to_fp16(d), ilo, ihi);
+}

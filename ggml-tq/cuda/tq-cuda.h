@@ -1,0 +1,43 @@
+// ggml-tq CUDA ops for ggml-cuda (tq-cuda.cu): what the patched ggml-cuda files call for TQ4_0 / TQ3_0.
+// The kernels map one warp to one 64-value block and agree bit for bit with the CPU reference
+// (tq-ref.c): quantized bytes and dequantized values alike.
+#pragma once
+
+#include "ggml.h"
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+static inline bool ggml_tq_cuda_is_tq_type(enum ggml_type type) {
+    return type == GGML_TYPE_TQ4_0 || type == GGML_TYPE_TQ3_0;
+}
+
+// SET_ROWS into a TQ tensor (the KV-cache write): src0 F32 or F16, src1 I32 or I64, with ggml's
+// broadcasting of src1 over src0's dims 2 and 3.
+bool ggml_tq_cuda_supports_set_rows(const ggml_tensor * op);
+void ggml_tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst, cudaStream_t stream);
+
+// GET_ROWS from a TQ tensor into F32, F16 or BF16 (src1 I32).
+bool ggml_tq_cuda_supports_get_rows(const ggml_tensor * op);
+void ggml_tq_cuda_get_rows(const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst, cudaStream_t stream);
+
+// CPY F32/F16/BF16 -> TQ and TQ -> F32/F16/BF16, any strides on the non-TQ side (elements are mapped in
+// flat order, as ggml_cpy does). Same-type TQ copies are ggml-cuda's memcpy.
+bool ggml_tq_cuda_supports_cpy(enum ggml_type src_type, enum ggml_type dst_type);
+void ggml_tq_cuda_cpy(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t stream);
+
+// Dequantization in convert.cuh's signatures (ggml_get_to_fp16_cuda, ggml_get_to_fp32_cuda and the
+// _nc variants, whose strides s01..s03 count blocks; the output is contiguous).
+void ggml_tq4_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tq3_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tq4_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tq3_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tq4_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq3_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq4_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq3_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);

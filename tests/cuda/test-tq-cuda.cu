@@ -1,0 +1,588 @@
+// CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit:
+//   - device helpers (tq-cuda.cuh): warp quantize -> the reference's bytes, warp dequantize -> the reference's
+//     floats, rotate / unrotate -> tq_rotate_row / tq_unrotate_row, device tables == tq-codebook.h;
+//   - ggml ops (tq-cuda.cu, through hand-made ggml_tensor structs): SET_ROWS from f32/f16 with i32/i64 indices
+//     and broadcasting, GET_ROWS to f32/f16, CPY f32/f16 -> TQ and TQ -> f32/f16 through permuted views,
+//     the contiguous and non-contiguous conversions to f32/f16 that flash attention uses.
+// Prints "N passed, M failed" and exits non-zero on any failure. Needs a GPU; no libggml.
+//
+// Build and run (tools/check_cuda.sh builds it as build/cuda-check/test-tq-cuda, with the flags ggml-cuda uses):
+//   tools/check_cuda.sh --test && build/cuda-check/test-tq-cuda
+#include "tq-cuda.h"
+#include "tq-cuda.cuh"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+// tq-cuda.cu asserts through GGML_ASSERT; this test links it without libggml
+extern "C" void ggml_abort(const char * file, int line, const char * fmt, ...) {
+    fprintf(stderr, "%s:%d: ", file, line);
+    va_list args;
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+    fprintf(stderr, "\n");
+    abort();
+}
+
+#define CUDA_CHECK(x)                                                                              \
+    do {                                                                                           \
+        const cudaError_t err_ = (x);                                                              \
+        if (err_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_));  \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static int n_passed = 0;
+static int n_failed = 0;
+
+static void check(bool ok, const char * fmt, ...) {
+    char name[256];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(name, sizeof(name), fmt, args);
+    va_end(args);
+    (ok ? n_passed : n_failed)++;
+    printf("%s %s\n", ok ? "ok  " : "FAIL", name);
+}
+
+// first differing byte, -1 if equal
+static long first_diff(const void * a, const void * b, size_t n) {
+    const uint8_t * x = (const uint8_t *) a;
+    const uint8_t * y = (const uint8_t *) b;
+    for (size_t i = 0; i < n; ++i) {
+        if (x[i] != y[i]) {
+            return (long) i;
+        }
+    }
+    return -1;
+}
+
+static bool same_bytes(const void * got, const void * want, size_t n, const char * what) {
+    const long i = first_diff(got, want, n);
+    if (i >= 0) {
+        printf("     %s: first difference at byte %ld of %zu (got 0x%02x, want 0x%02x)\n", what, i, n,
+               ((const uint8_t *) got)[i], ((const uint8_t *) want)[i]);
+    }
+    return i < 0;
+}
+
+// ---- device buffers -------------------------------------------------------------------------------
+
+struct dbuf {
+    void * ptr = nullptr;
+    size_t size = 0;
+    explicit dbuf(size_t n) : size(n) { CUDA_CHECK(cudaMalloc(&ptr, n ? n : 1)); }
+    dbuf(const void * host, size_t n) : dbuf(n) { CUDA_CHECK(cudaMemcpy(ptr, host, n, cudaMemcpyHostToDevice)); }
+    ~dbuf() { cudaFree(ptr); }
+    template <typename T> std::vector<T> get() const {
+        std::vector<T> v(size/sizeof(T));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(v.data(), ptr, size, cudaMemcpyDeviceToHost));
+        return v;
+    }
+};
+
+template <typename T> static dbuf to_device(const std::vector<T> & v) { return dbuf(v.data(), v.size()*sizeof(T)); }
+
+// ---- host reference ---------------------------------------------------------------------------------
+
+static size_t type_size(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_F32:   return 4;
+        case GGML_TYPE_F16:   return 2;
+        case GGML_TYPE_I32:   return 4;
+        case GGML_TYPE_I64:   return 8;
+        case GGML_TYPE_TQ4_0: return sizeof(block_tq4_0);
+        case GGML_TYPE_TQ3_0: return sizeof(block_tq3_0);
+        default: abort();
+    }
+}
+static int64_t blck_size(ggml_type t) { return t == GGML_TYPE_TQ4_0 || t == GGML_TYPE_TQ3_0 ? QK_TQ : 1; }
+
+static size_t row_bytes(ggml_type t, int64_t n) { return (size_t)(n/blck_size(t))*type_size(t); }
+
+static void quantize_ref(ggml_type t, const float * x, void * y, int64_t k) {
+    if (t == GGML_TYPE_TQ4_0) quantize_row_tq4_0_ref(x, (block_tq4_0 *) y, k);
+    else                      quantize_row_tq3_0_ref(x, (block_tq3_0 *) y, k);
+}
+static void dequantize_ref(ggml_type t, const void * x, float * y, int64_t k) {
+    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0((const block_tq4_0 *) x, y, k);
+    else                      dequantize_row_tq3_0((const block_tq3_0 *) x, y, k);
+}
+
+static uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// an f16 source value: the "huge" test blocks clamped to the largest finite half (inf input is the caller's to reject)
+static uint16_t f32_to_f16_source(float f) { return f32_to_f16_bits(std::fmin(std::fmax(f, -65504.0f), 65504.0f)); }
+static float    f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// ggml_tensor with contiguous strides (the fields tq-cuda.cu reads: type, ne, nb, data, src)
+static ggml_tensor make_tensor(ggml_type type, std::array<int64_t, 4> ne, void * data) {
+    ggml_tensor t;
+    memset(&t, 0, sizeof(t));
+    t.type  = type;
+    t.data  = data;
+    t.ne[0] = ne[0]; t.ne[1] = ne[1]; t.ne[2] = ne[2]; t.ne[3] = ne[3];
+    t.nb[0] = type_size(type);
+    t.nb[1] = row_bytes(type, ne[0]);
+    t.nb[2] = t.nb[1]*ne[1];
+    t.nb[3] = t.nb[2]*ne[2];
+    return t;
+}
+
+// byte offset of flat element e of a tensor
+static size_t flat_offset(const ggml_tensor & t, int64_t e) {
+    const int64_t i0 = e % t.ne[0]; e /= t.ne[0];
+    const int64_t i1 = e % t.ne[1]; e /= t.ne[1];
+    const int64_t i2 = e % t.ne[2];
+    const int64_t i3 = e / t.ne[2];
+    return i0*t.nb[0] + i1*t.nb[1] + i2*t.nb[2] + i3*t.nb[3];
+}
+
+// ---- test data --------------------------------------------------------------------------------------
+
+static const char * const kind_names[] = {
+    "normal", "uniform-scaled", "outliers", "zero", "one-nonzero", "constant", "huge (d saturates)", "tiny", "subnormal-elements",
+};
+static const int n_kinds = sizeof(kind_names)/sizeof(kind_names[0]);
+
+static void fill_block(std::mt19937 & rng, int kind, float * x) {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> ud(-1.0f, 1.0f);
+    switch (kind) {
+        case 0: for (int j = 0; j < QK_TQ; ++j) x[j] = nd(rng); break;
+        case 1: { const float s = std::pow(10.0f, 3.0f*ud(rng)); for (int j = 0; j < QK_TQ; ++j) x[j] = s*ud(rng); } break;
+        case 2: for (int j = 0; j < QK_TQ; ++j) x[j] = nd(rng)*(rng() % 16 == 0 ? 100.0f : 1.0f); break;
+        case 3: for (int j = 0; j < QK_TQ; ++j) x[j] = 0.0f; break;
+        case 4: for (int j = 0; j < QK_TQ; ++j) x[j] = 0.0f; x[rng() % QK_TQ] = nd(rng); break;
+        case 5: { const float c = nd(rng); for (int j = 0; j < QK_TQ; ++j) x[j] = c; } break;
+        case 6: for (int j = 0; j < QK_TQ; ++j) x[j] = 1e5f*nd(rng); break;
+        case 7: for (int j = 0; j < QK_TQ; ++j) x[j] = 1e-30f*nd(rng); break;
+        // a normal largest magnitude (the reference's 1/amax must stay finite), subnormal others: needs -ftz=false
+        case 8: for (int j = 0; j < QK_TQ; ++j) x[j] = 1e-41f*nd(rng); x[rng() % QK_TQ] = 2e-37f; break;
+    }
+}
+
+static std::vector<float> random_values(std::mt19937 & rng, int64_t nblocks) {
+    std::vector<float> x(nblocks*QK_TQ);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        fill_block(rng, (int)(b % n_kinds), x.data() + b*QK_TQ);
+    }
+    return x;
+}
+
+// random block bytes: any index pattern, scales from subnormal to the largest finite half
+static std::vector<uint8_t> random_blocks(std::mt19937 & rng, ggml_type type, int64_t nblocks) {
+    const size_t ts = type_size(type);
+    std::vector<uint8_t> v(nblocks*ts);
+    for (auto & b : v) b = (uint8_t) rng();
+    for (int64_t b = 0; b < nblocks; ++b) {
+        uint16_t d = (uint16_t)(rng() & 0x7fff);
+        if ((d >> 10) == 31) d &= 0x7bff; // no inf/NaN scales
+        memcpy(v.data() + b*ts, &d, 2);
+    }
+    return v;
+}
+
+// ---- device-helper kernels -------------------------------------------------------------------------
+
+template <int bits>
+static __global__ void k_quantize(const float * x, typename tq_cuda_type<bits>::block * y, int nblocks) {
+    const int lane = threadIdx.x % 32;
+    const int b    = (blockIdx.x*blockDim.x + threadIdx.x)/32;
+    if (b >= nblocks) return; // warp-uniform
+    tq_quantize_block_warp<bits>(x[b*QK_TQ + lane], x[b*QK_TQ + lane + 32], lane, tq_cuda_codebook_lane<bits>(lane), y + b);
+}
+
+template <int bits>
+static __global__ void k_dequantize(const typename tq_cuda_type<bits>::block * x, float * y, int nblocks) {
+    const int lane = threadIdx.x % 32;
+    const int b    = (blockIdx.x*blockDim.x + threadIdx.x)/32;
+    if (b >= nblocks) return;
+    float lo, hi;
+    tq_dequantize_block_warp<bits>(x + b, lane, tq_cuda_codebook_lane<bits>(lane), lo, hi);
+    y[b*QK_TQ + lane]      = lo;
+    y[b*QK_TQ + lane + 32] = hi;
+}
+
+static __global__ void k_rotate(const float * x, float * y, int nblocks, bool inverse) {
+    const int lane = threadIdx.x % 32;
+    const int b    = (blockIdx.x*blockDim.x + threadIdx.x)/32;
+    if (b >= nblocks) return;
+    float lo = x[b*QK_TQ + lane], hi = x[b*QK_TQ + lane + 32];
+    if (inverse) tq_cuda_unrotate_warp(lo, hi, lane); else tq_cuda_rotate_warp(lo, hi, lane);
+    y[b*QK_TQ + lane]      = lo;
+    y[b*QK_TQ + lane + 32] = hi;
+}
+
+static int grid_for_warps(int nwarps) { return (nwarps + 7)/8; }
+
+// ---- tests -------------------------------------------------------------------------------------------
+
+static void test_tables() {
+    float c4[16], c3[8], b4[15], b3[7];
+    CUDA_CHECK(cudaMemcpyFromSymbol(c4, tq_cuda_centroids_4bit, sizeof(c4)));
+    CUDA_CHECK(cudaMemcpyFromSymbol(c3, tq_cuda_centroids_3bit, sizeof(c3)));
+    CUDA_CHECK(cudaMemcpyFromSymbol(b4, tq_cuda_boundaries_4bit, sizeof(b4)));
+    CUDA_CHECK(cudaMemcpyFromSymbol(b3, tq_cuda_boundaries_3bit, sizeof(b3)));
+    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) &&
+          !memcmp(b4, tq_boundaries_4bit, sizeof(b4)) && !memcmp(b3, tq_boundaries_3bit, sizeof(b3)),
+          "device codebooks and boundaries == tq-codebook.h");
+    bool signs_ok = true;
+    for (int j = 0; j < QK_TQ; ++j) {
+        signs_ok &= (((TQ_SIGN_MASK >> j) & 1) != 0) == (tq_signs[j] < 0.0f);
+    }
+    check(signs_ok, "TQ_SIGN_MASK == tq_signs");
+}
+
+template <int bits>
+static void test_block_helpers(std::mt19937 & rng, ggml_type type) {
+    typedef typename tq_cuda_type<bits>::block block_t;
+    const char * name = bits == 4 ? "tq4_0" : "tq3_0";
+    const int nblocks = 64*n_kinds;
+    const std::vector<float> x = random_values(rng, nblocks);
+
+    std::vector<uint8_t> want(nblocks*sizeof(block_t));
+    quantize_ref(type, x.data(), want.data(), x.size());
+    dbuf dx = to_device(x);
+    dbuf dq(want.size());
+    k_quantize<bits><<<grid_for_warps(nblocks), 256>>>((const float *) dx.ptr, (block_t *) dq.ptr, nblocks);
+    CUDA_CHECK(cudaGetLastError());
+    const std::vector<uint8_t> got = dq.get<uint8_t>();
+    for (int k = 0; k < n_kinds; ++k) { // block b has kind b % n_kinds
+        bool ok = true;
+        for (int b = k; b < nblocks; b += n_kinds) {
+            ok &= first_diff(got.data() + b*sizeof(block_t), want.data() + b*sizeof(block_t), sizeof(block_t)) < 0;
+        }
+        check(ok, "%s tq_quantize_block_warp == quantize_row_%s_ref bytes, %s blocks", name, name, kind_names[k]);
+    }
+
+    // dequantize the reference's blocks and random bytes
+    for (int src = 0; src < 2; ++src) {
+        const std::vector<uint8_t> blocks = src == 0 ? want : random_blocks(rng, type, nblocks);
+        std::vector<float> ref(nblocks*QK_TQ);
+        dequantize_ref(type, blocks.data(), ref.data(), ref.size());
+        dbuf db = to_device(blocks);
+        dbuf dy(ref.size()*sizeof(float));
+        k_dequantize<bits><<<grid_for_warps(nblocks), 256>>>((const block_t *) db.ptr, (float *) dy.ptr, nblocks);
+        CUDA_CHECK(cudaGetLastError());
+        const std::vector<float> y = dy.get<float>();
+        check(same_bytes(y.data(), ref.data(), ref.size()*sizeof(float), "dequantized"),
+              "%s tq_dequantize_block_warp == dequantize_row_%s bitwise, %s", name, name,
+              src == 0 ? "quantized blocks" : "random block bytes");
+    }
+}
+
+static void test_rotation(std::mt19937 & rng) {
+    const int nblocks = 256;
+    const std::vector<float> x = random_values(rng, nblocks);
+    for (int inverse = 0; inverse < 2; ++inverse) {
+        std::vector<float> ref(x.size());
+        if (inverse) tq_unrotate_row(x.data(), ref.data(), x.size()); else tq_rotate_row(x.data(), ref.data(), x.size());
+        dbuf dx = to_device(x);
+        dbuf dy(x.size()*sizeof(float));
+        k_rotate<<<grid_for_warps(nblocks), 256>>>((const float *) dx.ptr, (float *) dy.ptr, nblocks, inverse);
+        CUDA_CHECK(cudaGetLastError());
+        const std::vector<float> y = dy.get<float>();
+        check(same_bytes(y.data(), ref.data(), ref.size()*sizeof(float), "rotated"),
+              "%s == %s bitwise", inverse ? "tq_cuda_unrotate_warp" : "tq_cuda_rotate_warp", inverse ? "tq_unrotate_row" : "tq_rotate_row");
+    }
+}
+
+// SET_ROWS: src [ne0, nr, ne2, ne3] into dst [ne0, nr_dst, ne2, ne3], indices [nr, ne11, ne12]
+static void test_set_rows(std::mt19937 & rng, ggml_type type, ggml_type src_type, ggml_type idx_type,
+                          int64_t ne0, int64_t nr, int64_t ne2, int64_t ne3, int64_t ne11, int64_t ne12, int64_t nr_dst) {
+    const int64_t n = ne0*nr*ne2*ne3;
+    std::vector<float> x = random_values(rng, n/QK_TQ);
+    std::vector<uint8_t> src_bytes(n*type_size(src_type));
+    if (src_type == GGML_TYPE_F16) {
+        for (int64_t i = 0; i < n; ++i) {
+            const uint16_t h = f32_to_f16_source(x[i]);
+            memcpy(src_bytes.data() + 2*i, &h, 2);
+            x[i] = f16_bits_to_f32(h); // what the reference quantizes
+        }
+    } else {
+        memcpy(src_bytes.data(), x.data(), n*4);
+    }
+
+    // each (i2 % ne11, i3 % ne12) slice of indices is a random permutation's prefix: no row written twice
+    std::vector<int64_t> idx(nr*ne11*ne12);
+    for (int64_t s = 0; s < ne11*ne12; ++s) {
+        std::vector<int64_t> perm(nr_dst);
+        for (int64_t i = 0; i < nr_dst; ++i) perm[i] = i;
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (int64_t i = 0; i < nr; ++i) idx[s*nr + i] = perm[i];
+    }
+    std::vector<uint8_t> idx_bytes(idx.size()*type_size(idx_type));
+    for (size_t i = 0; i < idx.size(); ++i) {
+        if (idx_type == GGML_TYPE_I64) memcpy(idx_bytes.data() + 8*i, &idx[i], 8);
+        else { const int32_t v = (int32_t) idx[i]; memcpy(idx_bytes.data() + 4*i, &v, 4); }
+    }
+
+    const size_t rb = row_bytes(type, ne0);
+    std::vector<uint8_t> want(rb*nr_dst*ne2*ne3, 0xa5); // rows not written keep their bytes
+    for (int64_t i3 = 0; i3 < ne3; ++i3) {
+        for (int64_t i2 = 0; i2 < ne2; ++i2) {
+            for (int64_t i1 = 0; i1 < nr; ++i1) {
+                const int64_t row = idx[((i3 % ne12)*ne11 + (i2 % ne11))*nr + i1];
+                quantize_ref(type, x.data() + ((i3*ne2 + i2)*nr + i1)*ne0,
+                             want.data() + ((i3*ne2 + i2)*nr_dst + row)*rb, ne0);
+            }
+        }
+    }
+
+    dbuf dsrc = to_device(src_bytes), didx = to_device(idx_bytes);
+    std::vector<uint8_t> init(want.size(), 0xa5);
+    dbuf ddst = to_device(init);
+    ggml_tensor src0 = make_tensor(src_type, {ne0, nr, ne2, ne3}, dsrc.ptr);
+    ggml_tensor src1 = make_tensor(idx_type, {nr, ne11, ne12, 1}, didx.ptr);
+    ggml_tensor dst  = make_tensor(type, {ne0, nr_dst, ne2, ne3}, ddst.ptr);
+    dst.src[0] = &src0;
+    dst.src[1] = &src1;
+    const bool supported = ggml_tq_cuda_supports_set_rows(&dst);
+    if (supported) {
+        ggml_tq_cuda_set_rows(&src0, &src1, &dst, 0);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    const std::vector<uint8_t> got = ddst.get<uint8_t>();
+    check(supported && same_bytes(got.data(), want.data(), want.size(), "cache"),
+          "SET_ROWS %s <- %s [%lld,%lld,%lld,%lld] %s idx [%lld,%lld,%lld] into %lld rows",
+          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", src_type == GGML_TYPE_F16 ? "f16" : "f32",
+          (long long) ne0, (long long) nr, (long long) ne2, (long long) ne3, idx_type == GGML_TYPE_I64 ? "i64" : "i32",
+          (long long) nr, (long long) ne11, (long long) ne12, (long long) nr_dst);
+}
+
+// GET_ROWS: src0 [ne0, nr, ne2, 1] TQ, idx [ni, ne2, 1] -> dst [ne0, ni, ne2] f32 or f16
+static void test_get_rows(std::mt19937 & rng, ggml_type type, ggml_type dst_type, int64_t ne0, int64_t nr, int64_t ne2, int64_t ni) {
+    const std::vector<float> x = random_values(rng, ne0*nr*ne2/QK_TQ);
+    const size_t rb = row_bytes(type, ne0);
+    std::vector<uint8_t> q(rb*nr*ne2);
+    quantize_ref(type, x.data(), q.data(), x.size());
+    std::vector<int32_t> idx(ni*ne2);
+    for (auto & i : idx) i = (int32_t)(rng() % nr);
+
+    const size_t ds = type_size(dst_type);
+    std::vector<uint8_t> want(ne0*ni*ne2*ds);
+    std::vector<float> row(ne0);
+    for (int64_t i2 = 0; i2 < ne2; ++i2) {
+        for (int64_t i1 = 0; i1 < ni; ++i1) {
+            dequantize_ref(type, q.data() + (i2*nr + idx[i2*ni + i1])*rb, row.data(), ne0);
+            for (int64_t i0 = 0; i0 < ne0; ++i0) {
+                uint8_t * p = want.data() + ((i2*ni + i1)*ne0 + i0)*ds;
+                if (dst_type == GGML_TYPE_F32) memcpy(p, &row[i0], 4);
+                else { const uint16_t h = f32_to_f16_bits(row[i0]); memcpy(p, &h, 2); }
+            }
+        }
+    }
+
+    dbuf dq = to_device(q), didx = to_device(idx), ddst(want.size());
+    ggml_tensor src0 = make_tensor(type, {ne0, nr, ne2, 1}, dq.ptr);
+    ggml_tensor src1 = make_tensor(GGML_TYPE_I32, {ni, ne2, 1, 1}, didx.ptr);
+    ggml_tensor dst  = make_tensor(dst_type, {ne0, ni, ne2, 1}, ddst.ptr);
+    dst.src[0] = &src0;
+    dst.src[1] = &src1;
+    const bool supported = ggml_tq_cuda_supports_get_rows(&dst);
+    if (supported) {
+        ggml_tq_cuda_get_rows(&src0, &src1, &dst, 0);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    const std::vector<uint8_t> got = ddst.get<uint8_t>();
+    check(supported && same_bytes(got.data(), want.data(), want.size(), "rows"), "GET_ROWS %s -> %s [%lld,%lld,%lld] x %lld",
+          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", dst_type == GGML_TYPE_F32 ? "f32" : "f16",
+          (long long) ne0, (long long) nr, (long long) ne2, (long long) ni);
+}
+
+// a view of a contiguous base tensor with dims 1 and 2 swapped (ggml_permute(0, 2, 1, 3))
+static ggml_tensor swapped_view(const ggml_tensor & base) {
+    ggml_tensor v = base;
+    std::swap(v.ne[1], v.ne[2]);
+    std::swap(v.nb[1], v.nb[2]);
+    return v;
+}
+
+// CPY float -> TQ: src is a permuted view (or a contiguous tensor of another shape), dst a contiguous TQ tensor
+static void test_cpy_to_tq(std::mt19937 & rng, ggml_type type, ggml_type src_type, std::array<int64_t, 4> src_ne, bool permute,
+                           std::array<int64_t, 4> dst_ne) {
+    const int64_t n = src_ne[0]*src_ne[1]*src_ne[2]*src_ne[3];
+    std::vector<float> x = random_values(rng, n/QK_TQ);
+    const size_t es = type_size(src_type);
+    std::vector<uint8_t> base_bytes(n*es);
+    for (int64_t i = 0; i < n; ++i) {
+        if (src_type == GGML_TYPE_F16) {
+            const uint16_t h = f32_to_f16_source(x[i]);
+            memcpy(base_bytes.data() + 2*i, &h, 2);
+        } else {
+            memcpy(base_bytes.data() + 4*i, &x[i], 4);
+        }
+    }
+    dbuf dsrc = to_device(base_bytes);
+    const ggml_tensor base = make_tensor(src_type, src_ne, dsrc.ptr);
+    const ggml_tensor src  = permute ? swapped_view(base) : base;
+
+    // the reference reads the view's elements in flat order
+    std::vector<float> flat(n);
+    for (int64_t e = 0; e < n; ++e) {
+        const uint8_t * p = base_bytes.data() + flat_offset(src, e);
+        if (src_type == GGML_TYPE_F16) { uint16_t h; memcpy(&h, p, 2); flat[e] = f16_bits_to_f32(h); }
+        else                           { memcpy(&flat[e], p, 4); }
+    }
+    std::vector<uint8_t> want(n/QK_TQ*type_size(type));
+    quantize_ref(type, flat.data(), want.data(), n);
+
+    dbuf ddst(want.size());
+    ggml_tensor dst = make_tensor(type, dst_ne, ddst.ptr);
+    const bool supported = ggml_tq_cuda_supports_cpy(src.type, dst.type);
+    if (supported) {
+        ggml_tq_cuda_cpy(&src, &dst, 0);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    const std::vector<uint8_t> got = ddst.get<uint8_t>();
+    check(supported && same_bytes(got.data(), want.data(), want.size(), "blocks"), "CPY %s [%lld,%lld,%lld,%lld]%s -> %s",
+          src_type == GGML_TYPE_F16 ? "f16" : "f32", (long long) src.ne[0], (long long) src.ne[1], (long long) src.ne[2],
+          (long long) src.ne[3], permute ? " (permuted view)" : "", type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0");
+}
+
+// CPY TQ -> float: src a contiguous TQ tensor, dst a permuted view of a contiguous base (or another shape)
+static void test_cpy_from_tq(std::mt19937 & rng, ggml_type type, ggml_type dst_type, std::array<int64_t, 4> src_ne,
+                             std::array<int64_t, 4> base_ne, bool permute) {
+    const int64_t n = src_ne[0]*src_ne[1]*src_ne[2]*src_ne[3];
+    const std::vector<float> x = random_values(rng, n/QK_TQ);
+    std::vector<uint8_t> q(n/QK_TQ*type_size(type));
+    quantize_ref(type, x.data(), q.data(), n);
+    std::vector<float> flat(n);
+    dequantize_ref(type, q.data(), flat.data(), n);
+
+    const size_t es = type_size(dst_type);
+    dbuf dq = to_device(q), ddst(n*es);
+    const ggml_tensor src  = make_tensor(type, src_ne, dq.ptr);
+    const ggml_tensor base = make_tensor(dst_type, base_ne, ddst.ptr);
+    ggml_tensor dst = permute ? swapped_view(base) : base;
+
+    std::vector<uint8_t> want(n*es);
+    for (int64_t e = 0; e < n; ++e) {
+        uint8_t * p = want.data() + flat_offset(dst, e);
+        if (dst_type == GGML_TYPE_F16) { const uint16_t h = f32_to_f16_bits(flat[e]); memcpy(p, &h, 2); }
+        else                           { memcpy(p, &flat[e], 4); }
+    }
+    const bool supported = ggml_tq_cuda_supports_cpy(src.type, dst.type);
+    if (supported) {
+        ggml_tq_cuda_cpy(&src, &dst, 0);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    const std::vector<uint8_t> got = ddst.get<uint8_t>();
+    check(supported && same_bytes(got.data(), want.data(), want.size(), "values"), "CPY %s [%lld,%lld,%lld,%lld] -> %s [%lld,%lld,%lld,%lld]%s",
+          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", (long long) src_ne[0], (long long) src_ne[1], (long long) src_ne[2],
+          (long long) src_ne[3], dst_type == GGML_TYPE_F16 ? "f16" : "f32", (long long) dst.ne[0], (long long) dst.ne[1],
+          (long long) dst.ne[2], (long long) dst.ne[3], permute ? " (permuted view)" : "");
+}
+
+// ggml_get_to_fp16/fp32_cuda (contiguous) and the _nc variants over a view [ne0, ne1, ne2, ne3] of a larger
+// TQ tensor [base0, base1, ne2, base3] (the K/V cache views flash attention converts)
+static void test_convert(std::mt19937 & rng, ggml_type type, bool f16, int64_t base0, int64_t base1, int64_t base3,
+                         int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3) {
+    const int64_t nbase = base0*base1*ne2*base3;
+    const std::vector<float> x = random_values(rng, nbase/QK_TQ);
+    std::vector<uint8_t> q(nbase/QK_TQ*type_size(type));
+    quantize_ref(type, x.data(), q.data(), nbase);
+    std::vector<float> all(nbase);
+    dequantize_ref(type, q.data(), all.data(), nbase);
+    dbuf dq = to_device(q);
+    const bool is4 = type == GGML_TYPE_TQ4_0;
+    const char * tname = is4 ? "tq4_0" : "tq3_0";
+
+    auto encode = [&](const std::vector<float> & v) {
+        std::vector<uint8_t> b(v.size()*(f16 ? 2 : 4));
+        for (size_t i = 0; i < v.size(); ++i) {
+            if (f16) { const uint16_t h = f32_to_f16_bits(v[i]); memcpy(b.data() + 2*i, &h, 2); }
+            else     { memcpy(b.data() + 4*i, &v[i], 4); }
+        }
+        return b;
+    };
+
+    { // contiguous: the whole base tensor
+        dbuf dy(nbase*(f16 ? 2 : 4));
+        if (f16) (is4 ? ggml_tq4_0_to_fp16_cuda : ggml_tq3_0_to_fp16_cuda)(dq.ptr, (half *) dy.ptr, nbase, 0);
+        else     (is4 ? ggml_tq4_0_to_fp32_cuda : ggml_tq3_0_to_fp32_cuda)(dq.ptr, (float *) dy.ptr, nbase, 0);
+        CUDA_CHECK(cudaGetLastError());
+        const std::vector<uint8_t> got = dy.get<uint8_t>(), want = encode(all);
+        check(same_bytes(got.data(), want.data(), want.size(), "converted"), "ggml_%s_to_%s_cuda, %lld values",
+              tname, f16 ? "fp16" : "fp32", (long long) nbase);
+    }
+    { // non-contiguous view, strides in blocks
+        const int64_t nbr = base0/QK_TQ;
+        const int64_t s01 = nbr, s02 = nbr*base1, s03 = nbr*base1*ne2;
+        std::vector<float> view;
+        for (int64_t i3 = 0; i3 < ne3; ++i3)
+            for (int64_t i2 = 0; i2 < ne2; ++i2)
+                for (int64_t i1 = 0; i1 < ne1; ++i1)
+                    for (int64_t i0 = 0; i0 < ne0; ++i0)
+                        view.push_back(all[(i3*s03 + i2*s02 + i1*s01)*QK_TQ + i0]);
+        dbuf dy(view.size()*(f16 ? 2 : 4));
+        if (f16) (is4 ? ggml_tq4_0_to_fp16_nc_cuda : ggml_tq3_0_to_fp16_nc_cuda)(dq.ptr, (half *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
+        else     (is4 ? ggml_tq4_0_to_fp32_nc_cuda : ggml_tq3_0_to_fp32_nc_cuda)(dq.ptr, (float *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
+        CUDA_CHECK(cudaGetLastError());
+        const std::vector<uint8_t> got = dy.get<uint8_t>(), want = encode(view);
+        check(same_bytes(got.data(), want.data(), want.size(), "converted"), "ggml_%s_to_%s_nc_cuda, view [%lld,%lld,%lld,%lld] of [%lld,%lld,%lld,%lld]",
+              tname, f16 ? "fp16" : "fp32", (long long) ne0, (long long) ne1, (long long) ne2, (long long) ne3,
+              (long long) base0, (long long) base1, (long long) ne2, (long long) base3);
+    }
+}
+
+int main() {
+    int dev = 0;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+
+    std::mt19937 rng(1234);
+    test_tables();
+    test_block_helpers<4>(rng, GGML_TYPE_TQ4_0);
+    test_block_helpers<3>(rng, GGML_TYPE_TQ3_0);
+    test_rotation(rng);
+
+    for (ggml_type type : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }) {
+        for (ggml_type src_type : { GGML_TYPE_F32, GGML_TYPE_F16 }) {
+            for (ggml_type idx_type : { GGML_TYPE_I64, GGML_TYPE_I32 }) {
+                // a KV-cache write: [n_embd_gqa, n_tokens] rows into a [n_embd_gqa, kv_size] cache
+                test_set_rows(rng, type, src_type, idx_type, 1024, 7, 1, 1, 1, 1, 64);
+                // test-backend-ops' shapes: broadcast indices over dims 2 and 3
+                test_set_rows(rng, type, src_type, idx_type, 256, 5, 3, 2, 1, 1, 9);
+                test_set_rows(rng, type, src_type, idx_type, 256, 11, 2, 3, 2, 3, 17);
+                test_set_rows(rng, type, src_type, idx_type, 192, 3, 4, 1, 2, 1, 5);
+            }
+        }
+        for (ggml_type dst_type : { GGML_TYPE_F32, GGML_TYPE_F16 }) {
+            test_get_rows(rng, type, dst_type, 256, 5, 4, 7);
+            test_get_rows(rng, type, dst_type, 128, 13, 1, 3);
+        }
+        for (ggml_type ft : { GGML_TYPE_F32, GGML_TYPE_F16 }) {
+            test_cpy_to_tq(rng, type, ft, {256, 3, 2, 4}, true,  {256, 2, 3, 4});
+            test_cpy_to_tq(rng, type, ft, {256, 4, 4, 4}, false, {256, 4, 4, 4});
+            test_cpy_to_tq(rng, type, ft, {32, 16, 2, 1}, false, {256, 4, 1, 1}); // src rows shorter than a block
+            test_cpy_from_tq(rng, type, ft, {256, 2, 3, 4}, {256, 3, 2, 4}, true);
+            test_cpy_from_tq(rng, type, ft, {256, 4, 4, 4}, {256, 4, 4, 4}, false);
+            test_cpy_from_tq(rng, type, ft, {256, 4, 1, 1}, {32, 16, 2, 1}, false);
+        }
+        for (bool f16 : { true, false }) {
+            // K cache of 3 KV heads of 128, 100 of 300 cells used, 2 streams
+            test_convert(rng, type, f16, 128, 300, 2, 128, 100, 3, 2);
+            test_convert(rng, type, f16, 256, 50, 1, 64, 50, 4, 1);
+        }
+    }
+
+    printf("%d passed, %d failed\n", n_passed, n_failed);
+    return n_failed == 0 ? 0 : 1;
+}
