@@ -9,7 +9,7 @@ SDIST=llama_cpp_python-0.3.36.tar.gz
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 cache=${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}
 src=$here/build/llama.cpp-src
-stamp=$src/.ggml-tq-patches
+stamp=$here/build/llama.cpp-src.patches  # outside the tree, so that no patch picks it up
 
 mkdir -p "$cache" "$here/build"
 if [ ! -f "$cache/$SDIST" ] || ! echo "$SDIST_SHA256  $cache/$SDIST" | sha256sum -c --quiet - 2>/dev/null; then

@@ -7,4 +7,4 @@ src=$here/build/llama.cpp-src
 rm -f "$here"/patches/*.patch
 git -C "$src" format-patch --quiet --no-signature --zero-commit --no-numbered --full-index upstream..HEAD -o "$here/patches"
 ls "$here"/patches
-find "$here/patches" -name "*.patch" | sort | xargs -r cat | sha256sum | cut -d' ' -f1 > "$src/.ggml-tq-patches"
+find "$here/patches" -name "*.patch" | sort | xargs -r cat | sha256sum | cut -d' ' -f1 > "$here/build/llama.cpp-src.patches"

@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
+#include <float.h>
 #include <stdint.h>
 
 #include "ggml-tq.h"
@@ -270,7 +271,7 @@ template <int bits>
 static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi, int lane, float codebook_lane,
                                                               typename tq_cuda_type<bits>::block * y) {
     const float amax = tq_cuda_warp_max(fmaxf(fabsf(lo), fabsf(hi)));
-    if (amax == 0.0f) {
+    if (amax < FLT_MIN) { // also subnormal blocks, as tq-ref.c: stored as zero
         tq_cuda_store_block(y, lane, (tq_half) 0, 0, 0);
         return;
     }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (device tool), in the repository root, with .carry/llama-src.tar.gz
+# (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
+#   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
+#   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
+#   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
+#   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
+#   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity), CLI and server runs
+# Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
+set -euo pipefail
+root=$(pwd)
+W=/tmp/tq
+OUT=${OUT:-$W/out}
+mkdir -p "$W" "$OUT"
+B=$W/build/bin
+log() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
+
+step_build() {
+    local sum; sum=$(sha256sum .carry/llama-src.tar.gz | cut -c1-16)
+    if [ "$(cat $W/src.sum 2>/dev/null)" != "$sum" ]; then
+        log "unpack source $sum"
+        mkdir -p $W/src
+        tar -C $W/src -xzf .carry/llama-src.tar.gz  # over the old tree: unchanged files keep their times
+        echo "$sum" > $W/src.sum
+    fi
+    if [ ! -f $W/build/build.ninja ]; then
+        log "configure"
+        cmake -S $W/src -B $W/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF > $OUT/cmake.log 2>&1
+    fi
+    log "build"
+    ninja -C $W/build -j16 llama-bench llama-cli llama-server llama-perplexity llama-quantize test-backend-ops > $OUT/ninja.log 2>&1 \
+        || { tail -60 $OUT/ninja.log; exit 1; }
+    tail -2 $OUT/ninja.log
+}
+
+step_test() {
+    log "test-backend-ops -b CUDA0 (TQ cases)"
+    local rc=0
+    for op in SET_ROWS CPY GET_ROWS FLASH_ATTN_EXT; do
+        $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
+        printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
+    done
+    grep -h FAIL $OUT/tbo-*.log | head -20 || true
+    log "attention kernels at 32k context (test-backend-ops perf)"
+    $B/test-backend-ops perf -b CUDA0 -o FLASH_ATTN_EXT -p 'kv=32768' > $OUT/tbo-perf.log 2>&1 || rc=1
+    grep -E "FLASH_ATTN_EXT.*us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+).*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+) [KMG]B\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us \5/'
+    log "CUDA unit test"
+    # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
+    gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
+    nvcc -O2 -std=c++17 -arch=sm_90 -use_fast_math -ftz=false -fmad=false -I$W/src/ggml/include -I$W/src/ggml/src \
+        -I$W/src/ggml/src/ggml-cuda -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itests/cuda \
+        tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
+        && $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1; tail -3 $OUT/test-tq-cuda.log || rc=1
+    log "memory bandwidth (tools/bw.cu)"
+    nvcc -O3 -arch=sm_90 tools/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt
+    return $rc
+}
+
+step_model() {
+    if [ ! -f $W/r8b-q4_0.gguf ]; then
+        log "random Llama-3-8B-shaped model"
+        PYTHONPATH=$W/src/gguf-py python3 tools/make_random_llama.py $W/r8b-f16.gguf > /dev/null
+        $B/llama-quantize $W/r8b-f16.gguf $W/r8b-q4_0.gguf Q4_0 16 > $OUT/quantize.log 2>&1
+        rm -f $W/r8b-f16.gguf
+    fi
+    ls -la $W/r8b-q4_0.gguf
+}
+
+step_bench() {
+    local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
+    for t in $types; do
+        log "llama-bench $t"
+        $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $t -ctv $t -o json \
+            > $OUT/bench-$t.json 2> $OUT/bench-$t.err || { tail -20 $OUT/bench-$t.err; }
+        python3 - $OUT/bench-$t.json <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+    print(f"{r['type_k']:>6} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
+PY
+    done
+}
+
+step_quality() {
+    # the random head_dim-128 model and text prefix of tools/quality.py --model random128, made the same way
+    # here (a seeded generator: the sha256 is printed on both sides), so that GPU and CPU KLD compare
+    log "KLD on the GPU against a GPU f16 cache (random128 model of tools/quality.py)"
+    local m=$W/random128.gguf text=.carry/random128-text.txt
+    PYTHONPATH=$W/src/gguf-py python3 tools/make_random_llama.py $m --layers 2 --embd 512 --ff 1024 --heads 4 \
+        --kv-heads 2 --vocab 32000 --ctx 4096 > /dev/null
+    sha256sum $m | tee $OUT/random128.sha256
+    $B/llama-perplexity -m $m -f $text -c 512 --chunks 16 -ngl 99 -fa on -ctk f16 -ctv f16 --kl-divergence-base $W/base.kld > $OUT/kld-base.log 2>&1
+    for t in q4_0 tq4_0 tq3_0; do
+        $B/llama-perplexity -m $m -f $text -c 512 --chunks 16 -ngl 99 -fa on -ctk $t -ctv $t --kl-divergence \
+            --kl-divergence-base $W/base.kld > $OUT/kld-$t.log 2>&1
+        printf '%-6s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-$t.log)" "$(grep -E 'Same top p' $OUT/kld-$t.log)"
+    done
+    log "llama-cli and llama-server on the GPU with a TQ cache"
+    $B/llama-cli -m $W/r8b-q4_0.gguf -ngl 99 -fa on -ctk tq4_0 -ctv tq4_0 -st -p "hello" -n 16 -lv 4 < /dev/null > $OUT/cli.log 2>&1
+    grep -E "KV buffer|K \(tq4_0\)|Generation" $OUT/cli.log | head -5
+    $B/llama-server -m $W/r8b-q4_0.gguf -ngl 99 -fa on -ctk tq4_0 -ctv tq4_0 -np 4 -c 8192 --port 18080 > $OUT/server.log 2>&1 &
+    local pid=$!
+    for i in $(seq 120); do curl -sf localhost:18080/health > /dev/null && break; sleep 1; done
+    local pids=()
+    for i in 1 2 3 4; do
+        curl -s localhost:18080/completion -d '{"prompt": "t1 t2 t3", "n_predict": 16, "temperature": 0}' > $OUT/server-$i.json &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    kill $pid
+    python3 -c "import json,sys; r=[json.load(open(f'$OUT/server-{i}.json'))['content'] for i in (1,2,3,4)]; print('server: 4 answers,', 'identical' if len(set(r))==1 else 'DIFFERENT', repr(r[0][:40]))"
+}
+
+for s in "$@"; do
+    step_$s
+done
