@@ -3,15 +3,19 @@
 # (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
 #   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
 #   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
+#   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
 #   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
+#   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
+#   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity), CLI and server runs
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(pwd)
 W=/tmp/tq
-OUT=${OUT:-$W/out}
-mkdir -p "$W" "$OUT"
+RES=${OUT:-$W/out}      # what comes back: at most 8 files, so the logs travel as one tarball
+OUT=$W/logs             # every log, kept across calls while the machine stays warm
+mkdir -p "$W" "$OUT" "$RES"
 B=$W/build/bin
 log() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
 
@@ -42,9 +46,6 @@ step_test() {
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
-    log "attention kernels at 32k context (test-backend-ops perf)"
-    $B/test-backend-ops perf -b CUDA0 -o FLASH_ATTN_EXT -p 'kv=32768' > $OUT/tbo-perf.log 2>&1 || rc=1
-    grep -E "FLASH_ATTN_EXT.*us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+).*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+) [KMG]B\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us \5/'
     log "CUDA unit test"
     # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
     gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
@@ -57,6 +58,13 @@ step_test() {
     return $rc
 }
 
+step_testfa() {
+    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}
+    log "test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT (TQ cases), GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
+    $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log 2>&1
+    grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log
+}
+
 step_model() {
     if [ ! -f $W/r8b-q4_0.gguf ]; then
         log "random Llama-3-8B-shaped model"
@@ -67,7 +75,29 @@ step_model() {
     ls -la $W/r8b-q4_0.gguf
 }
 
+step_minb() {
+    local best=3 best_ts=0
+    for mb in 2 3 4; do
+        GGML_TQ_FA_MINB=$mb $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 32768 -r 2 -ctk tq4_0 -ctv tq4_0 \
+            -o json > $OUT/minb-$mb.json 2> $OUT/minb-$mb.err
+        local ts; ts=$(python3 -c "import json; print(json.load(open('$OUT/minb-$mb.json'))[0]['avg_ts'])")
+        echo "GGML_TQ_FA_MINB=$mb  tq4_0 tg128 @ d32768: $ts t/s"
+        if python3 -c "import sys; sys.exit(0 if $ts > $best_ts else 1)"; then best=$mb; best_ts=$ts; fi
+    done
+    echo $best > $W/best_minb
+    echo "best GGML_TQ_FA_MINB=$best"
+}
+
+step_perf() {
+    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}"
+    GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)} $B/test-backend-ops perf -b CUDA0 \
+        -o FLASH_ATTN_EXT -p 'hsk=128,hsv=128,nh=8,nr23=\[4,1\],kv=32768,nb=1,' > $OUT/tbo-perf.log 2>&1 || true
+    grep -E "us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+),.*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+ [KMG]B)\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us\/run \4\/run \5/'
+}
+
 step_bench() {
+    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}
+    echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
     for t in $types; do
         log "llama-bench $t"
@@ -112,6 +142,7 @@ step_quality() {
     python3 -c "import json,sys; r=[json.load(open(f'$OUT/server-{i}.json'))['content'] for i in (1,2,3,4)]; print('server: 4 answers,', 'identical' if len(set(r))==1 else 'DIFFERENT', repr(r[0][:40]))"
 }
 
+trap 'tar czf $RES/device-logs.tgz -C $OUT . ; cp $OUT/bench-*.json $RES/ 2>/dev/null || true' EXIT
 for s in "$@"; do
     step_$s
 done

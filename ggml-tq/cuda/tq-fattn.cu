@@ -181,9 +181,11 @@ static __device__ __forceinline__ float tq_fa_slope(const tq_fa_params & p, int 
     return h < (int) p.n_head_log2 ? powf(p.m0, h + 1) : powf(p.m1, 2*(h - (int) p.n_head_log2) + 1);
 }
 
-// grid: x = block of TQ_FA_WARPS key splits, y = kv head * n_groups + group, z = query row + n_q * sequence
-template <int D, ggml_type type_K, ggml_type type_V>
-__launch_bounds__(TQ_FA_WARPS*32, 2)
+// grid: x = block of TQ_FA_WARPS key splits, y = kv head * n_groups + group, z = query row + n_q * sequence.
+// MINB, the blocks per SM the register budget is cut for, trades registers (all loads of a tile in flight
+// at once) against resident warps (other warps' tiles in flight): GGML_TQ_FA_MINB picks it at run time.
+template <int D, ggml_type type_K, ggml_type type_V, int MINB>
+__launch_bounds__(TQ_FA_WARPS*32, MINB)
 static __global__ void tq_fattn_decode(const tq_fa_params p) {
     using block_K = typename tq_fa_traits<type_K>::block;
     using block_V = typename tq_fa_traits<type_V>::block;
@@ -248,25 +250,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         }
     }
 
-    // The warp's loads of one tile wait on memory, then its compute waits on them: prefetching the rows of
-    // the tiles ahead into L2 overlaps the two (no registers needed for data in flight)
-    const int64_t row_bytes_K = NB*sizeof(block_K), row_bytes_V = NB*sizeof(block_V);
-    const auto prefetch_tile = [&](int kt) {
-        const int key = kt + (lane & 15);
-        if (key < k_end) {
-            const char * row = lane < 16 ? K + key*p.nbk1 : V + key*p.nbv1;
-            const int64_t bytes = lane < 16 ? row_bytes_K : row_bytes_V;
-            for (int64_t off = 0; off < bytes; off += 64) {
-                asm volatile("prefetch.global.L2 [%0];" :: "l"(row + off));
-            }
-            asm volatile("prefetch.global.L2 [%0];" :: "l"(row + bytes - 1));
-        }
-    };
-    prefetch_tile(k_begin);
-    prefetch_tile(k_begin + TQ_FA_TILE);
-
     for (int k0 = k_begin; k0 < k_end; k0 += TQ_FA_TILE) {
-        prefetch_tile(k0 + 2*TQ_FA_TILE);
         // ---- loads first, so that they are all in flight before the first use
         tq_fa_kbits<type_K> kb[2][NB];
         half dK[2][NB][2];
@@ -524,7 +508,15 @@ bool ggml_cuda_flash_attn_ext_tq_supported(int device, const ggml_tensor * dst) 
 
 template <int D, ggml_type type_K, ggml_type type_V>
 static void tq_fa_launch(const tq_fa_params & p, dim3 grid, cudaStream_t stream) {
-    tq_fattn_decode<D, type_K, type_V><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p);
+    static const int minb = [] {
+        const char * e = getenv("GGML_TQ_FA_MINB");
+        return e ? std::min(4, std::max(2, atoi(e))) : 3;
+    }();
+    switch (minb) {
+        case 2:  tq_fattn_decode<D, type_K, type_V, 2><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
+        case 4:  tq_fattn_decode<D, type_K, type_V, 4><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
+        default: tq_fattn_decode<D, type_K, type_V, 3><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
+    }
 }
 
 template <int D>
