@@ -213,6 +213,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for(ready, proc, what, timeout):
+    """Poll ready() until it holds; fail with the process's output if it exits or the time runs out."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
 def _post(port, payload, timeout=120):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=json.dumps(payload).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -226,17 +235,13 @@ def test_server_answers_four_concurrent_requests_with_tq_cache():
                              "-ctk", "tq4_0", "-ctv", "tq4_0", "-fa", "on", "-np", "4", "-c", "2048", "-t", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
+        def healthy():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                    return r.status == 200
             except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
-            assert time.time() < deadline, "llama-server did not become healthy"
-            time.sleep(0.5)
+                return False
+        _wait_for(healthy, proc, "llama-server to become healthy", 120)
         prompts = ["The capital of France is", "One, two, three, four,", "The opposite of hot is", "Water freezes at"]
         payload = lambda p: {"prompt": p, "n_predict": 12, "temperature": 0, "cache_prompt": False}
         # alone first: greedy decoding of each prompt, one at a time
@@ -261,14 +266,10 @@ def test_rpc_server_holds_and_attends_over_a_tq_cache():
     server = subprocess.Popen([str(BIN / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
+        def listening():
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, server.stdout.read().decode(errors="replace")[-2000:]
-            assert time.time() < deadline, "rpc-server did not start listening"
-            time.sleep(0.3)
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        _wait_for(listening, server, "ggml-rpc-server to listen", 60)
         p = cli("-p", "What is the capital of France? Answer in one sentence.", "-n", "24", "--rpc", f"127.0.0.1:{port}",
                 "-ngl", "99", "-dev", f"RPC0", "-ctk", "tq4_0", "-ctv", "tq4_0", "-lv", "4", check=True)
         log = p.stdout + p.stderr
