@@ -222,6 +222,14 @@ def _wait_for(ready, proc, what, timeout):
         time.sleep(0.3)
 
 
+def _stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _post(port, payload, timeout=120):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=json.dumps(payload).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -252,11 +260,7 @@ def test_server_answers_four_concurrent_requests_with_tq_cache():
         assert all(r["content"].strip() for r in together)
         assert "Paris" in together[0]["content"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 # ---- llama.cpp's RPC backend: the cache and the attention live on an rpc-server -----------------------------
@@ -271,15 +275,11 @@ def test_rpc_server_holds_and_attends_over_a_tq_cache():
                 return s.connect_ex(("127.0.0.1", port)) == 0
         _wait_for(listening, server, "ggml-rpc-server to listen", 60)
         p = cli("-p", "What is the capital of France? Answer in one sentence.", "-n", "24", "--rpc", f"127.0.0.1:{port}",
-                "-ngl", "99", "-dev", f"RPC0", "-ctk", "tq4_0", "-ctv", "tq4_0", "-lv", "4", check=True)
+                "-ngl", "99", "-dev", "RPC0", "-ctk", "tq4_0", "-ctv", "tq4_0", "-lv", "4", check=True)
         log = p.stdout + p.stderr
         assert "Paris" in p.stdout
         kv_lines = [line for line in log.splitlines() if "KV buffer size" in line]
         assert kv_lines and all("RPC" in line for line in kv_lines), kv_lines
         assert "K (tq4_0)" in log
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)

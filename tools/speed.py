@@ -17,12 +17,13 @@ import datetime
 import glob
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from quality import machine  # the same machine description in every results file
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "build" / "llama.cpp" / "bin"
@@ -39,16 +40,6 @@ def rel(p):
         return str(p)
 
 
-def machine():
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"uname_m": platform.machine(), "cpu": cpu, "nproc": os.cpu_count(), "uname": " ".join(platform.uname())}
 
 
 def smollm2_path():
