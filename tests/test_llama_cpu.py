@@ -124,6 +124,14 @@ def test_perplexity_takes_tq_cache(tmp_path):
     assert "Final estimate: PPL" in p.stdout + p.stderr
 
 
+def test_bench_takes_tq_cache_types():
+    p = run(BIN / "llama-bench", "-m", MODEL, "-p", "16", "-n", "4", "-r", "1", "-t", "2", "-fa", "1",
+            "-ctk", "tq4_0", "-ctv", "tq3_0", "-o", "json", check=True)
+    rows = json.loads(p.stdout)
+    assert [(r["type_k"], r["type_v"]) for r in rows] == [("tq4_0", "tq3_0")] * 2
+    assert all(r["avg_ts"] > 0 for r in rows)
+
+
 # ---- Python: llama-cpp-python on the patched library --------------------------------------------------------
 
 @pytest.fixture(scope="module")
