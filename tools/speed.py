@@ -23,21 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from quality import machine  # the same machine description in every results file
+from quality import machine, rel  # the same machine description and paths in every results file
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "build" / "llama.cpp" / "bin"
 ALL_TYPES = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "tq4_0", "tq3_0"]
 BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25}
 PP_FLOOR = 0.9  # tq4_0 prefill must keep at least this fraction of q4_0's
-
-
-def rel(p):
-    p = Path(p)
-    try:
-        return str(p.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(p)
 
 
 
