@@ -175,16 +175,27 @@ static __device__ __forceinline__ float tq_cuda_warp_max(float v) {
 
 // Sum of the 64 values in element order 0, 1, ..., 63 (lo of lanes 0..31, then hi), one rounding per
 // addition as in the reference's loop; every lane gets the result. A tree reduction would round
-// differently and change a quantized byte now and then.
+// differently and change a quantized byte now and then. The values go through shared memory and every lane
+// adds all 64 (broadcast reads): the chain is 64 dependent additions. (With a shuffle before each addition,
+// SET_ROWS of one token took 5 us on the H100, results/cuda/2026-11-25/prof-d0.txt; this version's time is
+// not measured yet.)
+// Blocks of up to 32 warps, one-dimensional.
 static __device__ __forceinline__ float tq_cuda_warp_sum_ordered(float lo, float hi) {
+    __shared__ float4 tq_cuda_sum_scratch[32][QK_TQ/4];
+    const int lane = threadIdx.x % 32;
+    float4 * v = tq_cuda_sum_scratch[threadIdx.x / 32];
+    __syncwarp(); // the lanes' reads of a previous call are done
+    ((float *) v)[lane]      = lo;
+    ((float *) v)[lane + 32] = hi;
+    __syncwarp();
     float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        s = __fadd_rn(s, __shfl_sync(TQ_CUDA_FULL_MASK, lo, j));
-    }
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        s = __fadd_rn(s, __shfl_sync(TQ_CUDA_FULL_MASK, hi, j));
+    for (int j = 0; j < QK_TQ/4; ++j) {
+        const float4 q = v[j];
+        s = __fadd_rn(s, q.x);
+        s = __fadd_rn(s, q.y);
+        s = __fadd_rn(s, q.z);
+        s = __fadd_rn(s, q.w);
     }
     return s;
 }
