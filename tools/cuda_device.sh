@@ -3,11 +3,16 @@
 # (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
 #   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
 #   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
+#   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
+#   tools/cuda_device.sh fabench   the lab decode kernel alone (tools/fattn-lab): check against the C reference,
+#                                  then time it at 256..65536 keys for GGML_TQ_FA_MINB 2, 3, 4
+#   tools/cuda_device.sh faprof    ncu on the lab decode kernel alone at 32k keys (after fabench)
 #   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
 #   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
+#   tools/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity), CLI and server runs
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
@@ -19,7 +24,7 @@ mkdir -p "$W" "$OUT" "$RES"
 B=$W/build/bin
 log() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
 
-step_build() {
+unpack() {
     local sum; sum=$(sha256sum .carry/llama-src.tar.gz | cut -c1-16)
     if [ "$(cat $W/src.sum 2>/dev/null)" != "$sum" ]; then
         log "unpack source $sum"
@@ -27,6 +32,10 @@ step_build() {
         tar -C $W/src -xzf .carry/llama-src.tar.gz  # over the old tree: unchanged files keep their times
         echo "$sum" > $W/src.sum
     fi
+}
+
+step_build() {
+    unpack
     if [ ! -f $W/build/build.ninja ]; then
         log "configure"
         cmake -S $W/src -B $W/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -46,20 +55,61 @@ step_test() {
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
+    step_unit || rc=1
+    return $rc
+}
+
+step_unit() {
+    unpack
+    local rc=0
     log "CUDA unit test"
     # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
     gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
     nvcc -O2 -std=c++17 -arch=sm_90 -use_fast_math -ftz=false -fmad=false -I$W/src/ggml/include -I$W/src/ggml/src \
         -I$W/src/ggml/src/ggml-cuda -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itests/cuda \
         tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
-        && $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1; tail -3 $OUT/test-tq-cuda.log || rc=1
+        || { rc=1; tail -20 $OUT/test-tq-cuda-build.log; }
+    [ $rc = 0 ] && { $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1 || rc=1; tail -3 $OUT/test-tq-cuda.log; }
     log "memory bandwidth (tools/bw.cu)"
     nvcc -O3 -arch=sm_90 tools/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt
     return $rc
 }
 
+step_fabench() {
+    unpack
+    log "fattn_bench: build"
+    gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
+    # FAB_VARIANTS: compile-time variants to compare ("-DNAME=1 ..." each, "base" for none)
+    local rc=0 v
+    for v in ${FAB_VARIANTS:-base}; do
+        local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
+        nvcc -O3 -std=c++17 -arch=sm_90 $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Itools/fattn-lab \
+            tools/fattn-lab/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
+            || { tail -30 "$OUT/fattn_bench-build-$v.log"; return 1; }
+        log "fattn_bench check ($v)"
+        "$W/fattn_bench-$v" check > "$OUT/fattn_bench-check-$v.log" 2>&1 || rc=1
+        grep -E "FAIL|cases failed|error" "$OUT/fattn_bench-check-$v.log" | head -5 || true
+        log "fattn_bench time ($v)"
+        "$W/fattn_bench-$v" time ${FAB_MINB:-2 3 4} 2>&1 | tee "$OUT/fattn_bench-time-$v.log"
+    done
+    return $rc
+}
+
+step_faprof() {
+    # ncu's view of the decode kernel at 32k keys (the fattn_bench build of step_fabench): throughput of each
+    # unit, warp stalls, instruction mix; the third launch (warm caches and clocks)
+    local v=${FAB_VARIANTS:-base}; v=${v%% *}
+    log "ncu: tq_fattn_decode, tq4_0, 32768 keys, GGML_TQ_FA_MINB=${FAB_MINB:-4} ($v)"
+    ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:tq_fattn_decode \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis \
+        "$W/fattn_bench-$v" once tq4_0 32768 ${FAB_MINB:-4} > $OUT/faprof.txt 2>&1 || true
+    grep -vE "^==PROF==|^ +-+ *$" $OUT/faprof.txt | grep -E "[A-Za-z]" | sed -E 's/ +/ /g' | grep -vE "^ ?(OPT|INF|WRN)" | head -120
+}
+
 step_testfa() {
-    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}
+    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}
     log "test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT (TQ cases), GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log 2>&1
     grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log
@@ -89,14 +139,15 @@ step_minb() {
 }
 
 step_perf() {
-    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}"
-    GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)} $B/test-backend-ops perf -b CUDA0 \
+    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
+    GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)} $B/test-backend-ops perf -b CUDA0 \
         -o FLASH_ATTN_EXT -p 'hsk=128,hsv=128,nh=8,nr23=\[4,1\],kv=32768,nb=1,' > $OUT/tbo-perf.log 2>&1 || true
     grep -E "us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+),.*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+ [KMG]B)\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us\/run \4\/run \5/'
 }
 
 step_bench() {
-    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 3)}
+    # the step minb's pick if it ran in this machine's life, else 4, the kernel's default (tq-fattn.cu)
+    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}
     echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
     for t in $types; do
@@ -109,6 +160,19 @@ for r in json.load(open(sys.argv[1])):
     test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
     print(f"{r['type_k']:>6} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
 PY
+    done
+}
+
+step_prof() {
+    # ncu replays each kernel alone, so times are per kernel without overlap; the launch gaps of the CUDA graph are
+    # not in them. Enough to see which kernels a cache type adds per layer and what each costs.
+    local types=${PROF_TYPES:-"f16 q4_0 tq4_0"} depth=${PROF_DEPTH:-0}
+    for t in $types; do
+        log "ncu: tg4 @ d$depth, cache $t"
+        ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+            $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 4 -r 1 -d $depth -ctk $t -ctv $t \
+            > $OUT/prof-$t-d$depth.csv 2> $OUT/prof-$t-d$depth.err || tail -5 $OUT/prof-$t-d$depth.err
+        python3 tools/cuda_prof.py $OUT/prof-$t-d$depth.csv
     done
 }
 

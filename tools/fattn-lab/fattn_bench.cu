@@ -1,0 +1,261 @@
+// The lab decode attention kernel (tq-fattn-v6.cuh beside this file) alone, without ggml: checks it against
+// attention over K/V dequantized by the C reference (tq-ref.c, double precision on the host) and times it
+// with CUDA events at the contexts of tools/cuda_device.sh. Built and run on the GPU machine by
+// `tools/cuda_device.sh fabench`; nvcc alone, a minute instead of a llama.cpp build. The numbers it gave
+// are in ggml-tq/cuda/NOTES.md.
+//
+//   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
+//   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape
+//   fattn_bench once T n_kv minb   five launches of one shape, for ncu (tools/cuda_device.sh faprof)
+#include "tq-fattn-v6.cuh"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
+    fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); exit(1); } } while (0)
+
+struct fa_case {
+    int D; ggml_type tk, tv; int n_kv, n_head_kv, gqa, n_q; bool mask; float softcap; bool sinks;
+};
+
+static size_t block_bytes(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0); }
+
+static void dequant_row(ggml_type t, const void * x, float * y, int D) {
+    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0((const block_tq4_0 *) x, y, D);
+    else                      dequantize_row_tq3_0((const block_tq3_0 *) x, y, D);
+}
+
+struct fa_data {
+    fa_case c;
+    size_t rowK, rowV;                       // bytes of one head's row
+    std::vector<uint8_t> K, V;               // [n_kv][n_head_kv] rows: a token's heads side by side (llama.cpp's cache)
+    std::vector<float> Q;                    // [n_q][n_head][D]
+    std::vector<uint16_t> mask;              // [n_q][n_kv] f16
+    std::vector<float> sinks;
+    char *dK = nullptr, *dV = nullptr, *dQ = nullptr, *dM = nullptr;
+    float *dS = nullptr, *dO = nullptr, *dP = nullptr;
+    tq_fa_params p = {};
+    tq_fa_kernel k = {};
+};
+
+static uint16_t f2h(float f) { __half h = __float2half(f); uint16_t u; memcpy(&u, &h, 2); return u; }
+static float h2f(uint16_t u) { __half h; memcpy(&h, &u, 2); return __half2float(h); }
+
+// Random but valid blocks: random indices, scales around 1/sqrt(D) times a per-token spread
+static void fill_blocks(std::mt19937 & rng, ggml_type t, uint8_t * dst, size_t nblocks) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> sc(0.5f, 1.5f);
+    const size_t bb = block_bytes(t);
+    for (size_t i = 0; i < nblocks; ++i) {
+        uint8_t * b = dst + i*bb;
+        for (size_t j = 2; j < bb; ++j) b[j] = (uint8_t) byte(rng);
+        const uint16_t d = f2h(sc(rng)*8.0f);
+        memcpy(b, &d, 2);
+    }
+}
+
+static void setup(fa_data & f, const fa_case & c, int max_blocks, int nsm, int minb) {
+    f.c = c;
+    std::mt19937 rng(1234 + c.n_kv + c.D);
+    const int NB = c.D/QK_TQ, n_head = c.n_head_kv*c.gqa;
+    f.rowK = NB*block_bytes(c.tk); f.rowV = NB*block_bytes(c.tv);
+    f.K.resize((size_t) c.n_kv*c.n_head_kv*f.rowK + 1024);   // + padding like ggml-cuda's quantized tensors
+    f.V.resize((size_t) c.n_kv*c.n_head_kv*f.rowV + 1024);
+    fill_blocks(rng, c.tk, f.K.data(), (size_t) c.n_kv*c.n_head_kv*NB);
+    fill_blocks(rng, c.tv, f.V.data(), (size_t) c.n_kv*c.n_head_kv*NB);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    f.Q.resize((size_t) c.n_q*n_head*c.D);
+    for (auto & q : f.Q) q = nd(rng);
+    f.mask.assign((size_t) c.n_q*c.n_kv, f2h(0.0f));
+    if (c.mask) {
+        std::uniform_real_distribution<float> mu(-2.0f, 0.0f);
+        for (int i = 0; i < c.n_q; ++i) {
+            for (int k = 0; k < c.n_kv; ++k) {
+                f.mask[(size_t) i*c.n_kv + k] = (k % 97 == 5) ? f2h(-INFINITY) : f2h(mu(rng));
+            }
+        }
+    }
+    f.sinks.resize(n_head);
+    for (auto & s : f.sinks) s = nd(rng);
+
+    CK(cudaMalloc(&f.dK, f.K.size())); CK(cudaMemcpy(f.dK, f.K.data(), f.K.size(), cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&f.dV, f.V.size())); CK(cudaMemcpy(f.dV, f.V.data(), f.V.size(), cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&f.dQ, f.Q.size()*4)); CK(cudaMemcpy(f.dQ, f.Q.data(), f.Q.size()*4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&f.dM, f.mask.size()*2 + 16)); CK(cudaMemcpy(f.dM, f.mask.data(), f.mask.size()*2, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&f.dS, n_head*4)); CK(cudaMemcpy(f.dS, f.sinks.data(), n_head*4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&f.dO, (size_t) c.n_q*n_head*c.D*4));
+
+    tq_fa_params & p = f.p;
+    p.Q = f.dQ; p.K = f.dK; p.V = f.dV; p.mask = c.mask ? f.dM : nullptr;
+    p.sinks = c.sinks ? f.dS : nullptr; p.dst = f.dO;
+    p.scale = 1.0f/sqrtf((float) c.D); p.max_bias = 0.0f; p.m0 = p.m1 = 1.0f; p.logit_softcap = c.softcap;
+    p.n_head = n_head; p.n_head_log2 = 1;
+    p.n_q = c.n_q; p.n_seq = 1; p.n_kv = c.n_kv; p.n_head_kv = c.n_head_kv; p.gqa = c.gqa;
+    p.G = std::min(c.gqa, TQ_FA_MAX_G);
+    while (c.gqa % p.G) p.G--;
+    p.n_groups = c.gqa/p.G;
+    p.nbq1 = (int64_t) n_head*c.D*4; p.nbq2 = c.D*4; p.nbq3 = p.nbq1*c.n_q;
+    p.nbk1 = (int64_t) c.n_head_kv*f.rowK; p.nbk2 = f.rowK; p.nbk3 = p.nbk1*c.n_kv;
+    p.nbv1 = (int64_t) c.n_head_kv*f.rowV; p.nbv2 = f.rowV; p.nbv3 = p.nbv1*c.n_kv;
+    p.nbm1 = (int64_t) c.n_kv*2; p.nbm3 = p.nbm1*c.n_q; p.mask_ne3 = 1;
+    f.k = tq_fa_select(c.D, c.tk, c.tv, minb);
+    if (!tq_fa_layout(p, c.D, c.tk, c.tv)) {
+        fprintf(stderr, "layout refused\n");
+        exit(1);
+    }
+    tq_fa_plan(p, tq_fa_slots(f.k, p, nsm), max_blocks);
+    if (p.n_blocks > 1) {
+        CK(cudaMalloc(&f.dP, (size_t) c.n_q*n_head*p.n_blocks*(c.D + 2)*4));
+    }
+    p.partials = f.dP;
+}
+
+static void release(fa_data & f) {
+    cudaFree(f.dK); cudaFree(f.dV); cudaFree(f.dQ); cudaFree(f.dM); cudaFree(f.dS); cudaFree(f.dO); cudaFree(f.dP);
+}
+
+// max |gpu - ref| / rms(ref) over all outputs
+static double check(fa_data & f) {
+    const fa_case & c = f.c;
+    tq_fa_launch(f.p, f.k, c.D, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const int n_head = c.n_head_kv*c.gqa;
+    std::vector<float> out((size_t) c.n_q*n_head*c.D);
+    CK(cudaMemcpy(out.data(), f.dO, out.size()*4, cudaMemcpyDeviceToHost));
+
+    std::vector<float> Kd((size_t) c.n_kv*c.n_head_kv*c.D), Vd(Kd.size());
+    for (int k = 0; k < c.n_kv; ++k) {
+        for (int h = 0; h < c.n_head_kv; ++h) {
+            dequant_row(c.tk, f.K.data() + ((size_t) k*c.n_head_kv + h)*f.rowK, &Kd[((size_t) k*c.n_head_kv + h)*c.D], c.D);
+            dequant_row(c.tv, f.V.data() + ((size_t) k*c.n_head_kv + h)*f.rowV, &Vd[((size_t) k*c.n_head_kv + h)*c.D], c.D);
+        }
+    }
+    double max_err = 0.0, sum_sq = 0.0;
+    std::vector<double> s(c.n_kv), o(c.D);
+    for (int i = 0; i < c.n_q; ++i) {
+        for (int h = 0; h < n_head; ++h) {
+            const int hk = h / c.gqa;
+            const float * q = &f.Q[((size_t) i*n_head + h)*c.D];
+            double M = -INFINITY;
+            for (int k = 0; k < c.n_kv; ++k) {
+                const float * kr = &Kd[((size_t) k*c.n_head_kv + hk)*c.D];
+                double d = 0.0;
+                for (int j = 0; j < c.D; ++j) d += (double) q[j]*kr[j];
+                d *= f.p.scale;
+                if (c.softcap != 0.0f) d = c.softcap*tanh(d/c.softcap*1.0);
+                d += c.mask ? h2f(f.mask[(size_t) i*c.n_kv + k]) : 0.0f;
+                s[k] = d;
+                M = std::max(M, d);
+            }
+            if (c.sinks) M = std::max(M, (double) f.sinks[h]);
+            double L = c.sinks ? exp(f.sinks[h] - M) : 0.0;
+            std::fill(o.begin(), o.end(), 0.0);
+            for (int k = 0; k < c.n_kv; ++k) {
+                const double w = exp(s[k] - M);
+                L += w;
+                const float * vr = &Vd[((size_t) k*c.n_head_kv + hk)*c.D];
+                for (int j = 0; j < c.D; ++j) o[j] += w*vr[j];
+            }
+            for (int j = 0; j < c.D; ++j) {
+                const double ref = o[j]/L, got = out[((size_t) i*n_head + h)*c.D + j];
+                max_err = std::max(max_err, std::isfinite(got) ? fabs(got - ref) : INFINITY);
+                sum_sq += ref*ref;
+            }
+        }
+    }
+    return max_err/sqrt(sum_sq/out.size());
+}
+
+static const char * tname(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0"; }
+
+int main(int argc, char ** argv) {
+    const std::string mode = argc > 1 ? argv[1] : "check";
+    int dev = 0, nsm = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+    const int max_blocks = getenv("GGML_TQ_FA_MAX_BLOCKS") ? atoi(getenv("GGML_TQ_FA_MAX_BLOCKS")) : 256;
+
+    if (mode == "check") {
+        // the softcap reference applies tanh to scale*q.k/softcap like ggml: x = softcap*tanh(x*scale/softcap)
+        std::vector<fa_case> cases;
+        for (int D : {64, 128, 256}) {
+            for (auto tt : {std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0),
+                            std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0)}) {
+                for (int gqa : {1, 4, 8}) {
+                    cases.push_back({D, tt.first, tt.second, 1000, 2, gqa, 1, true, 0.0f, false});
+                }
+            }
+        }
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 4099, 8, 4, 3, true, 0.0f, false});
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 77, 8, 4, 1, true, 0.0f, true});
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 20000, 8, 4, 1, false, 0.0f, true});
+        cases.push_back({64, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 513, 2, 5, 2, true, 0.0f, false});     // head 1: offset 2
+        cases.push_back({64, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, 700, 6, 3, 1, true, 0.0f, false});     // 3 heads/block: offset 2
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 999, 2, 32, 1, true, 0.0f, false});  // 4 groups of 8
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, 300, 4, 2, 1, true, 30.0f, false});   // softcap
+        cases.push_back({256, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 33, 1, 16, 8, true, 0.0f, false});   // two groups of 8
+        int fails = 0;
+        for (const fa_case & c : cases) {
+            for (int minb : {2, 3, 4}) {
+                fa_data f;
+                setup(f, c, max_blocks, nsm, minb);
+                const double e = check(f);
+                const bool ok = e < 2e-2;
+                fails += !ok;
+                printf("%-4s D=%3d K=%s V=%s n_kv=%5d kv_heads=%d gqa=%2d n_q=%d mask=%d sinks=%d blocks=%3d minb=%d  err/rms=%.2e\n",
+                       ok ? "ok" : "FAIL", c.D, tname(c.tk), tname(c.tv), c.n_kv, c.n_head_kv, c.gqa, c.n_q, c.mask, c.sinks,
+                       f.p.n_blocks, minb, e);
+                release(f);
+            }
+        }
+        printf("%d of %zu cases failed\n", fails, cases.size()*3);
+        return fails != 0;
+    }
+
+    if (mode == "once") { // for a profiler: fattn_bench once tq4_0|tq3_0 n_kv minb, five launches
+        const ggml_type tt = argc > 2 && std::string(argv[2]) == "tq3_0" ? GGML_TYPE_TQ3_0 : GGML_TYPE_TQ4_0;
+        const int n_kv = argc > 3 ? atoi(argv[3]) : 32768, minb = argc > 4 ? atoi(argv[4]) : 4;
+        fa_data f;
+        setup(f, {128, tt, tt, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb);
+        for (int i = 0; i < 5; ++i) tq_fa_launch(f.p, f.k, 128, 0);
+        CK(cudaDeviceSynchronize());
+        release(f);
+        return 0;
+    }
+
+    // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token
+    std::vector<int> minbs;
+    for (int i = 2; i < argc; ++i) minbs.push_back(atoi(argv[i]));
+    if (minbs.empty()) minbs = {4};
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    for (auto tt : {GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0}) {
+        for (int n_kv : {256, 8192, 32768, 65536}) {
+            for (int minb : minbs) {
+                fa_data f;
+                setup(f, {128, tt, tt, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb);
+                for (int i = 0; i < 20; ++i) tq_fa_launch(f.p, f.k, 128, 0);
+                CK(cudaDeviceSynchronize());
+                const int iters = n_kv >= 32768 ? 200 : 1000;
+                CK(cudaEventRecord(e0));
+                for (int i = 0; i < iters; ++i) tq_fa_launch(f.p, f.k, 128, 0);
+                CK(cudaEventRecord(e1));
+                CK(cudaEventSynchronize(e1));
+                float ms = 0.0f;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                const double us = 1e3*ms/iters, bytes = (double) n_kv*8*(f.rowK + f.rowV);
+                printf("time %s n_kv=%6d minb=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %8.2f us  %7.1f GB/s (K+V)\n",
+                       tname(tt), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes, us, bytes/us*1e-3);
+                release(f);
+            }
+        }
+    }
+    return 0;
+}
