@@ -7,6 +7,7 @@
 #   tools/cuda_device.sh fabench   the lab decode kernel alone (tools/fattn-lab): check against the C reference,
 #                                  then time it at 256..65536 keys for GGML_TQ_FA_MINB 2, 3, 4
 #   tools/cuda_device.sh faprof    ncu on the lab decode kernel alone at 32k keys (after fabench)
+#   tools/cuda_device.sh sass      SASS opcode counts of the lab decode kernel, its main loop apart (after fabench)
 #   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
 #   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
@@ -83,7 +84,8 @@ step_fabench() {
     local rc=0 v
     for v in ${FAB_VARIANTS:-base}; do
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
-        nvcc -O3 -std=c++17 -arch=sm_90 $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Itools/fattn-lab \
+        # -use_fast_math as ggml-cuda compiles its kernels (expf -> ex2.approx)
+        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Itools/fattn-lab \
             tools/fattn-lab/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
             || { tail -30 "$OUT/fattn_bench-build-$v.log"; return 1; }
         log "fattn_bench check ($v)"
@@ -106,6 +108,16 @@ step_faprof() {
         --section MemoryWorkloadAnalysis \
         "$W/fattn_bench-$v" once tq4_0 32768 ${FAB_MINB:-4} > $OUT/faprof.txt 2>&1 || true
     grep -vE "^==PROF==|^ +-+ *$" $OUT/faprof.txt | grep -E "[A-Za-z]" | sed -E 's/ +/ /g' | grep -vE "^ ?(OPT|INF|WRN)" | head -120
+}
+
+step_sass() {
+    # where the lab kernel's instructions go: SASS opcode counts of the decode kernel (head 128, TQ4_0 K and V,
+    # MINB 3), whole kernel and the main loop (the basic blocks between the first and the last HMMA)
+    local v=${FAB_VARIANTS:-base}; v=${v%% *}
+    log "SASS of tq_fattn_decode<128, tq4_0, tq4_0, 3> ($v)"
+    cuobjdump -sass -fun '_Z15tq_fattn_decodeILi128EL9ggml_type43ELS0_43ELi3EEv12tq_fa_params' "$W/fattn_bench-$v" \
+        > $OUT/sass-decode-128-tq4.txt 2>&1 || { tail -5 $OUT/sass-decode-128-tq4.txt; return 1; }
+    python3 tools/cuda_sass.py $OUT/sass-decode-128-tq4.txt
 }
 
 step_testfa() {
