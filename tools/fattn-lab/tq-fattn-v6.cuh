@@ -38,7 +38,6 @@
 #define TQ_FA_TILE    16  // keys per iteration: the k dimension of the P.V mma
 #define TQ_FA_STAGES  3   // shared-memory tiles per block: 2 in flight while one is scored
 #define TQ_FA_MAX_G   8   // query heads per warp: rows 0..7 of the m16 tile
-#define TQ_FA_MAX_Q   8   // query rows (tokens) the decode kernel takes; more go to the f16 conversion path
 #ifndef TQ_FA_MIN_TILES
 #define TQ_FA_MIN_TILES 2  // a block's key range is at least this many tiles: few keys spread over more blocks
 #endif
@@ -238,16 +237,19 @@ static __device__ __forceinline__ float tq_fa_slope(const tq_fa_params & p, int 
 
 // The last step of a row, in a warp: O (rotated; lane l holds elements l and l+32 of block b in o_rot[b])
 // times 1/L, rotated back (the transform is its own inverse up to the 1/8 scale, then the signs).
+// One block of it: out[0..63] from elements v0 = lane, v1 = lane + 32.
+static __device__ __forceinline__ void tq_fa_write_block(float * out, float v0, float v1, float inv_L) {
+    const int lane = threadIdx.x & 31;
+    tq_fa_fwht64(v0, v1);
+    out[lane]      = v0*0.125f*tq_fa_signs[lane]*inv_L;
+    out[lane + 32] = v1*0.125f*tq_fa_signs[lane + 32]*inv_L;
+}
+
 template <int D>
 static __device__ __forceinline__ void tq_fa_write_row(float * out, const float (&o_rot)[D/QK_TQ][2], float inv_L) {
-    const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int b = 0; b < D/QK_TQ; ++b) {
-        float v0 = o_rot[b][0];
-        float v1 = o_rot[b][1];
-        tq_fa_fwht64(v0, v1);
-        out[b*QK_TQ + lane]      = v0*0.125f*tq_fa_signs[lane]*inv_L;
-        out[b*QK_TQ + lane + 32] = v1*0.125f*tq_fa_signs[lane + 32]*inv_L;
+        tq_fa_write_block(out + b*QK_TQ, o_rot[b][0], o_rot[b][1], inv_L);
     }
 }
 
@@ -675,11 +677,7 @@ static __global__ void tq_fattn_combine(const float * __restrict__ partials, con
         v0 += s_o[q][b*QK_TQ + lane];
         v1 += s_o[q][b*QK_TQ + lane + 32];
     }
-    tq_fa_fwht64(v0, v1);
-    const float inv_L = L == 0.0f ? 0.0f : 1.0f/L;
-    float * out = dst + ((int64_t) z*n_head + h)*D;
-    out[b*QK_TQ + lane]      = v0*0.125f*tq_fa_signs[lane]*inv_L;
-    out[b*QK_TQ + lane + 32] = v1*0.125f*tq_fa_signs[lane + 32]*inv_L;
+    tq_fa_write_block(dst + ((int64_t) z*n_head + h)*D + b*QK_TQ, v0, v1, L == 0.0f ? 0.0f : 1.0f/L);
 }
 
 // ---- host side -----------------------------------------------------------------------------------------
