@@ -35,6 +35,17 @@ unpack() {
     fi
 }
 
+# the C reference (tq-ref.c) as an object, compiled as ggml-tq.cmake compiles it
+ref_object() {
+    gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
+}
+
+# GGML_TQ_FA_MINB for the llama.cpp runs: the caller's, else the step minb's pick if it ran in this machine's
+# life, else 4, the kernel's default (tq-fattn.cu)
+minb() {
+    echo "${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
+}
+
 step_build() {
     unpack
     if [ ! -f $W/build/build.ninja ]; then
@@ -65,7 +76,7 @@ step_unit() {
     local rc=0
     log "CUDA unit test"
     # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
-    gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
+    ref_object
     nvcc -O2 -std=c++17 -arch=sm_90 -use_fast_math -ftz=false -fmad=false -I$W/src/ggml/include -I$W/src/ggml/src \
         -I$W/src/ggml/src/ggml-cuda -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itests/cuda \
         tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
@@ -79,7 +90,7 @@ step_unit() {
 step_fabench() {
     unpack
     log "fattn_bench: build"
-    gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
+    ref_object
     # FAB_VARIANTS: compile-time variants to compare ("-DNAME=1 ..." each, "base" for none)
     local rc=0 v
     for v in ${FAB_VARIANTS:-base}; do
@@ -121,7 +132,7 @@ step_sass() {
 }
 
 step_testfa() {
-    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}
+    export GGML_TQ_FA_MINB=$(minb)
     log "test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT (TQ cases), GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log 2>&1
     grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log
@@ -151,15 +162,14 @@ step_minb() {
 }
 
 step_perf() {
-    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
-    GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)} $B/test-backend-ops perf -b CUDA0 \
+    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=$(minb)"
+    GGML_TQ_FA_MINB=$(minb) $B/test-backend-ops perf -b CUDA0 \
         -o FLASH_ATTN_EXT -p 'hsk=128,hsv=128,nh=8,nr23=\[4,1\],kv=32768,nb=1,' > $OUT/tbo-perf.log 2>&1 || true
     grep -E "us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+),.*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+ [KMG]B)\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us\/run \4\/run \5/'
 }
 
 step_bench() {
-    # the step minb's pick if it ran in this machine's life, else 4, the kernel's default (tq-fattn.cu)
-    export GGML_TQ_FA_MINB=${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}
+    export GGML_TQ_FA_MINB=$(minb)
     echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
     for t in $types; do
