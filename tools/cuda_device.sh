@@ -4,17 +4,19 @@
 #   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
 #   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
 #   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
-#   tools/cuda_device.sh fabench   the lab decode kernel alone (tools/fattn-lab): check against the C reference,
+#   tools/cuda_device.sh fabench   the int8 decode kernel alone (tools/fattn-lab/fattn_bench): check against the C reference,
 #                                  then time it at 256..65536 keys for GGML_TQ_FA_MINB 2, 3, 4
-#   tools/cuda_device.sh faprof    ncu on the lab decode kernel alone at 32k keys (after fabench)
-#   tools/cuda_device.sh sass      SASS opcode counts of the lab decode kernel, its main loop apart (after fabench)
+#   tools/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
+#   tools/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
 #   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
 #   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   tools/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
-#   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity), CLI and server runs
+#   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
+#                                  qdecode), CLI and server runs
+#   tools/cuda_device.sh qdecode   the same KLD through the decode kernels (ubatches of 8 tokens; after quality)
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(pwd)
@@ -96,7 +98,7 @@ step_fabench() {
     for v in ${FAB_VARIANTS:-base}; do
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
         # -use_fast_math as ggml-cuda compiles its kernels (expf -> ex2.approx)
-        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Itools/fattn-lab \
+        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itools/fattn-lab \
             tools/fattn-lab/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
             || { tail -30 "$OUT/fattn_bench-build-$v.log"; return 1; }
         log "fattn_bench check ($v)"
@@ -122,11 +124,11 @@ step_faprof() {
 }
 
 step_sass() {
-    # where the lab kernel's instructions go: SASS opcode counts of the decode kernel (head 128, TQ4_0 K and V,
+    # where the int8 decode kernel's instructions go: SASS opcode counts (head 128, TQ4_0 K and V,
     # MINB 3), whole kernel and the main loop (the basic blocks between the first and the last HMMA)
     local v=${FAB_VARIANTS:-base}; v=${v%% *}
     log "SASS of tq_fattn_decode<128, tq4_0, tq4_0, 3> ($v)"
-    cuobjdump -sass -fun '_Z15tq_fattn_decodeILi128EL9ggml_type43ELS0_43ELi3EEv12tq_fa_params' "$W/fattn_bench-$v" \
+    cuobjdump -sass -fun '_ZN5tq_i815tq_fattn_decodeILi128EL9ggml_type43ELS1_43ELi3EEEvNS_12tq_fa_paramsE' "$W/fattn_bench-$v" \
         > $OUT/sass-decode-128-tq4.txt 2>&1 || { tail -5 $OUT/sass-decode-128-tq4.txt; return 1; }
     python3 tools/cuda_sass.py $OUT/sass-decode-128-tq4.txt
 }
@@ -172,15 +174,19 @@ step_bench() {
     export GGML_TQ_FA_MINB=$(minb)
     echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
+    # a type written tq4_0-v4 runs tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0): the kernel
+    # before it, in the same run
     for t in $types; do
+        local ct=${t%-v4} i8=1
+        [ "$ct" != "$t" ] && i8=0
         log "llama-bench $t"
-        $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $t -ctv $t -o json \
+        GGML_TQ_FA_I8=$i8 $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $ct -ctv $ct -o json \
             > $OUT/bench-$t.json 2> $OUT/bench-$t.err || { tail -20 $OUT/bench-$t.err; }
-        python3 - $OUT/bench-$t.json <<'PY'
+        python3 - $OUT/bench-$t.json $t <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
     test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-    print(f"{r['type_k']:>6} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
+    print(f"{sys.argv[2]:>8} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
 PY
     done
 }
@@ -212,6 +218,7 @@ step_quality() {
             --kl-divergence-base $W/base.kld > $OUT/kld-$t.log 2>&1
         printf '%-6s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-$t.log)" "$(grep -E 'Same top p' $OUT/kld-$t.log)"
     done
+    step_qdecode
     log "llama-cli and llama-server on the GPU with a TQ cache"
     $B/llama-cli -m $W/r8b-q4_0.gguf -ngl 99 -fa on -ctk tq4_0 -ctv tq4_0 -st -p "hello" -n 16 -lv 4 < /dev/null > $OUT/cli.log 2>&1
     grep -E "KV buffer|K \(tq4_0\)|Generation" $OUT/cli.log | head -5
@@ -226,6 +233,23 @@ step_quality() {
     wait "${pids[@]}"
     kill $pid
     python3 -c "import json,sys; r=[json.load(open(f'$OUT/server-{i}.json'))['content'] for i in (1,2,3,4)]; print('server: 4 answers,', 'identical' if len(set(r))==1 else 'DIFFERENT', repr(r[0][:40]))"
+}
+
+step_qdecode() {
+    # The same KLD through the decode kernels: llama-perplexity evaluates a chunk in ubatches of 8 tokens, so
+    # FLASH_ATTN_EXT gets 8 query rows (the TQ decode kernels; with 512 rows it is the f16 prefill path that runs).
+    # tq4_0-v4: tq4_0 with the int8-scoring kernel off (GGML_TQ_FA_I8=0). Needs step_quality's model.
+    log "KLD through the decode kernels (-ub 8), against a GPU f16 cache at -ub 8"
+    local m=$W/random128.gguf text=.carry/random128-text.txt
+    local args="-m $m -f $text -c 512 --chunks 16 -ngl 99 -fa on -b 512 -ub 8"
+    $B/llama-perplexity $args -ctk f16 -ctv f16 --kl-divergence-base $W/base-ub8.kld > $OUT/kld-ub8-base.log 2>&1
+    for t in q4_0 tq4_0 tq4_0-v4 tq3_0; do
+        local ct=${t%-v4} i8=1
+        [ "$ct" != "$t" ] && i8=0
+        GGML_TQ_FA_I8=$i8 $B/llama-perplexity $args -ctk $ct -ctv $ct --kl-divergence --kl-divergence-base $W/base-ub8.kld \
+            > $OUT/kld-ub8-$t.log 2>&1
+        printf '%-8s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-ub8-$t.log)" "$(grep -E 'Same top p' $OUT/kld-ub8-$t.log)"
+    done
 }
 
 trap 'tar czf $RES/device-logs.tgz -C $OUT . ; cp $OUT/bench-*.json $RES/ 2>/dev/null || true' EXIT

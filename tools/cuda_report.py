@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 d = Path(sys.argv[1] if len(sys.argv) > 1 else "results/cuda")
-types = ["f16", "q8_0", "q4_0", "tq4_0", "tq3_0"]
+types = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-v4", "tq3_0"]  # tq4_0-v4: GGML_TQ_FA_I8=0 (the kernel before)
 bench = {}
 for t in types:
     f = d / f"bench-{t}.json"

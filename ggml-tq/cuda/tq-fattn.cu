@@ -11,13 +11,18 @@
 //   - a second kernel merges the key splits (flash-decoding) and rotates O back once per row.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
 // the cache's own 4.25 / 3.25 bits per value.
+// TQ4_0 K and V at head 128/256 in the cache's own layout go to tq-fattn-i8.cuh first (int8 scoring, about
+// half the instructions per key); this kernel takes what that one refuses.
 #include "tq-fattn.cuh"
+#include "tq-fattn-i8.cuh"
 
 #include "ggml-tq.h"
 #include "tq-codebook.h"
 
 #include <algorithm>
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #define TQ_FA_WARPS   4   // warps per block; each warp is one key split
 #define TQ_FA_TILE    16  // keys per warp iteration: the k dimension of the P.V mma
@@ -32,26 +37,9 @@ static constexpr unsigned TQ_FA_FULL = 0xffffffffu;
 
 // ---- helpers ----------------------------------------------------------------------------------------
 
-// The 64-point Walsh-Hadamard transform of one block held by a warp, lane l owning elements l and l+32.
-// Same stages and operand order as tq-ref.c's tq_fwht64, so results are bit-identical to the CPU's.
-static __device__ __forceinline__ void tq_fa_fwht64(float & v0, float & v1) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int h = 1; h < 32; h <<= 1) {
-        const float p0 = __shfl_xor_sync(TQ_FA_FULL, v0, h);
-        const float p1 = __shfl_xor_sync(TQ_FA_FULL, v1, h);
-        if (lane & h) {
-            v0 = p0 - v0;
-            v1 = p1 - v1;
-        } else {
-            v0 = v0 + p0;
-            v1 = v1 + p1;
-        }
-    }
-    const float a = v0;
-    v0 = a + v1;
-    v1 = a - v1;
-}
+// The 64-point Walsh-Hadamard transform of one block held by a warp (lane l: elements l and l+32), the same
+// stages and operand order as tq-ref.c's tq_fwht64: the int8 kernel's
+using tq_i8::tq_fa_fwht64;
 
 static __device__ __forceinline__ uint32_t tq_fa_pack(float lo, float hi) {
     const half2 h = __floats2half2_rn(lo, hi);
@@ -527,6 +515,63 @@ static void tq_fa_launch_types(ggml_type tk, ggml_type tv, const tq_fa_params & 
     tq_fa_launch<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0>(p, grid, stream);
 }
 
+// The int8-scoring kernel (tq-fattn-i8.cuh) where it takes the node: TQ4_0 K and V, head 128 or 256, the
+// cache's rows aligned for its copies. GGML_TQ_FA_I8=0 turns it off (the kernel below then runs), for
+// comparisons; GGML_TQ_FA_I8_MINB (2..4, default 3) is its blocks per SM. Returns false where it did not run.
+static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const tq_fa_params & p4, int n_seq) {
+    static const bool enabled = [] {
+        const char * e = getenv("GGML_TQ_FA_I8");
+        return !e || atoi(e) != 0;
+    }();
+    static const int minb = [] {
+        const char * e = getenv("GGML_TQ_FA_I8_MINB");
+        return e ? std::min(4, std::max(2, atoi(e))) : 3; // 3: 125 registers, no spills (ptxas), 3 blocks/SM
+    }();
+    const ggml_tensor * K = dst->src[1];
+    const ggml_tensor * V = dst->src[2];
+    const ggml_tensor * sinks = dst->src[4];
+    const int D = (int) K->ne[0];
+    if (!enabled || K->type != GGML_TYPE_TQ4_0 || V->type != GGML_TYPE_TQ4_0 || (D != 128 && D != 256)) {
+        return false;
+    }
+    tq_i8::tq_fa_params p = {};
+    p.Q = p4.Q; p.K = p4.K; p.V = p4.V; p.mask = p4.mask;
+    p.sinks = sinks ? (const float *) sinks->data : nullptr;
+    p.dst = (float *) dst->data;
+    p.scale = p4.scale; p.max_bias = p4.max_bias; p.m0 = p4.m0; p.m1 = p4.m1; p.logit_softcap = p4.logit_softcap;
+    p.n_head_log2 = p4.n_head_log2;
+    p.n_q = p4.n_q; p.n_seq = n_seq; p.n_head = p4.n_head; p.n_kv = p4.n_kv; p.n_head_kv = p4.n_head_kv;
+    p.gqa = p4.gqa; p.G = p4.G; p.n_groups = p4.n_groups;
+    p.nbq1 = p4.nbq1; p.nbq2 = p4.nbq2; p.nbq3 = p4.nbq3;
+    p.nbk1 = p4.nbk1; p.nbk2 = p4.nbk2; p.nbk3 = p4.nbk3;
+    p.nbv1 = p4.nbv1; p.nbv2 = p4.nbv2; p.nbv3 = p4.nbv3;
+    p.nbm1 = p4.nbm1; p.nbm3 = p4.nbm3; p.mask_ne3 = p4.mask_ne3;
+    if (!tq_i8::tq_fa_layout(p, D, K->type, V->type)) {
+        return false;
+    }
+    const tq_i8::tq_fa_kernel k = tq_i8::tq_fa_select(D, K->type, V->type, minb);
+    // blocks the GPU holds at once, per kernel and shared-memory size (the occupancy query once each)
+    static std::vector<std::pair<std::pair<const void *, int>, int>> slots_seen;
+    int slots = 0;
+    for (const auto & e : slots_seen) {
+        if (e.first.first == k.fn && e.first.second == p.smem) {
+            slots = e.second;
+        }
+    }
+    if (slots == 0) {
+        slots = tq_i8::tq_fa_slots(k, p, ggml_cuda_info().devices[ctx.device].nsm);
+        slots_seen.push_back({{k.fn, p.smem}, slots});
+    }
+    tq_i8::tq_fa_plan(p, slots, 256);
+    ggml_cuda_pool_alloc<float> partials(ctx.pool());
+    if (p.n_blocks > 1) {
+        p.partials = partials.alloc((size_t) p.n_q*n_seq*p.n_head*p.n_blocks*(D + 2));
+    }
+    tq_i8::tq_fa_launch(p, k, D, ctx.stream());
+    CUDA_CHECK(cudaGetLastError());
+    return true;
+}
+
 void ggml_cuda_flash_attn_ext_tq(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const ggml_tensor * Q = dst->src[0];
     const ggml_tensor * K = dst->src[1];
@@ -562,6 +607,9 @@ void ggml_cuda_flash_attn_ext_tq(ggml_backend_cuda_context & ctx, ggml_tensor * 
     p.nbm1 = mask ? mask->nb[1] : 0; p.nbm3 = mask ? mask->nb[3] : 0; p.mask_ne3 = mask ? (int) mask->ne[3] : 1;
 
     const int n_seq = (int) Q->ne[3];
+    if (tq_fa_try_i8(ctx, dst, p, n_seq)) {
+        return;
+    }
     const int rows  = p.n_head_kv*p.n_groups*p.n_q*n_seq; // warps that share nothing
 
     // Key splits (flash-decoding): enough warps to fill the GPU twice over, each a whole number of 16-key

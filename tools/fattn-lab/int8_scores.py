@@ -3,9 +3,28 @@
 K's codebook as int8 (scale 127/max|c|) and the rotated query as int8 per 64-block (absmax, like upstream's
 q8_1), against the f16 scoring the GPU kernel does now and against TQ's own error. Random Gaussian keys
 (8 channels 4x larger) and queries, head 128, scores q.k/sqrt(D); errors are rms over the scores' rms.
+Also the centroid scale the kernel uses (TQ_I8_SK in ggml-tq/cuda/tq-fattn-i8.cuh): of the scales that keep
+every centroid within int8, the one with the least rounding error, weighted by how often each centroid is hit
+(a coordinate of a rotated unit vector is close to N(0, 1/64)).
 Usage: .venv/bin/python tools/fattn-lab/int8_scores.py   (numbers in ggml-tq/cuda/NOTES.md)
 """
+import math
 import numpy as np, ggml_tq as t
+
+
+def best_scale(c):
+    """The scale s <= 127.49/max|c| minimizing the hit-weighted rms of round(c*s)/s - c, relative to rms(c)."""
+    edges = np.concatenate(([-np.inf], (c[1:] + c[:-1])/2, [np.inf]))
+    cdf = lambda x: 0.5*(1.0 + math.erf(x*8.0/math.sqrt(2.0))) if np.isfinite(x) else float(x > 0)
+    w = np.array([cdf(edges[i + 1]) - cdf(edges[i]) for i in range(len(c))])
+    err = lambda s: math.sqrt((w*(np.round(c*s)/s - c)**2).sum()/(w*c**2).sum())
+    cands = np.linspace(32.0, 127.49/np.abs(c).max(), 20000)
+    s = min(cands, key=err)
+    return float(s), err(s), err(127.0/np.abs(c).max())
+
+
+s4, e4, e127 = best_scale(t.centroids(4).astype(np.float64))
+print(f"tq4_0 centroid scale: {s4:.4f} (hit-weighted rms rounding error {e4:.4f}; 127/max|c| gives {e127:.4f})")
 rng = np.random.default_rng(0)
 D, N, NQ = 128, 4096, 32
 K = rng.standard_normal((N, D)).astype(np.float32)
@@ -23,7 +42,7 @@ for name, bits in (("tq4_0", 4), ("tq3_0", 3)):
     # f16 scoring (GPU now): Q rotated in f16, codebook values in f16, f32 accumulation
     f16 = (Qr.astype(np.float16).astype(np.float32) @ (c.astype(np.float16).astype(np.float32)[idx] * d[:, :, None]).reshape(N, D).T) / np.sqrt(D)
     # int8: codebook scaled by 127/max|c|, Q per 64-block absmax to int8, integer dot per block times scales
-    sc = 127.0 / np.abs(c).max(); c8 = np.round(c * sc)
+    sc = best_scale(c.astype(np.float64))[0] if bits == 4 else 127.0 / np.abs(c).max(); c8 = np.round(c * sc)
     Qb = Qr.reshape(NQ, D // 64, 64); qs = np.abs(Qb).max(-1, keepdims=True) / 127.0
     Q8 = np.round(Qb / qs)
     dots = np.einsum("qbj,nbj->qnb", Q8, c8[idx])                            # exact integers

@@ -1,0 +1,946 @@
+// Flash-attention decode over TQ4_0 K and V that scores on the int8 tensor cores: the kernel ggml-cuda runs
+// for TQ4_0 K/V at head 128 and 256 when the cache layout allows (tq_fa_layout); tq-fattn.cu takes the rest.
+// Also built alone, without ggml-cuda, by tools/fattn-lab/fattn_bench.cu (checks and timings).
+//
+// Its block structure: a block is the GQA groups of hb KV heads over one key range; whole token rows (a
+// token's heads side by side in the cache) stream through a ring of shared-memory tiles with cp.async; a
+// merge kernel combines the key ranges (flash-decoding). Its inner loop, and why: below ("v7").
+// ggml-tq/cuda/NOTES.md has the versions before it and their times.
+#pragma once
+
+#define TQ_I8_SCORES_INT8 1 // fattn_bench: check against int8_reference
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "ggml.h"
+#include "ggml-tq.h"
+#include "tq-codebook.h"
+
+namespace tq_i8 {
+
+#define TQ_I8_WARPS   4   // warps per block at most: one per KV head and query group
+#define TQ_I8_TILE    16  // keys per iteration: the k dimension of the P.V mma
+#define TQ_I8_STAGES  3   // shared-memory tiles per block: 2 in flight while one is scored
+#define TQ_I8_MAX_G   8   // query heads per warp: rows 0..7 of the m16 tile
+#ifndef TQ_I8_MIN_TILES
+#define TQ_I8_MIN_TILES 2  // a block's key range is at least this many tiles: few keys spread over more blocks
+#endif
+
+static __constant__ float tq_fa_signs[QK_TQ] = TQ_SIGNS_INIT;
+static __constant__ float tq_fa_cb4[16]      = TQ_CENTROIDS_4BIT_INIT;
+
+static constexpr unsigned TQ_I8_FULL = 0xffffffffu;
+
+// ---- helpers ----------------------------------------------------------------------------------------
+
+// The 64-point Walsh-Hadamard transform of one block held by a warp, lane l owning elements l and l+32.
+// Same stages and operand order as tq-ref.c's tq_fwht64.
+static __device__ __forceinline__ void tq_fa_fwht64(float & v0, float & v1) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int h = 1; h < 32; h <<= 1) {
+        const float p0 = __shfl_xor_sync(TQ_I8_FULL, v0, h);
+        const float p1 = __shfl_xor_sync(TQ_I8_FULL, v1, h);
+        if (lane & h) {
+            v0 = p0 - v0;
+            v1 = p1 - v1;
+        } else {
+            v0 = v0 + p0;
+            v1 = v1 + p1;
+        }
+    }
+    const float a = v0;
+    v0 = a + v1;
+    v1 = a - v1;
+}
+
+static __device__ __forceinline__ void tq_fa_cp_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N> static __device__ __forceinline__ void tq_fa_cp_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#endif
+}
+
+// ---- parameters ----------------------------------------------------------------------------------------
+
+struct tq_fa_params {
+    const char * Q; const char * K; const char * V; const char * mask;
+    float * partials;                  // [z][head][block][D + 2]: M, L, O (rotated) of each block's keys
+    const float * sinks;               // per head, or null
+    float * dst;                       // [z][head][D]
+    float scale, max_bias, m0, m1, logit_softcap;
+    uint32_t n_head_log2;
+    int n_q, n_seq, n_head, n_kv, n_head_kv, gqa, G, n_groups;
+    int hb;                            // KV heads per block: a block's warps are its heads x groups
+    int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_TILE)
+    int cp_bytes;                      // cp.async size: 16, 8 or 4, what the addresses allow
+    int span_K, span_V;                // bytes copied per key row: the block's heads, from the aligned word below
+    int stride_K, stride_V;            // their row stride in shared memory
+    int smem;                          // dynamic shared memory of the decode kernel
+    int64_t nbq1, nbq2, nbq3;
+    int64_t nbk1, nbk2, nbk3;
+    int64_t nbv1, nbv2, nbv3;
+    int64_t nbm1, nbm3; int mask_ne3;
+};
+
+static __device__ __forceinline__ float tq_fa_slope(const tq_fa_params & p, int h) {
+    if (p.max_bias <= 0.0f) {
+        return 1.0f;
+    }
+    return h < (int) p.n_head_log2 ? powf(p.m0, h + 1) : powf(p.m1, 2*(h - (int) p.n_head_log2) + 1);
+}
+
+// The last step of a row, in a warp: O (rotated; lane l holds elements l and l+32 of block b in o_rot[b])
+// times 1/L, rotated back (the transform is its own inverse up to the 1/8 scale, then the signs).
+// One block of it: out[0..63] from elements v0 = lane, v1 = lane + 32.
+static __device__ __forceinline__ void tq_fa_write_block(float * out, float v0, float v1, float inv_L) {
+    const int lane = threadIdx.x & 31;
+    tq_fa_fwht64(v0, v1);
+    out[lane]      = v0*0.125f*tq_fa_signs[lane]*inv_L;
+    out[lane + 32] = v1*0.125f*tq_fa_signs[lane + 32]*inv_L;
+}
+
+template <int D>
+static __device__ __forceinline__ void tq_fa_write_row(float * out, const float (&o_rot)[D/QK_TQ][2], float inv_L) {
+#pragma unroll
+    for (int b = 0; b < D/QK_TQ; ++b) {
+        tq_fa_write_block(out + b*QK_TQ, o_rot[b][0], o_rot[b][1], inv_L);
+    }
+}
+
+// cp.async of `bytes` (4, 8 or 16, known at compile time) to shared address d, `src_bytes` of them read and
+// the rest zero-filled
+static __device__ __forceinline__ void tq_fa_cp_to(uint32_t d, const void * src, const int bytes, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (bytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(d), "l"(src), "r"(src_bytes));
+    } else if (bytes == 8) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" :: "r"(d), "l"(src), "r"(src_bytes));
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(d), "l"(src), "r"(src_bytes));
+    }
+#else
+    (void) d; (void) src; (void) bytes; (void) src_bytes;
+    __trap();
+#endif
+}
+
+// ---- the decode kernel ---------------------------------------------------------------------------------
+
+// Shared memory of a block: TQ_I8_STAGES stages of [16 K rows | 16 V rows | 16 mask values], a K/V row
+// holding the bytes of the block's heads for one key (contiguous in the cache: a token's heads side by side).
+// After the loop the same memory holds each warp's rows of O for the final write.
+#define TQ_I8_MASK_BYTES 48 // 16 halves from the 4-byte word below the first, rounded up to 16 bytes
+
+// ---- v7: int8 tensor cores for S, V^T P^T for O ------------------------------------------------------
+//
+// Per warp and 16-key tile the work is the lookups of 2 x 16 x D indices; v6 spent about 1300 instructions on
+// it (a shuffle per index, then the per-index glue). Here:
+//   - a byte permute looks up 4 indices at once in a 16-byte table held in 4 registers (tq_fa_lut16: 11
+//     instructions per 8 indices), the table int8: K's centroids times 127/max|c|; Q quantized to int8 per
+//     block of 64, so S = K Q^T runs on the int8 tensor cores (m16n8k32: 4 mma per tile for head 128);
+//   - V's table is 128 + that int8 value; a byte 0x64 above it makes the f16 number 1024 + byte, so two byte
+//     permutes give an f16 operand register; the offset (1152 times the sum of P) is taken out at the end;
+//   - O is accumulated transposed, O^T = V^T P^T: the mma's 16 rows are head dimensions (all used) and its 8
+//     columns the query heads, where O = P V would use G of 16 rows; P^T comes from S's accumulator by
+//     movmatrix (a transpose in registers);
+//   - the dims of a block are taken in the order its aligned 4-byte words hold them (a dot product does not
+//     care), so a lane reads whole words: the first block of a pair starts 2 bytes into a word, its indices
+//     are the words 1..7 of the pair and one word put together from the pair's words 0 and 8.
+// The price: the centroids in 8 bits (0.68 % rms) and Q in 8 bits (0.60 %), next to TQ4_0's own 9.3 %
+// (tools/fattn-lab/int8_scores.py).
+//
+// Takes: head 128 or 256 (blocks in pairs), TQ4_0 K and V, rows 4-byte aligned, heads side by side in a
+// key's row (tq_fa_layout says which); anything else stays with tq-fattn.cu's kernel.
+
+static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
+    return d;
+}
+
+static __device__ __forceinline__ uint32_t tq_fa_ld32(const uint8_t * p) {
+    return *(const uint32_t *) p;
+}
+
+// The table bytes of the 8 4-bit indices in w: lo holds those of w's bytes 0, 1 and hi those of bytes 2, 3,
+// each in nibble order (byte 0 low, byte 0 high, byte 1 low, byte 1 high). T: entries 0..15, 4 per register.
+// A byte permute picks with the low 3 bits of a selector nibble (bit 3 would ask for sign replication, so
+// it is masked): once from entries 0..7, once from 8..15, a third time between the two by the index's bit 3.
+static __device__ __forceinline__ void tq_fa_lut16(uint32_t w, const uint32_t (&T)[4], uint32_t & lo, uint32_t & hi) {
+    const uint32_t m  = w & 0x77777777u;
+    const uint32_t s  = ((w >> 1) & 0x44444444u) | 0x32103210u;
+    lo = tq_fa_prmt(tq_fa_prmt(T[0], T[1], m), tq_fa_prmt(T[2], T[3], m), s);
+    const uint32_t mh = m >> 16, sh = s >> 16;
+    hi = tq_fa_prmt(tq_fa_prmt(T[0], T[1], mh), tq_fa_prmt(T[2], T[3], mh), sh);
+}
+
+// The tables, made by the compiler: the 16 centroids as bytes round(c*TQ_I8_SK) + offset, 4 per word; K's
+// signed (offset 0), V's unsigned (offset 128). TQ_I8_SK: of the scales that keep every centroid in int8, the
+// one with the least rounding error weighted by how often each centroid is hit (0.37 % rms against 0.67 % for
+// 127/max|c|; tools/fattn-lab/int8_scores.py finds and prints it).
+static constexpr float tq_fa_cb4_host[16] = TQ_CENTROIDS_4BIT_INIT;
+static constexpr float tq_fa_abs(float x) { return x < 0.0f ? -x : x; }
+static constexpr float TQ_I8_SK = 368.28f;
+static constexpr int tq_fa_round(float x) { return x >= 0.0f ? (int) (x + 0.5f) : -(int) (0.5f - x); }
+static constexpr uint32_t tq_fa_table_word(int r, int offset) {
+    uint32_t v = 0;
+    for (int e = 0; e < 4; ++e) {
+        v |= ((uint32_t) (tq_fa_round(tq_fa_cb4_host[4*r + e]*TQ_I8_SK) + offset) & 0xffu) << (8*e);
+    }
+    return v;
+}
+static_assert(tq_fa_round(tq_fa_abs(tq_fa_cb4_host[0])*TQ_I8_SK) <= 127 && tq_fa_round(tq_fa_abs(tq_fa_cb4_host[15])*TQ_I8_SK) <= 127,
+              "the centroids must fit int8");
+static constexpr uint32_t TQ_I8_TK0 = tq_fa_table_word(0, 0),   TQ_I8_TK1 = tq_fa_table_word(1, 0);
+static constexpr uint32_t TQ_I8_TK2 = tq_fa_table_word(2, 0),   TQ_I8_TK3 = tq_fa_table_word(3, 0);
+static constexpr uint32_t TQ_I8_TV0 = tq_fa_table_word(0, 128), TQ_I8_TV1 = tq_fa_table_word(1, 128);
+static constexpr uint32_t TQ_I8_TV2 = tq_fa_table_word(2, 128), TQ_I8_TV3 = tq_fa_table_word(3, 128);
+
+// qs byte k (0..3) of word widx (0..7) of a block, in the order the lanes read them: the odd block of a pair
+// starts on a word (its qs 4 bytes later), the even block 2 bytes into one: words 1..7 of the pair hold qs
+// bytes 2..29, the eighth is put together from qs 0, 1 (pair word 0) and qs 30, 31 (pair word 8)
+static __device__ __forceinline__ int tq_fa_qs_byte(int odd, int widx, int k) {
+    if (odd) {
+        return 4*widx + k;
+    }
+    return widx < 7 ? 4*widx + 2 + k : (k < 2 ? k : 28 + k);
+}
+
+// the block element in byte j of tq_fa_lut16's lo (half 0) or hi (half 1) word for word widx
+static __device__ __forceinline__ int tq_fa_elem(int odd, int widx, int half, int j) {
+    return tq_fa_qs_byte(odd, widx, 2*half + (j >> 1)) + 32*(j & 1);
+}
+
+// Word widx of a block pair's row p for a lane: the odd block's straight, the even block's from
+// pair word widx + 1 or, for widx 7, from pair words 0 and 8 (off_e, sel_e: tq_fa_even_word)
+static __device__ __forceinline__ uint32_t tq_fa_word_even(const uint8_t * pair, int off_e, uint32_t sel_e, uint32_t w8) {
+    return tq_fa_prmt(tq_fa_ld32(pair + off_e), w8, sel_e);
+}
+
+static __device__ __forceinline__ void tq_fa_even_word(int widx, int & off, uint32_t & sel) {
+    off = widx < 7 ? 4*(widx + 1) : 0;
+    sel = widx < 7 ? 0x3210u : 0x5432u;
+}
+
+// D(16x8, s32) += A(16x32, s8) * B(32x8, s8)
+static __device__ __forceinline__ void tq_fa_mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    (void) c; (void) a0; (void) a1; (void) a2; (void) a3; (void) b0; (void) b1;
+    __trap();
+#endif
+}
+
+// D(16x8, f32) += A(16x16, f16) * B(16x8, f16)
+static __device__ __forceinline__ void tq_fa_mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    (void) c; (void) a0; (void) a1; (void) a2; (void) a3; (void) b0; (void) b1;
+    __trap();
+#endif
+}
+
+// the transpose of an 8x8 f16 matrix in the mma fragment layout (lane 4i + j holds row i, columns 2j, 2j+1)
+static __device__ __forceinline__ uint32_t tq_fa_trans(uint32_t x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+#else
+    (void) x;
+    __trap();
+    return 0;
+#endif
+}
+
+static __device__ __forceinline__ float tq_fa_lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short) (w & 0xffffu))); }
+static __device__ __forceinline__ float tq_fa_hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short) (w >> 16))); }
+
+#define TQ_I8_PAIR     68      // bytes of two TQ4_0 blocks
+#define TQ_I8_SLOTS(D) ((D)/64) // 16-byte copies per lane and row pair: 4 heads of K and V in 16-byte chunks
+#define TQ_I8_V_OFFSET 1152.0f // the f16 V operand is 1024 + (128 + int8 value)
+
+// grid: x = key range (block), y = group of hb KV heads, z = query row + n_q * sequence. Warp w of the block
+// takes KV head blockIdx.y*hb + w/n_groups, query heads of group w%n_groups: G columns of the n8 tile.
+template <int D, ggml_type type_K, ggml_type type_V, int MINB>
+__launch_bounds__(TQ_I8_WARPS*32, MINB)
+static __global__ void tq_fattn_decode(const tq_fa_params p) {
+    static_assert(type_K == GGML_TYPE_TQ4_0 && type_V == GGML_TYPE_TQ4_0, "v7 takes TQ4_0 K and V");
+    static_assert(D % (2*QK_TQ) == 0, "v7 takes blocks in pairs");
+    constexpr int NB = D/QK_TQ, NP = NB/2;
+    constexpr int row_K = NB*(int) sizeof(block_tq4_0), row_V = row_K;
+    constexpr float LOG2E = 1.4426950408889634f;
+
+    extern __shared__ __align__(16) uint8_t tq_fa_smem[];
+
+    const int lane   = threadIdx.x & 31;
+    const int warp   = threadIdx.x >> 5;
+    const int nwarps = blockDim.x >> 5;
+    const int g      = lane >> 2;
+    const int t      = lane & 3;
+
+    const int kv0     = blockIdx.y*p.hb;
+    const int kv_head = kv0 + warp / p.n_groups;
+    const int group   = warp % p.n_groups;
+    const int iq      = blockIdx.z % p.n_q;
+    const int seq     = blockIdx.z / p.n_q;
+    const int head0   = kv_head*p.gqa + group*p.G; // the warp's column c is query head head0 + c
+
+    const int k_begin = blockIdx.x*p.keys_per_block;
+    const int k_end   = min(k_begin + p.keys_per_block, p.n_kv);
+    const int n_tiles = (k_end - k_begin + TQ_I8_TILE - 1)/TQ_I8_TILE;
+
+    // rows start on a word here (tq_fa_layout)
+    const char * Ks = p.K + kv0*p.nbk2 + seq*p.nbk3;
+    const char * Vs = p.V + kv0*p.nbv2 + seq*p.nbv3;
+    const int endK = p.hb*row_K, endV = p.hb*row_V; // multiples of the copy size (tq_fa_layout)
+    const char * mrow = p.mask ? p.mask + iq*p.nbm1 + (seq % p.mask_ne3)*p.nbm3 : nullptr;
+    const int offM = (int) ((uintptr_t) mrow & 3);
+    const int stage_bytes = TQ_I8_TILE*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES;
+
+    // Copies tile `tile` into stage `st`: warp w copies rows w, w + nwarps, ... of K and V. A row pair (the
+    // block's heads of K, then of V) is nch chunks of cb = 16 or 8 bytes (tq_fa_layout: at most 32*SLOTS);
+    // lane l copies chunks l, l + 32, ...: where each goes is worked out once here, a copy then costs an
+    // address and a cp.async. Keys at or past k_end are zero-filled without a read.
+    constexpr int SLOTS = TQ_I8_SLOTS(D);
+    const int cb = p.cp_bytes;
+    const int nchK = endK/cb, nch = nchK + endV/cb;
+    const char * src_s[SLOTS];
+    uint32_t nb1_s[SLOTS];
+    int dst_s[SLOTS], stride_s[SLOTS];
+    bool on_s[SLOTS];
+#pragma unroll
+    for (int sl = 0; sl < SLOTS; ++sl) {
+        const int q = lane + 32*sl;
+        const bool isV = q >= nchK;
+        const int col = cb*(isV ? q - nchK : q);
+        on_s[sl]     = q < nch;
+        src_s[sl]    = (isV ? Vs : Ks) + col;
+        nb1_s[sl]    = (uint32_t) (isV ? p.nbv1 : p.nbk1);
+        dst_s[sl]    = (isV ? TQ_I8_TILE*p.stride_K : 0) + col;
+        stride_s[sl] = isV ? p.stride_V : p.stride_K;
+    }
+    const uint32_t smem_base = (uint32_t) __cvta_generic_to_shared(tq_fa_smem);
+    auto fetch_cb = [&](auto CB, const int tile, const int st) {
+        constexpr int cbytes = decltype(CB)::value;
+        const uint32_t stage = smem_base + st*stage_bytes;
+        const int k0 = k_begin + tile*TQ_I8_TILE;
+        for (int r = warp; r < TQ_I8_TILE; r += nwarps) {
+            const int k = k0 + r;
+            const int n = k < k_end ? cbytes : 0;
+            const uint32_t kr = k < k_end ? k : 0; // a refused read still names a valid address
+#pragma unroll
+            for (int sl = 0; sl < SLOTS; ++sl) {
+                if (on_s[sl]) {
+                    tq_fa_cp_to(stage + dst_s[sl] + r*stride_s[sl], src_s[sl] + kr*nb1_s[sl], cbytes, n); // < 2^32: tq_fa_layout
+                }
+            }
+        }
+        if (mrow && warp == nwarps - 1 && lane < TQ_I8_MASK_BYTES/4) {
+            const uint32_t sm = stage + TQ_I8_TILE*(p.stride_K + p.stride_V);
+            const int valid = min(TQ_I8_TILE, k_end - k0);
+            const int nm = max(0, min(4, offM + 2*valid - 4*lane));
+            tq_fa_cp_to(sm + 4*lane, nm ? mrow - offM + 2*(int64_t) k0 + 4*lane : mrow, 4, nm);
+        }
+    };
+    auto fetch = [&](const int tile, const int st) {
+        if (cb == 16) {
+            fetch_cb(std::integral_constant<int, 16>(), tile, st);
+        } else {
+            fetch_cb(std::integral_constant<int, 8>(), tile, st);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < TQ_I8_STAGES - 1; ++s) {
+        if (s < n_tiles) {
+            fetch(s, s);
+        }
+        tq_fa_cp_commit();
+    }
+
+    // ---- Q of the warp's G columns: rotated, scaled, rounded to int8 per block of 64 (scale amax/127), as the
+    // B operand of S. Lane (g, t) holds column g at the dims of its K words (block b, word 2t + j, halves
+    // 0/1 -> b0/b1). The lane that rotates element e of a block writes its int8 straight to that place:
+    // elements lane and lane + 32 share a word (qs byte lane holds both), two bytes side by side.
+    __shared__ __align__(16) uint32_t q8_s[TQ_I8_WARPS][TQ_I8_MAX_G][NB][2][2][2][2]; // [col][b][t/2][t%2][j][half]
+    __shared__ float qsc_s[TQ_I8_WARPS][TQ_I8_MAX_G][NB];
+    const float q_scale = p.logit_softcap != 0.0f ? p.scale/p.logit_softcap : p.scale;
+    if (lane < TQ_I8_MAX_G*NB) {
+        qsc_s[warp][lane/NB][lane%NB] = 0.0f; // columns past G score 0 (their int8 Q is never set)
+    }
+    // where qs byte `lane` of an even / odd block goes: byte offset in a column's [t][j][half] words
+    int q8_pos[2];
+#pragma unroll
+    for (int odd = 0; odd < 2; ++odd) {
+        int widx, k;
+        if (odd)            { widx = lane/4;       k = lane % 4; }
+        else if (lane < 2)  { widx = 7;            k = lane; }
+        else if (lane < 30) { widx = (lane - 2)/4; k = (lane - 2) % 4; }
+        else                { widx = 7;            k = lane - 28; }
+        // word 2t + j = widx of lane t; half k/2; bytes 2(k%2) (element lane) and +1 (element lane + 32)
+        q8_pos[odd] = 4*(2*widx + k/2) + 2*(k % 2);
+    }
+    const float sign0 = tq_fa_signs[lane], sign1 = tq_fa_signs[lane + 32];
+    float qv[TQ_I8_MAX_G][NB][2]; // all loads first: one memory latency, not G of them
+#pragma unroll
+    for (int gg = 0; gg < TQ_I8_MAX_G; ++gg) {
+        if (gg < p.G) {
+            const float * q = (const float *) (p.Q + iq*p.nbq1 + (head0 + gg)*p.nbq2 + seq*p.nbq3);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                qv[gg][b][0] = q[b*QK_TQ + lane];
+                qv[gg][b][1] = q[b*QK_TQ + lane + 32];
+            }
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int gg = 0; gg < TQ_I8_MAX_G; ++gg) {
+        if (gg >= p.G) {
+            break;
+        }
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            float v0 = qv[gg][b][0]*sign0;
+            float v1 = qv[gg][b][1]*sign1;
+            tq_fa_fwht64(v0, v1);
+            v0 *= 0.125f*q_scale;
+            v1 *= 0.125f*q_scale;
+            float amax = fmaxf(fabsf(v0), fabsf(v1));
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+                amax = fmaxf(amax, __shfl_xor_sync(TQ_I8_FULL, amax, off));
+            }
+            const float inv = amax > 0.0f ? 127.0f/amax : 0.0f;
+            const uint32_t pair = ((uint32_t) __float2int_rn(v0*inv) & 0xffu) | ((uint32_t) __float2int_rn(v1*inv) & 0xffu) << 8;
+            *(uint16_t *) ((uint8_t *) q8_s[warp][gg][b] + q8_pos[b & 1]) = (uint16_t) pair;
+            if (lane == 0) {
+                qsc_s[warp][gg][b] = amax/127.0f;
+            }
+        }
+    }
+    __syncwarp();
+    uint32_t qb[NB][2][2];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        const uint4 w = *(const uint4 *) q8_s[warp][g][b][t/2][t%2][0];
+        qb[b][0][0] = w.x; qb[b][0][1] = w.y; qb[b][1][0] = w.z; qb[b][1][1] = w.w;
+    }
+    // S's accumulator -> logit: times Q's block scale / sK (and log2 e: the softmax runs on exp2), times d
+    const float s_unit = p.logit_softcap != 0.0f ? 1.0f/TQ_I8_SK : LOG2E/TQ_I8_SK;
+    float qf[NB][2];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        qf[b][0] = qsc_s[warp][2*t][b]*s_unit;
+        qf[b][1] = qsc_s[warp][2*t + 1][b]*s_unit;
+    }
+    const float cap_l2 = p.logit_softcap*LOG2E;
+    float slope_l2[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+        slope_l2[c] = 2*t + c < p.G ? tq_fa_slope(p, head0 + 2*t + c)*LOG2E : 0.0f;
+    }
+
+    // The tables, loaded from shared memory: a value that ptxas sees as the same in every lane it keeps in a
+    // uniform register and copies into a regular one before every byte permute (~60 moves per tile)
+    __shared__ __align__(16) uint32_t tab_s[TQ_I8_WARPS][8];
+    if (lane == 0) {
+        *(uint4 *) tab_s[warp]       = make_uint4(TQ_I8_TK0, TQ_I8_TK1, TQ_I8_TK2, TQ_I8_TK3);
+        *(uint4 *) (tab_s[warp] + 4) = make_uint4(TQ_I8_TV0, TQ_I8_TV1, TQ_I8_TV2, TQ_I8_TV3);
+    }
+    __syncwarp();
+    const uint4 tk4 = *(const uint4 *) tab_s[warp], tv4 = *(const uint4 *) (tab_s[warp] + 4);
+    const uint32_t TK[4] = { tk4.x, tk4.y, tk4.z, tk4.w };
+    const uint32_t TV[4] = { tv4.x, tv4.y, tv4.z, tv4.w };
+    const uint32_t C64 = 0x64646464u;
+
+    // per-lane word addresses: K words 2t, 2t+1 of each block (rows g, g+8); V word g (rows 2t, 2t+1, 2t+8, 2t+9)
+    int offKa, offKb, offV;
+    uint32_t selKa, selKb, selV;
+    tq_fa_even_word(2*t,     offKa, selKa);
+    tq_fa_even_word(2*t + 1, offKb, selKb);
+    tq_fa_even_word(g,       offV,  selV);
+    // this lane's rows in a stage (the warp's head in a row: (warp / n_groups)*row bytes): K rows g, g+8;
+    // V rows g, g+8 (their d) and 2t, 2t+1, 2t+8, 2t+9 (the operand)
+    const int offKw = (warp / p.n_groups)*row_K;
+    const int offVw = TQ_I8_TILE*p.stride_K + (warp / p.n_groups)*row_V;
+    const int offKr[2] = { offKw + g*p.stride_K, offKw + (g + 8)*p.stride_K };
+    const int offVd[2] = { offVw + g*p.stride_V, offVw + (g + 8)*p.stride_V };
+    int offVk[4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        offVk[kk] = offVw + (2*t + (kk & 1) + 8*(kk >> 1))*p.stride_V;
+    }
+
+    // state of columns 2t, 2t+1: M, L (partial over this lane's keys, log2 units), R (sum of P times V's d
+    // per block: the f16 operand's offset), O^T (rows g, g+8 of each 16-dim mma tile)
+    float M[2] = { -INFINITY, -INFINITY }, L[2] = { 0.0f, 0.0f };
+    float R[NB][2];
+    float O[NB][4][4];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+        R[b][0] = R[b][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            O[b][j][0] = O[b][j][1] = O[b][j][2] = O[b][j][3] = 0.0f;
+        }
+    }
+
+    for (int it = 0; it < n_tiles; ++it) {
+        tq_fa_cp_wait<TQ_I8_STAGES - 2>();
+        __syncthreads();
+        if (it + TQ_I8_STAGES - 1 < n_tiles) {
+            fetch(it + TQ_I8_STAGES - 1, (it + TQ_I8_STAGES - 1) % TQ_I8_STAGES);
+        }
+        tq_fa_cp_commit();
+
+        const uint8_t * sk = tq_fa_smem + (it % TQ_I8_STAGES)*stage_bytes;
+        const half    * sm = (const half *) (sk + TQ_I8_TILE*(p.stride_K + p.stride_V) + offM);
+        const int k0 = k_begin + it*TQ_I8_TILE;
+
+        // ---- S = K Q^T: keys g, g+8 (rows), columns 2t, 2t+1
+        float s[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int pr = 0; pr < NP; ++pr) {
+            uint32_t A[2][2][2][2]; // [odd block][word j][row g / g+8][half]
+            float dk[2][2];         // [row][odd block]
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const uint8_t * pair = sk + offKr[r] + pr*TQ_I8_PAIR;
+                const uint32_t w0 = tq_fa_ld32(pair), w8 = tq_fa_ld32(pair + 32);
+                dk[r][0] = tq_fa_lo(w0);
+                dk[r][1] = tq_fa_hi(w8);
+                tq_fa_lut16(tq_fa_word_even(pair, offKa, selKa, w8), TK, A[0][0][r][0], A[0][0][r][1]);
+                tq_fa_lut16(tq_fa_word_even(pair, offKb, selKb, w8), TK, A[0][1][r][0], A[0][1][r][1]);
+                tq_fa_lut16(tq_fa_ld32(pair + 36 + 8*t), TK, A[1][0][r][0], A[1][0][r][1]);
+                tq_fa_lut16(tq_fa_ld32(pair + 40 + 8*t), TK, A[1][1][r][0], A[1][1][r][1]);
+            }
+#pragma unroll
+            for (int o = 0; o < 2; ++o) {
+                const int b = 2*pr + o;
+                int acc[4] = { 0, 0, 0, 0 };
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    tq_fa_mma_s8(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                }
+                s[0] += (float) acc[0]*(dk[0][o]*qf[b][0]);
+                s[1] += (float) acc[1]*(dk[0][o]*qf[b][1]);
+                s[2] += (float) acc[2]*(dk[1][o]*qf[b][0]);
+                s[3] += (float) acc[3]*(dk[1][o]*qf[b][1]);
+            }
+        }
+
+        // ---- online softmax (log2 units) of columns 2t, 2t+1 over keys g, g+8, then across the 8 lanes of t
+        if (p.logit_softcap != 0.0f) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s[i] = cap_l2*tanhf(s[i]);
+            }
+        }
+        if (mrow) {
+            const float m0 = __half2float(sm[g]), m1 = __half2float(sm[g + 8]);
+            s[0] += slope_l2[0]*m0;
+            s[1] += slope_l2[1]*m0;
+            s[2] += slope_l2[0]*m1;
+            s[3] += slope_l2[1]*m1;
+        }
+        if (k0 + TQ_I8_TILE > k_end) {
+            if (k0 + g >= k_end)     { s[0] = s[1] = -INFINITY; }
+            if (k0 + g + 8 >= k_end) { s[2] = s[3] = -INFINITY; }
+        }
+        float mx[2] = { fmaxf(s[0], s[2]), fmaxf(s[1], s[3]) };
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            mx[0] = fmaxf(mx[0], __shfl_xor_sync(TQ_I8_FULL, mx[0], off));
+            mx[1] = fmaxf(mx[1], __shfl_xor_sync(TQ_I8_FULL, mx[1], off));
+        }
+        float alpha[2], pe[4];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const float Mn = fmaxf(M[c], mx[c]);
+            const float Ms = Mn == -INFINITY ? 0.0f : Mn; // nothing visible yet: every p and alpha is 0
+            alpha[c] = exp2f(M[c] - Ms);
+            pe[c]     = exp2f(s[c] - Ms);
+            pe[c + 2] = exp2f(s[c + 2] - Ms);
+            L[c] = L[c]*alpha[c] + pe[c] + pe[c + 2];
+            M[c] = Mn;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                R[b][c] *= alpha[c];
+            }
+        }
+        const bool rescale = __any_sync(TQ_I8_FULL, alpha[0] != 1.0f || alpha[1] != 1.0f);
+
+        // ---- O^T += V^T P^T, block by block (P scaled by the block's d of each key)
+#pragma unroll
+        for (int pr = 0; pr < NP; ++pr) {
+            float dv[2][2]; // keys g, g+8: [row][odd block]
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const uint8_t * pair = sk + offVd[r] + pr*TQ_I8_PAIR;
+                dv[r][0] = tq_fa_lo(tq_fa_ld32(pair));
+                dv[r][1] = tq_fa_hi(tq_fa_ld32(pair + 32));
+            }
+            uint32_t X[4][2][2]; // keys 2t, 2t+1, 2t+8, 2t+9: [key][odd block][half]
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const uint8_t * pair = sk + offVk[kk] + pr*TQ_I8_PAIR;
+                tq_fa_lut16(tq_fa_word_even(pair, offV, selV, tq_fa_ld32(pair + 32)), TV, X[kk][0][0], X[kk][0][1]);
+                tq_fa_lut16(tq_fa_ld32(pair + 36 + 4*g), TV, X[kk][1][0], X[kk][1][1]);
+            }
+#pragma unroll
+            for (int o = 0; o < 2; ++o) {
+                const int b = 2*pr + o;
+                const half2 ht = __floats2half2_rn(pe[0]*dv[0][o], pe[1]*dv[0][o]); // key g,   columns 2t, 2t+1
+                const half2 hb = __floats2half2_rn(pe[2]*dv[1][o], pe[3]*dv[1][o]); // key g+8
+                const float2 ft = __half22float2(ht), fb = __half22float2(hb);    // what the mma multiplies
+                R[b][0] += ft.x + fb.x;
+                R[b][1] += ft.y + fb.y;
+                const uint32_t b0 = tq_fa_trans(*(const uint32_t *) &ht); // P^T: keys 2t, 2t+1 of column g
+                const uint32_t b1 = tq_fa_trans(*(const uint32_t *) &hb); // keys 2t+8, 2t+9
+                uint32_t Z[2][2][2]; // [keys 2t,2t+1 / 2t+8,2t+9][half][bytes 0,1 / 2,3]: the two keys' bytes interleaved
+#pragma unroll
+                for (int kp = 0; kp < 2; ++kp) {
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        Z[kp][hf][0] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x5140u);
+                        Z[kp][hf][1] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x7362u);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t sel = (j & 1) ? 0x4342u : 0x4140u;
+                    const uint32_t a0 = tq_fa_prmt(Z[0][0][j >> 1], C64, sel); // dim row g   (half 0, byte j), keys 2t, 2t+1
+                    const uint32_t a1 = tq_fa_prmt(Z[0][1][j >> 1], C64, sel); // dim row g+8 (half 1, byte j)
+                    const uint32_t a2 = tq_fa_prmt(Z[1][0][j >> 1], C64, sel); // dim row g,   keys 2t+8, 2t+9
+                    const uint32_t a3 = tq_fa_prmt(Z[1][1][j >> 1], C64, sel);
+                    if (rescale) {
+                        O[b][j][0] *= alpha[0];
+                        O[b][j][1] *= alpha[1];
+                        O[b][j][2] *= alpha[0];
+                        O[b][j][3] *= alpha[1];
+                    }
+                    tq_fa_mma_f16(O[b][j], a0, a1, a2, a3, b0, b1);
+                }
+            }
+        }
+    }
+    tq_fa_cp_wait<0>();
+
+    // ---- L and R summed over the 8 lanes of a column; O^T to O: (O - 1152 R)/sK per block
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            L[c] += __shfl_xor_sync(TQ_I8_FULL, L[c], off);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                R[b][c] += __shfl_xor_sync(TQ_I8_FULL, R[b][c], off);
+            }
+        }
+    }
+    const float inv_sV = 1.0f/TQ_I8_SK;
+    // a column's row: the block's partial result, or with one block the smem row of the final write
+    float * orow = (float *) tq_fa_smem + warp*TQ_I8_MAX_G*(D + 2);
+    if (p.n_blocks == 1) {
+        __syncthreads(); // the stages are reused
+    }
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+        const int col = 2*t + c;
+        if (col >= p.G) {
+            continue;
+        }
+        float * row = p.n_blocks > 1
+            ? p.partials + (((int64_t) blockIdx.z*p.n_head + head0 + col)*p.n_blocks + blockIdx.x)*(D + 2)
+            : orow + col*(D + 2);
+        if (g == 0) {
+            row[0] = M[c]*0.6931471805599453f; // natural-log units for the merge
+            row[1] = L[c];
+        }
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            const float off = TQ_I8_V_OFFSET*R[b][c];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                row[2 + b*QK_TQ + tq_fa_elem(b & 1, g, 0, j)] = (O[b][j][c]     - off)*inv_sV;
+                row[2 + b*QK_TQ + tq_fa_elem(b & 1, g, 1, j)] = (O[b][j][2 + c] - off)*inv_sV;
+            }
+        }
+    }
+    if (p.n_blocks > 1) {
+        return;
+    }
+    __syncwarp();
+    for (int gg = 0; gg < p.G; ++gg) {
+        const int hq = head0 + gg;
+        const float * r = orow + gg*(D + 2);
+        const float Mr = r[0];
+        float Lr = r[1];
+        float o[NB][2];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+            o[b][0] = r[2 + b*QK_TQ + lane];
+            o[b][1] = r[2 + b*QK_TQ + lane + 32];
+        }
+        if (p.sinks && Mr != -INFINITY) {
+            const float sink = p.sinks[hq];
+            const float Mn = fmaxf(Mr, sink);
+            const float a = expf(Mr - Mn);
+            Lr = Lr*a + expf(sink - Mn);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                o[b][0] *= a;
+                o[b][1] *= a;
+            }
+        }
+        tq_fa_write_row<D>(p.dst + ((int64_t) blockIdx.z*p.n_head + hq)*D, o, Lr == 0.0f ? 0.0f : 1.0f/Lr);
+    }
+}
+
+
+// Merges the blocks of one (query row, head), adds the sink, rotates back and normalizes. First the blocks'
+// weights exp(M_b - M) into shared memory, then every thread sums one element over a share of the blocks:
+// the loads of a thread are independent (no chain of dependent loads, which a warp walking hundreds of
+// blocks one after another would be), consecutive threads read consecutive elements.
+#define TQ_I8_COMBINE_THREADS 256
+#define TQ_I8_COMBINE_MAX     1024 // blocks per row the weights' shared memory holds (max_blocks is capped to it)
+
+template <int D>
+__launch_bounds__(TQ_I8_COMBINE_THREADS)
+static __global__ void tq_fattn_combine(const float * __restrict__ partials, const float * __restrict__ sinks,
+                                        float * __restrict__ dst, const int n_head, const int n_split) {
+    constexpr int NT = TQ_I8_COMBINE_THREADS, PARTS = NT/D > 0 ? NT/D : 1;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = blockIdx.x;
+    const int z = blockIdx.y; // query row + n_q * sequence: dst rows are ordered (z, head)
+    const float * part = partials + ((int64_t) z*n_head + h)*n_split*(D + 2);
+
+    __shared__ float s_w[TQ_I8_COMBINE_MAX];
+    __shared__ float s_red[NT/32];
+    __shared__ float s_o[PARTS][D];
+
+    // M: the largest block maximum (and the sink)
+    float m = -INFINITY;
+    for (int s = tid; s < n_split; s += NT) {
+        m = fmaxf(m, part[s*(D + 2)]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        m = fmaxf(m, __shfl_xor_sync(TQ_I8_FULL, m, off));
+    }
+    if (lane == 0) {
+        s_red[warp] = m;
+    }
+    __syncthreads();
+    float M = sinks ? sinks[h] : -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NT/32; ++w) {
+        M = fmaxf(M, s_red[w]);
+    }
+    __syncthreads(); // s_red is reused
+    // weights and L
+    float l = 0.0f;
+    for (int s = tid; s < n_split; s += NT) {
+        const float * ps = part + s*(D + 2);
+        const float w = M == -INFINITY ? 0.0f : expf(ps[0] - M); // an empty block has M = -inf: weight 0
+        s_w[s] = w;
+        l += w*ps[1];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        l += __shfl_xor_sync(TQ_I8_FULL, l, off);
+    }
+    if (lane == 0) {
+        s_red[warp] = l;
+    }
+    __syncthreads();
+    // O: element e, blocks part0, part0 + PARTS, ...
+    static_assert(NT % D == 0, "a thread per element and share of the blocks");
+    {
+        const int e = tid % D, part0 = tid / D;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = part0; s < n_split; s += PARTS) {
+            acc += s_w[s]*part[s*(D + 2) + 2 + e];
+        }
+        s_o[part0][e] = acc;
+    }
+    __syncthreads();
+    if (warp >= D/QK_TQ) {
+        return;
+    }
+    float L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NT/32; ++w) {
+        L += s_red[w];
+    }
+    if (sinks && M != -INFINITY) {
+        L += expf(sinks[h] - M);
+    }
+    // warp b rotates block b back
+    const int b = warp;
+    float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+    for (int q = 0; q < PARTS; ++q) {
+        v0 += s_o[q][b*QK_TQ + lane];
+        v1 += s_o[q][b*QK_TQ + lane + 32];
+    }
+    tq_fa_write_block(dst + ((int64_t) z*n_head + h)*D + b*QK_TQ, v0, v1, L == 0.0f ? 0.0f : 1.0f/L);
+}
+
+// ---- host side -----------------------------------------------------------------------------------------
+
+// One instantiation of the decode kernel.
+struct tq_fa_kernel {
+    const void * fn;
+};
+
+#define TQ_I8_MAX_SMEM (160*1024)
+
+template <int D, ggml_type type_K, ggml_type type_V, int MINB>
+static tq_fa_kernel tq_fa_get() {
+    const void * fn = (const void *) tq_fattn_decode<D, type_K, type_V, MINB>;
+    static bool smem_set[64] = {};  // per device; without it a block gets 48 KB, static memory included
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (!smem_set[dev]) {
+        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, TQ_I8_MAX_SMEM);
+        smem_set[dev] = true;
+    }
+    return { fn };
+}
+
+template <int D, ggml_type type_K, ggml_type type_V>
+static tq_fa_kernel tq_fa_get_minb(int minb) {
+    switch (minb) {
+        case 2:  return tq_fa_get<D, type_K, type_V, 2>();
+        case 3:  return tq_fa_get<D, type_K, type_V, 3>();
+        default: return tq_fa_get<D, type_K, type_V, 4>();
+    }
+}
+
+// The kernel for head size D and TQ types tk, tv; minb: GGML_TQ_FA_MINB (2..4). v7 has TQ4_0 K and V at
+// head 128 and 256 only: anything else gets no kernel (and tq_fa_layout refuses it).
+static tq_fa_kernel tq_fa_select(int D, ggml_type tk, ggml_type tv, int minb) {
+    if (tk != GGML_TYPE_TQ4_0 || tv != GGML_TYPE_TQ4_0 || (D != 128 && D != 256)) {
+        return { nullptr };
+    }
+    return D == 128 ? tq_fa_get_minb<128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb)
+                    : tq_fa_get_minb<256, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb);
+}
+
+static int tq_fa_row_bytes(ggml_type t, int D) {
+    return D/QK_TQ*(int) (t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0));
+}
+
+// Heads per block and the copy layout, from the tensors' addresses and strides (p's fields up to nbv3 set).
+// Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
+// head's rows not 4-byte aligned, or heads not side by side in a key's row.
+static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
+    if (p.n_groups > TQ_I8_WARPS || tk != GGML_TYPE_TQ4_0 || tv != GGML_TYPE_TQ4_0 || D % (2*QK_TQ) != 0 ||
+        (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
+        return false; // v7: TQ4_0, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
+    }
+    const int row_K = tq_fa_row_bytes(tk, D), row_V = tq_fa_row_bytes(tv, D);
+    if (p.nbk2 != row_K || p.nbv2 != row_V || p.nbk1 % 4 != 0 || p.nbv1 % 4 != 0 ||
+        p.nbk3 % 4 != 0 || p.nbv3 % 4 != 0 || (uintptr_t) p.K % 2 != 0 || (uintptr_t) p.V % 2 != 0) {
+        return false;
+    }
+    p.hb = 1;  // the largest divisor of n_head_kv that fits the block
+    for (int d = 1; d <= p.n_head_kv; ++d) {
+        if (p.n_head_kv % d == 0 && d*p.n_groups <= TQ_I8_WARPS) {
+            p.hb = d;
+        }
+    }
+    // the widest copy every row start of every block allows: row starts are (base + kv0*nb2 + k*nb1 + seq*nb3)
+    // rounded down to 4 bytes, kv0 a multiple of hb
+    p.cp_bytes = 4;
+    for (int cb : {16, 8}) {
+        auto ok = [&](const char * base, int64_t nb1, int64_t nb2, int64_t nb3) {
+            return ((uintptr_t) base & ~(uintptr_t) 3) % cb == 0 && nb1 % cb == 0 && nb3 % cb == 0 && (p.hb*nb2) % cb == 0 &&
+                   (uintptr_t) base % 4 == 0;
+        };
+        if (ok(p.K, p.nbk1, p.nbk2, p.nbk3) && ok(p.V, p.nbv1, p.nbv2, p.nbv3)) {
+            p.cp_bytes = cb;
+            break;
+        }
+    }
+    if (p.cp_bytes < 8 || (p.hb*row_K) % p.cp_bytes != 0 || (p.hb*row_V) % p.cp_bytes != 0 ||
+        p.hb*(row_K + row_V)/p.cp_bytes > 32*TQ_I8_SLOTS(D)) {
+        return false; // v7 copies whole rows in chunks of 16 or 8 bytes, at most TQ_I8_SLOTS per lane
+    }
+    if ((uint64_t) p.n_kv*std::max(p.nbk1, p.nbv1) >= (1ull << 32)) {
+        return false; // v7's key offsets are 32-bit
+    }
+    // a row of the stage: up to 2 bytes of offset, the heads, rounded to the copy size; its stride 16 bytes
+    // mod 32 (4 mod 8 words): the K fragment reads of 8 consecutive rows and the V reads of 4 even rows
+    // then fall on different banks
+    auto stride = [&](int span) {
+        int st = (span + 15)/16*16;
+        return (st/4) % 8 == 4 ? st : st + 16;
+    };
+    p.span_K = (2 + p.hb*row_K + p.cp_bytes - 1)/p.cp_bytes*p.cp_bytes;
+    p.span_V = (2 + p.hb*row_V + p.cp_bytes - 1)/p.cp_bytes*p.cp_bytes;
+    p.stride_K = stride(p.span_K);
+    p.stride_V = stride(p.span_V);
+    const int ring = TQ_I8_STAGES*(TQ_I8_TILE*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES);
+    const int orows = TQ_I8_WARPS*TQ_I8_MAX_G*(D + 2)*(int) sizeof(float);
+    p.smem = std::max(ring, orows);
+    return p.smem <= TQ_I8_MAX_SMEM;
+}
+
+// Blocks of kernel k the whole GPU holds at once.
+static int tq_fa_slots(const tq_fa_kernel & k, const tq_fa_params & p, int nsm) {
+    int per_sm = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, p.hb*p.n_groups*32, p.smem);
+    return std::max(1, per_sm)*nsm;
+}
+
+// The key split (flash-decoding), after tq_fa_layout: one wave of blocks (all resident at once; a second,
+// partial wave would double the time), each block at least TQ_I8_MIN_TILES tiles, at most
+// max_blocks per row (their partial results, G*(D+2) floats per head, go through L2 and back).
+static void tq_fa_plan(tq_fa_params & p, int slots, int max_blocks) {
+    const int rows     = p.n_head_kv/p.hb*p.n_q*p.n_seq;                   // blocks that share nothing
+    const int min_keys = TQ_I8_MIN_TILES*TQ_I8_TILE;               // per block
+    int n_blocks = std::min(std::max(1, slots/rows), std::max(1, p.n_kv/min_keys));
+    n_blocks = std::max(1, std::min(n_blocks, std::min(max_blocks, TQ_I8_COMBINE_MAX)));
+    int kpb = (p.n_kv + n_blocks - 1)/n_blocks;
+    kpb = (kpb + TQ_I8_TILE - 1)/TQ_I8_TILE*TQ_I8_TILE;
+    p.keys_per_block = kpb;
+    p.n_blocks = (p.n_kv + kpb - 1)/kpb;
+}
+
+// Runs kernel k (and the merge of its blocks when there are several) for a plan of tq_fa_plan.
+static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, cudaStream_t stream) {
+    const dim3 grid(p.n_blocks, p.n_head_kv/p.hb, p.n_q*p.n_seq);
+    tq_fa_params pk = p; // cudaLaunchKernel takes the arguments' addresses as void *
+    void * args[] = { &pk };
+    cudaLaunchKernel(k.fn, grid, dim3(p.hb*p.n_groups*32), args, p.smem, stream);
+    if (p.n_blocks > 1) {
+        const dim3 grid_c(p.n_head, p.n_q*p.n_seq);
+        switch (D) {
+            case  64: tq_fattn_combine< 64><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
+            case 128: tq_fattn_combine<128><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
+            default:  tq_fattn_combine<256><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
+        }
+    }
+}
+
+} // namespace tq_i8
