@@ -21,8 +21,9 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <utility>
-#include <vector>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #define TQ_FA_WARPS   4   // warps per block; each warp is one key split
 #define TQ_FA_TILE    16  // keys per warp iteration: the k dimension of the P.V mma
@@ -550,17 +551,19 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
         return false;
     }
     const tq_i8::tq_fa_kernel k = tq_i8::tq_fa_select(D, K->type, V->type, minb);
-    // blocks the GPU holds at once, per kernel and shared-memory size (the occupancy query once each)
-    static std::vector<std::pair<std::pair<const void *, int>, int>> slots_seen;
-    int slots = 0;
-    for (const auto & e : slots_seen) {
-        if (e.first.first == k.fn && e.first.second == p.smem) {
-            slots = e.second;
+    // blocks the GPU holds at once, per device, kernel and shared-memory size (the occupancy query once each;
+    // backends of several GPUs may run on several threads)
+    static std::mutex slots_mutex;
+    static std::map<std::tuple<int, const void *, int>, int> slots_seen;
+    int slots;
+    {
+        std::lock_guard<std::mutex> lock(slots_mutex);
+        const auto key = std::make_tuple(ctx.device, k.fn, p.smem);
+        auto it = slots_seen.find(key);
+        if (it == slots_seen.end()) {
+            it = slots_seen.emplace(key, tq_i8::tq_fa_slots(k, p, ggml_cuda_info().devices[ctx.device].nsm)).first;
         }
-    }
-    if (slots == 0) {
-        slots = tq_i8::tq_fa_slots(k, p, ggml_cuda_info().devices[ctx.device].nsm);
-        slots_seen.push_back({{k.fn, p.smem}, slots});
+        slots = it->second;
     }
     tq_i8::tq_fa_plan(p, slots, 256);
     ggml_cuda_pool_alloc<float> partials(ctx.pool());
