@@ -30,7 +30,6 @@ namespace tq_i8 {
 #endif
 
 static __constant__ float tq_fa_signs[QK_TQ] = TQ_SIGNS_INIT;
-static __constant__ float tq_fa_cb4[16]      = TQ_CENTROIDS_4BIT_INIT;
 
 static constexpr unsigned TQ_I8_FULL = 0xffffffffu;
 
