@@ -105,7 +105,7 @@ step_fabench() {
         "$W/fattn_bench-$v" check > "$OUT/fattn_bench-check-$v.log" 2>&1 || rc=1
         grep -E "FAIL|cases failed|error" "$OUT/fattn_bench-check-$v.log" | head -5 || true
         log "fattn_bench time ($v)"
-        "$W/fattn_bench-$v" time ${FAB_MINB:-2 3 4} 2>&1 | tee "$OUT/fattn_bench-time-$v.log"
+        "$W/fattn_bench-$v" time ${FAB_MINB:-} 2>&1 | tee "$OUT/fattn_bench-time-$v.log"
     done
     return $rc
 }
@@ -114,12 +114,12 @@ step_faprof() {
     # ncu's view of the decode kernel at 32k keys (the fattn_bench build of step_fabench): throughput of each
     # unit, warp stalls, instruction mix; the third launch (warm caches and clocks)
     local v=${FAB_VARIANTS:-base}; v=${v%% *}
-    log "ncu: tq_fattn_decode, tq4_0, 32768 keys, GGML_TQ_FA_MINB=${FAB_MINB:-4} ($v)"
+    log "ncu: tq_fattn_decode, ${FAB_TYPE:-tq4_0}, 32768 keys, minb ${FAB_MINB:-3} ($v)"
     ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:tq_fattn_decode \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis \
         --section MemoryWorkloadAnalysis \
-        "$W/fattn_bench-$v" once tq4_0 32768 ${FAB_MINB:-4} > $OUT/faprof.txt 2>&1 || true
+        "$W/fattn_bench-$v" once ${FAB_TYPE:-tq4_0} 32768 ${FAB_MINB:-3} > $OUT/faprof.txt 2>&1 || true
     grep -vE "^==PROF==|^ +-+ *$" $OUT/faprof.txt | grep -E "[A-Za-z]" | sed -E 's/ +/ /g' | grep -vE "^ ?(OPT|INF|WRN)" | head -120
 }
 

@@ -1,5 +1,5 @@
-// Flash-attention decode over TQ4_0 K and V that scores on the int8 tensor cores: the kernel ggml-cuda runs
-// for TQ4_0 K/V at head 128 and 256 when the cache layout allows (tq_fa_layout); tq-fattn.cu takes the rest.
+// Flash-attention decode over TQ4_0 / TQ3_0 K and V that scores on the int8 tensor cores: the kernel ggml-cuda
+// runs for TQ K/V at head 128 and 256 when the cache layout allows (tq_fa_layout); tq-fattn.cu takes the rest.
 // Also built alone, without ggml-cuda, by tools/fattn-lab/fattn_bench.cu (checks and timings).
 //
 // Its block structure: a block is the GQA groups of hb KV heads over one key range; whole token rows (a
@@ -143,22 +143,22 @@ static __device__ __forceinline__ void tq_fa_cp_to(uint32_t d, const void * src,
 //
 // Per warp and 16-key tile the work is the lookups of 2 x 16 x D indices; v6 spent about 1300 instructions on
 // it (a shuffle per index, then the per-index glue). Here:
-//   - a byte permute looks up 4 indices at once in a 16-byte table held in 4 registers (tq_fa_lut16: 11
-//     instructions per 8 indices), the table int8: K's centroids times 127/max|c|; Q quantized to int8 per
-//     block of 64, so S = K Q^T runs on the int8 tensor cores (m16n8k32: 4 mma per tile for head 128);
+//   - a byte permute looks up 4 indices at once in a table held in registers (TQ4_0: 16 bytes, tq_fa_lut16,
+//     11 instructions per 8 indices; TQ3_0: 8 bytes, tq_fa_lut8, 6 per 8), the table int8: K's centroids times
+//     a scale near 127/max|c|; Q quantized to int8 per block of 64, so S = K Q^T runs on the int8 tensor cores
+//     (m16n8k32: 4 mma per tile for head 128);
 //   - V's table is 128 + that int8 value; a byte 0x64 above it makes the f16 number 1024 + byte, so two byte
-//     permutes give an f16 operand register; the offset (1152 times the sum of P) is taken out at the end;
+//     permutes and a subtraction of 1152 (exact in f16: tq_fa_unbias) give an f16 operand register;
 //   - O is accumulated transposed, O^T = V^T P^T: the mma's 16 rows are head dimensions (all used) and its 8
 //     columns the query heads, where O = P V would use G of 16 rows; P^T comes from S's accumulator by
 //     movmatrix (a transpose in registers);
 //   - the dims of a block are taken in the order its aligned 4-byte words hold them (a dot product does not
-//     care), so a lane reads whole words: the first block of a pair starts 2 bytes into a word, its indices
-//     are the words 1..7 of the pair and one word put together from the pair's words 0 and 8.
-// The price: the centroids in 8 bits (0.68 % rms) and Q in 8 bits (0.60 %), next to TQ4_0's own 9.3 %
-// (tools/fattn-lab/int8_scores.py).
+//     care), so a lane reads whole words (tq_i8_fmt below: each format's word geometry).
+// The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %) and Q in 8 bits (0.60 %), next to
+// TQ4_0's own 9.3 % (tools/fattn-lab/int8_scores.py).
 //
-// Takes: head 128 or 256 (blocks in pairs), TQ4_0 K and V, rows 4-byte aligned, heads side by side in a
-// key's row (tq_fa_layout says which); anything else stays with tq-fattn.cu's kernel.
+// Takes: head 128 or 256 (blocks in pairs), TQ4_0 or TQ3_0 K and V (any pair), rows 4-byte aligned, heads side
+// by side in a key's row (tq_fa_layout says which); anything else stays with tq-fattn.cu's kernel.
 
 static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
     uint32_t d;
@@ -182,30 +182,50 @@ static __device__ __forceinline__ void tq_fa_lut16(uint32_t w, const uint32_t (&
     hi = tq_fa_prmt(tq_fa_prmt(T[0], T[1], mh), tq_fa_prmt(T[2], T[3], mh), sh);
 }
 
-// The tables, made by the compiler: the 16 centroids as bytes round(c*TQ_I8_SK) + offset, 4 per word; K's
-// signed (offset 0), V's unsigned (offset 128). TQ_I8_SK: of the scales that keep every centroid in int8, the
-// one with the least rounding error weighted by how often each centroid is hit (0.37 % rms against 0.67 % for
-// 127/max|c|; tools/fattn-lab/int8_scores.py finds and prints it).
+// The 8-entry table bytes of 16 3-bit TQ3_0 indices: those of qs word w (qs[4w..4w+3]: byte k holds the low 2
+// bits of elements 4w+k+16m at bits 2m, m = 0..3) with the third bits from qh word w%2 (byte k, bit w/2 + 2m;
+// sh = w/2). Two selector words: x02 (nibbles: elements (k, m=0), (k, m=2) for k = 0..3) and x13 (m = 1, 3);
+// a byte permute of the table's 2 words looks up 4 indices: 12 instructions per 16, against 22 for TQ4_0.
+// a[j][0]: elements (k, j), (k, j+2) for k = 0, 1; a[j][1]: the same for k = 2, 3 (j = 0, 1)
+static __device__ __forceinline__ uint32_t tq_fa_sel3(uint32_t qs_part, uint32_t hc_part) {
+    return (qs_part & 0x33333333u) | (hc_part & 0xccccccccu); // index bits 0-1 from qs, bit 2 from qh
+}
+static __device__ __forceinline__ void tq_fa_lut8(uint32_t qs, uint32_t qh, int sh, const uint32_t (&T)[2], uint32_t (&a)[2][2]) {
+    const uint32_t hc  = (qh >> sh) & 0x55555555u; // bit 2m of byte k: the third bit of element (k, m)
+    const uint32_t x02 = tq_fa_sel3(qs, hc << 2);
+    const uint32_t x13 = tq_fa_sel3(qs >> 2, hc);
+    a[0][0] = tq_fa_prmt(T[0], T[1], x02);
+    a[0][1] = tq_fa_prmt(T[0], T[1], x02 >> 16);
+    a[1][0] = tq_fa_prmt(T[0], T[1], x13);
+    a[1][1] = tq_fa_prmt(T[0], T[1], x13 >> 16);
+}
+// one half of tq_fa_lut8: p = 0 gives a[0], p = 2 gives a[1]
+static __device__ __forceinline__ void tq_fa_lut8_half(uint32_t qs, uint32_t qh, int sh, int p, const uint32_t (&T)[2],
+                                                       uint32_t & lo, uint32_t & hi) {
+    const uint32_t hc = (qh >> sh) & 0x55555555u;
+    const uint32_t x  = tq_fa_sel3(qs >> p, hc << (2 - p));
+    lo = tq_fa_prmt(T[0], T[1], x);
+    hi = tq_fa_prmt(T[0], T[1], x >> 16);
+}
+
+// The tables, made by the compiler: the centroids as bytes round(c*SK) + offset, 4 per word; K's signed
+// (offset 0), V's unsigned (offset 128). SK: of the scales that keep every centroid in int8, the one with the
+// least rounding error weighted by how often each centroid is hit (tq4_0: 0.37 % rms against 0.67 % for
+// 127/max|c|; tq3_0: 0.12 % against 0.38 %; tools/fattn-lab/int8_scores.py finds and prints them).
 static constexpr float tq_fa_cb4_host[16] = TQ_CENTROIDS_4BIT_INIT;
+static constexpr float tq_fa_cb3_host[8]  = TQ_CENTROIDS_3BIT_INIT;
 static constexpr float tq_fa_abs(float x) { return x < 0.0f ? -x : x; }
-static constexpr float TQ_I8_SK = 368.28f;
 static constexpr int tq_fa_round(float x) { return x >= 0.0f ? (int) (x + 0.5f) : -(int) (0.5f - x); }
-static constexpr uint32_t tq_fa_table_word(int r, int offset) {
+static constexpr uint32_t tq_fa_table_word(const float * cb, float sk, int r, int offset) {
     uint32_t v = 0;
     for (int e = 0; e < 4; ++e) {
-        v |= ((uint32_t) (tq_fa_round(tq_fa_cb4_host[4*r + e]*TQ_I8_SK) + offset) & 0xffu) << (8*e);
+        v |= ((uint32_t) (tq_fa_round(cb[4*r + e]*sk) + offset) & 0xffu) << (8*e);
     }
     return v;
 }
-static_assert(tq_fa_round(tq_fa_abs(tq_fa_cb4_host[0])*TQ_I8_SK) <= 127 && tq_fa_round(tq_fa_abs(tq_fa_cb4_host[15])*TQ_I8_SK) <= 127,
-              "the centroids must fit int8");
-static constexpr uint32_t TQ_I8_TK0 = tq_fa_table_word(0, 0),   TQ_I8_TK1 = tq_fa_table_word(1, 0);
-static constexpr uint32_t TQ_I8_TK2 = tq_fa_table_word(2, 0),   TQ_I8_TK3 = tq_fa_table_word(3, 0);
-static constexpr uint32_t TQ_I8_TV0 = tq_fa_table_word(0, 128), TQ_I8_TV1 = tq_fa_table_word(1, 128);
-static constexpr uint32_t TQ_I8_TV2 = tq_fa_table_word(2, 128), TQ_I8_TV3 = tq_fa_table_word(3, 128);
 
-// qs byte k (0..3) of word widx (0..7) of a block, in the order the lanes read them: the odd block of a pair
-// starts on a word (its qs 4 bytes later), the even block 2 bytes into one: words 1..7 of the pair hold qs
+// qs byte k (0..3) of word widx (0..7) of a TQ4_0 block, in the order the lanes read them: the odd block of a
+// pair starts on a word (its qs 4 bytes later), the even block 2 bytes into one: words 1..7 of the pair hold qs
 // bytes 2..29, the eighth is put together from qs 0, 1 (pair word 0) and qs 30, 31 (pair word 8)
 static __device__ __forceinline__ int tq_fa_qs_byte(int odd, int widx, int k) {
     if (odd) {
@@ -214,12 +234,12 @@ static __device__ __forceinline__ int tq_fa_qs_byte(int odd, int widx, int k) {
     return widx < 7 ? 4*widx + 2 + k : (k < 2 ? k : 28 + k);
 }
 
-// the block element in byte j of tq_fa_lut16's lo (half 0) or hi (half 1) word for word widx
+// the TQ4_0 block element in byte j of tq_fa_lut16's lo (half 0) or hi (half 1) word for word widx
 static __device__ __forceinline__ int tq_fa_elem(int odd, int widx, int half, int j) {
     return tq_fa_qs_byte(odd, widx, 2*half + (j >> 1)) + 32*(j & 1);
 }
 
-// Word widx of a block pair's row p for a lane: the odd block's straight, the even block's from
+// Word widx of a TQ4_0 block pair's row p for a lane: the odd block's straight, the even block's from
 // pair word widx + 1 or, for widx 7, from pair words 0 and 8 (off_e, sel_e: tq_fa_even_word)
 static __device__ __forceinline__ uint32_t tq_fa_word_even(const uint8_t * pair, int off_e, uint32_t sel_e, uint32_t w8) {
     return tq_fa_prmt(tq_fa_ld32(pair + off_e), w8, sel_e);
@@ -270,19 +290,165 @@ static __device__ __forceinline__ uint32_t tq_fa_trans(uint32_t x) {
 static __device__ __forceinline__ float tq_fa_lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short) (w & 0xffffu))); }
 static __device__ __forceinline__ float tq_fa_hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short) (w >> 16))); }
 
-#define TQ_I8_PAIR     68      // bytes of two TQ4_0 blocks
+// ---- the formats in the kernel's terms -----------------------------------------------------------------
+// Per type: PAIR (bytes of two blocks: a row of the loops), SK (the centroid scale), NT and the tables (table:
+// K's signed, V's 128 + signed, NT words each), and for lane (g, t) of a warp, over one block pair (o: its block 0 or 1):
+//   k_row:  the A operands of S = K Q^T for key row r: A[o][j][r][half] (mma j of the block; half 0: k columns
+//           4t..4t+3, half 1: 16+4t..16+4t+3) and the blocks' scales dk[r][o];
+//   v_key:  the table bytes of V for one key: X[o][half], 4 dims each (byte j of half h: mma tile j of the
+//           block, dim row g + 8h);
+//   v_d:    the blocks' scales of one key;
+//   q_pos:  where Q's elements lane and lane + 32 of a block go: the byte offset in the block's 16 words of
+//           the B operand (word 4t + 2j + half for lane t), two bytes side by side;
+//   elem:   the block element of byte j of X[o][half] for lane g (the order v_key reads them in).
+// The dims of a block are taken in whatever order its bits are cheapest to read in: a dot product does not
+// care, as long as Q (q_pos) and the output (elem) follow the same order.
+template <ggml_type type> struct tq_i8_fmt;
+
+template <> struct tq_i8_fmt<GGML_TYPE_TQ4_0> {
+    // The indices are nibbles, 8 to a word: the odd block's words are aligned, the even block's 2 bytes off
+    // (tq_fa_word_even). Lane t reads words 2t, 2t+1 of a block for S, lane g word g for V.
+    static constexpr int   PAIR = 2*(int) sizeof(block_tq4_0);
+    static constexpr int   NT   = 4;
+    static constexpr float SK   = 368.28f;
+    // the tables' words (scalars: a constexpr array could not be read in device code): K's 0..3, V's 4..7
+    static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb4_host, SK, 0, 0),   W1 = tq_fa_table_word(tq_fa_cb4_host, SK, 1, 0);
+    static constexpr uint32_t W2 = tq_fa_table_word(tq_fa_cb4_host, SK, 2, 0),   W3 = tq_fa_table_word(tq_fa_cb4_host, SK, 3, 0);
+    static constexpr uint32_t W4 = tq_fa_table_word(tq_fa_cb4_host, SK, 0, 128), W5 = tq_fa_table_word(tq_fa_cb4_host, SK, 1, 128);
+    static constexpr uint32_t W6 = tq_fa_table_word(tq_fa_cb4_host, SK, 2, 128), W7 = tq_fa_table_word(tq_fa_cb4_host, SK, 3, 128);
+    static __device__ __forceinline__ uint32_t table(bool v, int i) {
+        const uint32_t w[2][NT] = { { W0, W1, W2, W3 }, { W4, W5, W6, W7 } };
+        return w[v][i];
+    }
+    static_assert(tq_fa_round(tq_fa_abs(tq_fa_cb4_host[0])*SK) <= 127 && tq_fa_round(tq_fa_abs(tq_fa_cb4_host[15])*SK) <= 127,
+                  "the centroids must fit int8");
+
+    struct lane_t {
+        int g8, t8, offKa, offKb, offV;
+        uint32_t selKa, selKb, selV;
+        __device__ lane_t(int g, int t) : g8(4*g), t8(8*t) {
+            tq_fa_even_word(2*t,     offKa, selKa);
+            tq_fa_even_word(2*t + 1, offKb, selKb);
+            tq_fa_even_word(g,       offV,  selV);
+        }
+    };
+
+    static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
+        const uint32_t w0 = tq_fa_ld32(pair), w8 = tq_fa_ld32(pair + 32);
+        dk[r][0] = tq_fa_lo(w0);
+        dk[r][1] = tq_fa_hi(w8);
+        tq_fa_lut16(tq_fa_word_even(pair, l.offKa, l.selKa, w8), T, A[0][0][r][0], A[0][0][r][1]);
+        tq_fa_lut16(tq_fa_word_even(pair, l.offKb, l.selKb, w8), T, A[0][1][r][0], A[0][1][r][1]);
+        tq_fa_lut16(tq_fa_ld32(pair + 36 + l.t8), T, A[1][0][r][0], A[1][0][r][1]);
+        tq_fa_lut16(tq_fa_ld32(pair + 40 + l.t8), T, A[1][1][r][0], A[1][1][r][1]);
+    }
+    static __device__ __forceinline__ void v_key(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], uint32_t (&X)[2][2]) {
+        tq_fa_lut16(tq_fa_word_even(pair, l.offV, l.selV, tq_fa_ld32(pair + 32)), T, X[0][0], X[0][1]);
+        tq_fa_lut16(tq_fa_ld32(pair + 36 + l.g8), T, X[1][0], X[1][1]);
+    }
+    static __device__ __forceinline__ void v_d(const uint8_t * pair, float (&d)[2]) {
+        d[0] = tq_fa_lo(tq_fa_ld32(pair));
+        d[1] = tq_fa_hi(tq_fa_ld32(pair + 32));
+    }
+    static __device__ __forceinline__ int q_pos(int odd, int lane) {
+        int widx, k; // qs byte `lane` holds elements lane and lane + 32: byte k of word widx = 2t + j of lane t
+        if (odd)            { widx = lane/4;       k = lane % 4; }
+        else if (lane < 2)  { widx = 7;            k = lane; }
+        else if (lane < 30) { widx = (lane - 2)/4; k = (lane - 2) % 4; }
+        else                { widx = 7;            k = lane - 28; }
+        return 4*(2*widx + k/2) + 2*(k % 2); // tq_fa_lut16: half k/2, bytes 2(k%2) (element lane) and + 1
+    }
+    static __device__ __forceinline__ int elem(int odd, int g, int half, int j) {
+        return tq_fa_elem(odd, g, half, j);
+    }
+};
+
+template <> struct tq_i8_fmt<GGML_TYPE_TQ3_0> {
+    // A block is d, qs[16], qh[8] (26 bytes): in a pair the odd block's qs and qh start on words (bytes 28,
+    // 44), the even block's 2 bytes into one (2, 18), put together by funnel shifts. Lane t reads qs word t and
+    // qh word t%2 of a block for S (16 elements: tq_fa_lut8), lane g half of qs word g/2 for V (8 elements).
+    static constexpr int   PAIR = 2*(int) sizeof(block_tq3_0);
+    static constexpr int   NT   = 2;
+    static constexpr float SK   = 458.04f;
+    static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb3_host, SK, 0, 0),   W1 = tq_fa_table_word(tq_fa_cb3_host, SK, 1, 0);
+    static constexpr uint32_t W2 = tq_fa_table_word(tq_fa_cb3_host, SK, 0, 128), W3 = tq_fa_table_word(tq_fa_cb3_host, SK, 1, 128);
+    static __device__ __forceinline__ uint32_t table(bool v, int i) { // K's (v false) or V's word i
+        const uint32_t w[2][NT] = { { W0, W1 }, { W2, W3 } };
+        return w[v][i];
+    }
+    static_assert(tq_fa_round(tq_fa_abs(tq_fa_cb3_host[0])*SK) <= 127 && tq_fa_round(tq_fa_abs(tq_fa_cb3_host[7])*SK) <= 127,
+                  "the centroids must fit int8");
+
+    struct lane_t {
+        int kq, kh, ksh;     // S: qs word t, qh word t%2 (byte offsets), shift t/2
+        int vq, vh, vsh, vp; // V: qs word g/2, qh word (g/2)%2, shift g/4, half 2(g%2) of tq_fa_lut8
+        __device__ lane_t(int g, int t)
+            : kq(4*t), kh(4*(t & 1)), ksh(t >> 1), vq(4*(g >> 1)), vh(4*((g >> 1) & 1)), vsh(g >> 2), vp(2*(g & 1)) {}
+    };
+
+    static __device__ __forceinline__ uint32_t qs_even(const uint8_t * pair, int off) {
+        return __funnelshift_r(tq_fa_ld32(pair + off), tq_fa_ld32(pair + off + 4), 16);       // qs at byte 2
+    }
+    static __device__ __forceinline__ uint32_t qh_even(const uint8_t * pair, int off) {
+        return __funnelshift_r(tq_fa_ld32(pair + 16 + off), tq_fa_ld32(pair + 20 + off), 16); // qh at byte 18
+    }
+
+    static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
+        dk[r][0] = tq_fa_lo(tq_fa_ld32(pair));
+        dk[r][1] = tq_fa_hi(tq_fa_ld32(pair + 24));
+        uint32_t a[2][2];
+        tq_fa_lut8(qs_even(pair, l.kq), qh_even(pair, l.kh), l.ksh, T, a);
+        A[0][0][r][0] = a[0][0]; A[0][0][r][1] = a[0][1]; A[0][1][r][0] = a[1][0]; A[0][1][r][1] = a[1][1];
+        tq_fa_lut8(tq_fa_ld32(pair + 28 + l.kq), tq_fa_ld32(pair + 44 + l.kh), l.ksh, T, a);
+        A[1][0][r][0] = a[0][0]; A[1][0][r][1] = a[0][1]; A[1][1][r][0] = a[1][0]; A[1][1][r][1] = a[1][1];
+    }
+    static __device__ __forceinline__ void v_key(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], uint32_t (&X)[2][2]) {
+        tq_fa_lut8_half(qs_even(pair, l.vq), qh_even(pair, l.vh), l.vsh, l.vp, T, X[0][0], X[0][1]);
+        tq_fa_lut8_half(tq_fa_ld32(pair + 28 + l.vq), tq_fa_ld32(pair + 44 + l.vh), l.vsh, l.vp, T, X[1][0], X[1][1]);
+    }
+    static __device__ __forceinline__ void v_d(const uint8_t * pair, float (&d)[2]) {
+        d[0] = tq_fa_lo(tq_fa_ld32(pair));
+        d[1] = tq_fa_hi(tq_fa_ld32(pair + 24));
+    }
+    static __device__ __forceinline__ int q_pos(int /*odd*/, int lane) {
+        // element e = 4w + k + 16m (m = 0, 1; lane + 32 is m + 2): lane w, mma m, half k/2, byte 2(k%2) (+ 1)
+        const int w = (lane % 16)/4, k = lane % 4, m = lane/16;
+        return 4*(4*w + 2*m + k/2) + 2*(k % 2);
+    }
+    static __device__ __forceinline__ int elem(int /*odd*/, int g, int half, int j) {
+        // lane g: qs word g/2, m = g%2 + 2(j%2), k = 2 half + j/2
+        return 4*(g >> 1) + 2*half + (j >> 1) + 16*((g & 1) + 2*(j & 1));
+    }
+};
+
 #define TQ_I8_SLOTS(D) ((D)/64) // 16-byte copies per lane and row pair: 4 heads of K and V in 16-byte chunks
-#define TQ_I8_V_OFFSET 1152.0f // the f16 V operand is 1024 + (128 + int8 value)
+
+// f16 pair (1024 + b0, 1024 + b1) -> (b0 - 128, b1 - 128), exactly: the V operand from its table bytes. Taking
+// the offset out at the end instead (O - 1152 sum(P)) saved this instruction but lost precision as the tensor
+// cores accumulated 1152 sum(P) in f32: 1e-2 of the output at 300 keys per block (fattn_bench check).
+static __device__ __forceinline__ uint32_t tq_fa_unbias(uint32_t x) {
+    const half2 h = __hsub2(*(const half2 *) &x, __half2half2(__ushort_as_half(0x6480))); // 1152
+    return *(const uint32_t *) &h;
+}
+
+// The partial results of a key split, n = rows x heads x blocks of them: (M, L) pairs, then from a 16-byte
+// boundary the rows of O (D floats each, rotated), so that the merge reads O in float4.
+static __host__ __device__ __forceinline__ int64_t tq_fa_o_offset(int64_t n) {
+    return (2*n + 3)/4*4;
+}
 
 // grid: x = key range (block), y = group of hb KV heads, z = query row + n_q * sequence. Warp w of the block
 // takes KV head blockIdx.y*hb + w/n_groups, query heads of group w%n_groups: G columns of the n8 tile.
 template <int D, ggml_type type_K, ggml_type type_V, int MINB>
 __launch_bounds__(TQ_I8_WARPS*32, MINB)
 static __global__ void tq_fattn_decode(const tq_fa_params p) {
-    static_assert(type_K == GGML_TYPE_TQ4_0 && type_V == GGML_TYPE_TQ4_0, "v7 takes TQ4_0 K and V");
     static_assert(D % (2*QK_TQ) == 0, "v7 takes blocks in pairs");
+    typedef tq_i8_fmt<type_K> fK;
+    typedef tq_i8_fmt<type_V> fV;
     constexpr int NB = D/QK_TQ, NP = NB/2;
-    constexpr int row_K = NB*(int) sizeof(block_tq4_0), row_V = row_K;
+    constexpr int row_K = NP*fK::PAIR, row_V = NP*fV::PAIR;
     constexpr float LOG2E = 1.4426950408889634f;
 
     extern __shared__ __align__(16) uint8_t tq_fa_smem[];
@@ -383,17 +549,11 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     if (lane < TQ_I8_MAX_G*NB) {
         qsc_s[warp][lane/NB][lane%NB] = 0.0f; // columns past G score 0 (their int8 Q is never set)
     }
-    // where qs byte `lane` of an even / odd block goes: byte offset in a column's [t][j][half] words
+    // where elements lane and lane + 32 of an even / odd block go: byte offset in a column's [t][j][half] words
     int q8_pos[2];
 #pragma unroll
     for (int odd = 0; odd < 2; ++odd) {
-        int widx, k;
-        if (odd)            { widx = lane/4;       k = lane % 4; }
-        else if (lane < 2)  { widx = 7;            k = lane; }
-        else if (lane < 30) { widx = (lane - 2)/4; k = (lane - 2) % 4; }
-        else                { widx = 7;            k = lane - 28; }
-        // word 2t + j = widx of lane t; half k/2; bytes 2(k%2) (element lane) and +1 (element lane + 32)
-        q8_pos[odd] = 4*(2*widx + k/2) + 2*(k % 2);
+        q8_pos[odd] = fK::q_pos(odd, lane);
     }
     const float sign0 = tq_fa_signs[lane], sign1 = tq_fa_signs[lane + 32];
     float qv[TQ_I8_MAX_G][NB][2]; // all loads first: one memory latency, not G of them
@@ -442,7 +602,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         qb[b][0][0] = w.x; qb[b][0][1] = w.y; qb[b][1][0] = w.z; qb[b][1][1] = w.w;
     }
     // S's accumulator -> logit: times Q's block scale / sK (and log2 e: the softmax runs on exp2), times d
-    const float s_unit = p.logit_softcap != 0.0f ? 1.0f/TQ_I8_SK : LOG2E/TQ_I8_SK;
+    const float s_unit = p.logit_softcap != 0.0f ? 1.0f/fK::SK : LOG2E/fK::SK;
     float qf[NB][2];
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
@@ -458,23 +618,32 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 
     // The tables, loaded from shared memory: a value that ptxas sees as the same in every lane it keeps in a
     // uniform register and copies into a regular one before every byte permute (~60 moves per tile)
-    __shared__ __align__(16) uint32_t tab_s[TQ_I8_WARPS][8];
+    __shared__ __align__(16) uint32_t tab_s[TQ_I8_WARPS][fK::NT + fV::NT];
     if (lane == 0) {
-        *(uint4 *) tab_s[warp]       = make_uint4(TQ_I8_TK0, TQ_I8_TK1, TQ_I8_TK2, TQ_I8_TK3);
-        *(uint4 *) (tab_s[warp] + 4) = make_uint4(TQ_I8_TV0, TQ_I8_TV1, TQ_I8_TV2, TQ_I8_TV3);
+#pragma unroll
+        for (int i = 0; i < fK::NT; ++i) {
+            tab_s[warp][i] = fK::table(false, i);
+        }
+#pragma unroll
+        for (int i = 0; i < fV::NT; ++i) {
+            tab_s[warp][fK::NT + i] = fV::table(true, i);
+        }
     }
     __syncwarp();
-    const uint4 tk4 = *(const uint4 *) tab_s[warp], tv4 = *(const uint4 *) (tab_s[warp] + 4);
-    const uint32_t TK[4] = { tk4.x, tk4.y, tk4.z, tk4.w };
-    const uint32_t TV[4] = { tv4.x, tv4.y, tv4.z, tv4.w };
+    uint32_t TK[fK::NT], TV[fV::NT];
+#pragma unroll
+    for (int i = 0; i < fK::NT; ++i) {
+        TK[i] = tab_s[warp][i];
+    }
+#pragma unroll
+    for (int i = 0; i < fV::NT; ++i) {
+        TV[i] = tab_s[warp][fK::NT + i];
+    }
     const uint32_t C64 = 0x64646464u;
 
-    // per-lane word addresses: K words 2t, 2t+1 of each block (rows g, g+8); V word g (rows 2t, 2t+1, 2t+8, 2t+9)
-    int offKa, offKb, offV;
-    uint32_t selKa, selKb, selV;
-    tq_fa_even_word(2*t,     offKa, selKa);
-    tq_fa_even_word(2*t + 1, offKb, selKb);
-    tq_fa_even_word(g,       offV,  selV);
+    // per-lane word addresses of the formats
+    const typename fK::lane_t lnK(g, t);
+    const typename fV::lane_t lnV(g, t);
     // this lane's rows in a stage (the warp's head in a row: (warp / n_groups)*row bytes): K rows g, g+8;
     // V rows g, g+8 (their d) and 2t, 2t+1, 2t+8, 2t+9 (the operand)
     const int offKw = (warp / p.n_groups)*row_K;
@@ -487,14 +656,12 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         offVk[kk] = offVw + (2*t + (kk & 1) + 8*(kk >> 1))*p.stride_V;
     }
 
-    // state of columns 2t, 2t+1: M, L (partial over this lane's keys, log2 units), R (sum of P times V's d
-    // per block: the f16 operand's offset), O^T (rows g, g+8 of each 16-dim mma tile)
+    // state of columns 2t, 2t+1: M, L (partial over this lane's keys, log2 units), O^T (rows g, g+8 of each
+    // 16-dim mma tile)
     float M[2] = { -INFINITY, -INFINITY }, L[2] = { 0.0f, 0.0f };
-    float R[NB][2];
     float O[NB][4][4];
 #pragma unroll
     for (int b = 0; b < NB; ++b) {
-        R[b][0] = R[b][1] = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             O[b][j][0] = O[b][j][1] = O[b][j][2] = O[b][j][3] = 0.0f;
@@ -521,14 +688,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             float dk[2][2];         // [row][odd block]
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                const uint8_t * pair = sk + offKr[r] + pr*TQ_I8_PAIR;
-                const uint32_t w0 = tq_fa_ld32(pair), w8 = tq_fa_ld32(pair + 32);
-                dk[r][0] = tq_fa_lo(w0);
-                dk[r][1] = tq_fa_hi(w8);
-                tq_fa_lut16(tq_fa_word_even(pair, offKa, selKa, w8), TK, A[0][0][r][0], A[0][0][r][1]);
-                tq_fa_lut16(tq_fa_word_even(pair, offKb, selKb, w8), TK, A[0][1][r][0], A[0][1][r][1]);
-                tq_fa_lut16(tq_fa_ld32(pair + 36 + 8*t), TK, A[1][0][r][0], A[1][0][r][1]);
-                tq_fa_lut16(tq_fa_ld32(pair + 40 + 8*t), TK, A[1][1][r][0], A[1][1][r][1]);
+                fK::k_row(sk + offKr[r] + pr*fK::PAIR, lnK, TK, r, A, dk);
             }
 #pragma unroll
             for (int o = 0; o < 2; ++o) {
@@ -579,10 +739,6 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             pe[c + 2] = exp2f(s[c + 2] - Ms);
             L[c] = L[c]*alpha[c] + pe[c] + pe[c + 2];
             M[c] = Mn;
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                R[b][c] *= alpha[c];
-            }
         }
         const bool rescale = __any_sync(TQ_I8_FULL, alpha[0] != 1.0f || alpha[1] != 1.0f);
 
@@ -592,25 +748,18 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             float dv[2][2]; // keys g, g+8: [row][odd block]
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                const uint8_t * pair = sk + offVd[r] + pr*TQ_I8_PAIR;
-                dv[r][0] = tq_fa_lo(tq_fa_ld32(pair));
-                dv[r][1] = tq_fa_hi(tq_fa_ld32(pair + 32));
+                fV::v_d(sk + offVd[r] + pr*fV::PAIR, dv[r]);
             }
             uint32_t X[4][2][2]; // keys 2t, 2t+1, 2t+8, 2t+9: [key][odd block][half]
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
-                const uint8_t * pair = sk + offVk[kk] + pr*TQ_I8_PAIR;
-                tq_fa_lut16(tq_fa_word_even(pair, offV, selV, tq_fa_ld32(pair + 32)), TV, X[kk][0][0], X[kk][0][1]);
-                tq_fa_lut16(tq_fa_ld32(pair + 36 + 4*g), TV, X[kk][1][0], X[kk][1][1]);
+                fV::v_key(sk + offVk[kk] + pr*fV::PAIR, lnV, TV, X[kk]);
             }
 #pragma unroll
             for (int o = 0; o < 2; ++o) {
                 const int b = 2*pr + o;
                 const half2 ht = __floats2half2_rn(pe[0]*dv[0][o], pe[1]*dv[0][o]); // key g,   columns 2t, 2t+1
                 const half2 hb = __floats2half2_rn(pe[2]*dv[1][o], pe[3]*dv[1][o]); // key g+8
-                const float2 ft = __half22float2(ht), fb = __half22float2(hb);    // what the mma multiplies
-                R[b][0] += ft.x + fb.x;
-                R[b][1] += ft.y + fb.y;
                 const uint32_t b0 = tq_fa_trans(*(const uint32_t *) &ht); // P^T: keys 2t, 2t+1 of column g
                 const uint32_t b1 = tq_fa_trans(*(const uint32_t *) &hb); // keys 2t+8, 2t+9
                 uint32_t Z[2][2][2]; // [keys 2t,2t+1 / 2t+8,2t+9][half][bytes 0,1 / 2,3]: the two keys' bytes interleaved
@@ -625,10 +774,10 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const uint32_t sel = (j & 1) ? 0x4342u : 0x4140u;
-                    const uint32_t a0 = tq_fa_prmt(Z[0][0][j >> 1], C64, sel); // dim row g   (half 0, byte j), keys 2t, 2t+1
-                    const uint32_t a1 = tq_fa_prmt(Z[0][1][j >> 1], C64, sel); // dim row g+8 (half 1, byte j)
-                    const uint32_t a2 = tq_fa_prmt(Z[1][0][j >> 1], C64, sel); // dim row g,   keys 2t+8, 2t+9
-                    const uint32_t a3 = tq_fa_prmt(Z[1][1][j >> 1], C64, sel);
+                    const uint32_t a0 = tq_fa_unbias(tq_fa_prmt(Z[0][0][j >> 1], C64, sel)); // dim row g   (half 0, byte j), keys 2t, 2t+1
+                    const uint32_t a1 = tq_fa_unbias(tq_fa_prmt(Z[0][1][j >> 1], C64, sel)); // dim row g+8 (half 1, byte j)
+                    const uint32_t a2 = tq_fa_unbias(tq_fa_prmt(Z[1][0][j >> 1], C64, sel)); // dim row g,   keys 2t+8, 2t+9
+                    const uint32_t a3 = tq_fa_unbias(tq_fa_prmt(Z[1][1][j >> 1], C64, sel));
                     if (rescale) {
                         O[b][j][0] *= alpha[0];
                         O[b][j][1] *= alpha[1];
@@ -642,19 +791,15 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     }
     tq_fa_cp_wait<0>();
 
-    // ---- L and R summed over the 8 lanes of a column; O^T to O: (O - 1152 R)/sK per block
+    // ---- L summed over the 8 lanes of a column; O^T to O: O/sK
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
             L[c] += __shfl_xor_sync(TQ_I8_FULL, L[c], off);
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                R[b][c] += __shfl_xor_sync(TQ_I8_FULL, R[b][c], off);
-            }
         }
     }
-    const float inv_sV = 1.0f/TQ_I8_SK;
+    const float inv_sV = 1.0f/fV::SK;
     // a column's row: the block's partial result, or with one block the smem row of the final write
     float * orow = (float *) tq_fa_smem + warp*TQ_I8_MAX_G*(D + 2);
     if (p.n_blocks == 1) {
@@ -666,20 +811,25 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         if (col >= p.G) {
             continue;
         }
-        float * row = p.n_blocks > 1
-            ? p.partials + (((int64_t) blockIdx.z*p.n_head + head0 + col)*p.n_blocks + blockIdx.x)*(D + 2)
-            : orow + col*(D + 2);
+        float * ml, * row; // M and L; O
+        if (p.n_blocks > 1) {
+            const int64_t i = ((int64_t) blockIdx.z*p.n_head + head0 + col)*p.n_blocks + blockIdx.x;
+            ml  = p.partials + 2*i;
+            row = p.partials + tq_fa_o_offset((int64_t) gridDim.z*p.n_head*p.n_blocks) + i*D;
+        } else {
+            ml  = orow + col*(D + 2);
+            row = ml + 2;
+        }
         if (g == 0) {
-            row[0] = M[c]*0.6931471805599453f; // natural-log units for the merge
-            row[1] = L[c];
+            ml[0] = M[c]*0.6931471805599453f; // natural-log units for the merge
+            ml[1] = L[c];
         }
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
-            const float off = TQ_I8_V_OFFSET*R[b][c];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                row[2 + b*QK_TQ + tq_fa_elem(b & 1, g, 0, j)] = (O[b][j][c]     - off)*inv_sV;
-                row[2 + b*QK_TQ + tq_fa_elem(b & 1, g, 1, j)] = (O[b][j][2 + c] - off)*inv_sV;
+                row[b*QK_TQ + fV::elem(b & 1, g, 0, j)] = O[b][j][c]*inv_sV;
+                row[b*QK_TQ + fV::elem(b & 1, g, 1, j)] = O[b][j][2 + c]*inv_sV;
             }
         }
     }
@@ -714,10 +864,10 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 }
 
 
-// Merges the blocks of one (query row, head), adds the sink, rotates back and normalizes. First the blocks'
-// weights exp(M_b - M) into shared memory, then every thread sums one element over a share of the blocks:
-// the loads of a thread are independent (no chain of dependent loads, which a warp walking hundreds of
-// blocks one after another would be), consecutive threads read consecutive elements.
+// Merges the blocks of one (query row, head) for one 64-element block of the output, adds the sink, rotates
+// back and normalizes. The blocks' weights exp(M_b - M) go to shared memory; then 16 threads read an O row's 64
+// elements as float4 and the block's 256 threads sum 16 shares of the key blocks: every load independent (no
+// chain), 1 KB in flight per warp. Grid: heads x D/64 x rows (a block per 64 elements: more SMs read at once).
 #define TQ_I8_COMBINE_THREADS 256
 #define TQ_I8_COMBINE_MAX     1024 // blocks per row the weights' shared memory holds (max_blocks is capped to it)
 
@@ -725,20 +875,24 @@ template <int D>
 __launch_bounds__(TQ_I8_COMBINE_THREADS)
 static __global__ void tq_fattn_combine(const float * __restrict__ partials, const float * __restrict__ sinks,
                                         float * __restrict__ dst, const int n_head, const int n_split) {
-    constexpr int NT = TQ_I8_COMBINE_THREADS, PARTS = NT/D > 0 ? NT/D : 1;
+    constexpr int NT = TQ_I8_COMBINE_THREADS, Q4 = QK_TQ/4, PARTS = NT/Q4;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int h = blockIdx.x;
-    const int z = blockIdx.y; // query row + n_q * sequence: dst rows are ordered (z, head)
-    const float * part = partials + ((int64_t) z*n_head + h)*n_split*(D + 2);
+    const int h = blockIdx.x, b = blockIdx.y;
+    const int z = blockIdx.z; // query row + n_q * sequence: dst rows are ordered (z, head)
+    const int64_t row = ((int64_t) z*n_head + h)*n_split;
+    const float2 * ml = (const float2 *) partials + row;
+    const float4 * o  = (const float4 *) (partials + tq_fa_o_offset((int64_t) gridDim.z*n_head*n_split) + row*D + b*QK_TQ);
 
-    __shared__ float s_w[TQ_I8_COMBINE_MAX];
-    __shared__ float s_red[NT/32];
-    __shared__ float s_o[PARTS][D];
+    __shared__ float2 s_ml[TQ_I8_COMBINE_MAX]; // (M, L) of each block, then (weight, L)
+    __shared__ float  s_red[NT/32];
+    __shared__ float4 s_o[PARTS][Q4];
 
     // M: the largest block maximum (and the sink)
     float m = -INFINITY;
     for (int s = tid; s < n_split; s += NT) {
-        m = fmaxf(m, part[s*(D + 2)]);
+        const float2 v = ml[s];
+        s_ml[s] = v;
+        m = fmaxf(m, v.x);
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -754,13 +908,13 @@ static __global__ void tq_fattn_combine(const float * __restrict__ partials, con
         M = fmaxf(M, s_red[w]);
     }
     __syncthreads(); // s_red is reused
-    // weights and L
+    // weights and L (a thread rewrites only the entries it wrote)
     float l = 0.0f;
     for (int s = tid; s < n_split; s += NT) {
-        const float * ps = part + s*(D + 2);
-        const float w = M == -INFINITY ? 0.0f : expf(ps[0] - M); // an empty block has M = -inf: weight 0
-        s_w[s] = w;
-        l += w*ps[1];
+        const float2 v = s_ml[s];
+        const float w = M == -INFINITY ? 0.0f : expf(v.x - M); // an empty block has M = -inf: weight 0
+        s_ml[s].x = w;
+        l += w*v.y;
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -770,19 +924,20 @@ static __global__ void tq_fattn_combine(const float * __restrict__ partials, con
         s_red[warp] = l;
     }
     __syncthreads();
-    // O: element e, blocks part0, part0 + PARTS, ...
-    static_assert(NT % D == 0, "a thread per element and share of the blocks");
+    // O: elements 4e..4e+3, blocks part, part + PARTS, ...
     {
-        const int e = tid % D, part0 = tid / D;
-        float acc = 0.0f;
-#pragma unroll 8
-        for (int s = part0; s < n_split; s += PARTS) {
-            acc += s_w[s]*part[s*(D + 2) + 2 + e];
+        const int e = tid % Q4, part = tid / Q4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+        for (int s = part; s < n_split; s += PARTS) {
+            const float  w = s_ml[s].x;
+            const float4 v = o[(int64_t) s*(D/4) + e];
+            acc.x += w*v.x; acc.y += w*v.y; acc.z += w*v.z; acc.w += w*v.w;
         }
-        s_o[part0][e] = acc;
+        s_o[part][e] = acc;
     }
     __syncthreads();
-    if (warp >= D/QK_TQ) {
+    if (warp != 0) {
         return;
     }
     float L = 0.0f;
@@ -793,13 +948,11 @@ static __global__ void tq_fattn_combine(const float * __restrict__ partials, con
     if (sinks && M != -INFINITY) {
         L += expf(sinks[h] - M);
     }
-    // warp b rotates block b back
-    const int b = warp;
     float v0 = 0.0f, v1 = 0.0f;
 #pragma unroll
     for (int q = 0; q < PARTS; ++q) {
-        v0 += s_o[q][b*QK_TQ + lane];
-        v1 += s_o[q][b*QK_TQ + lane + 32];
+        v0 += ((const float *) s_o[q])[lane];
+        v1 += ((const float *) s_o[q])[lane + 32];
     }
     tq_fa_write_block(dst + ((int64_t) z*n_head + h)*D + b*QK_TQ, v0, v1, L == 0.0f ? 0.0f : 1.0f/L);
 }
@@ -826,23 +979,46 @@ static tq_fa_kernel tq_fa_get() {
     return { fn };
 }
 
+// Blocks per SM the kernel is compiled for (__launch_bounds__): 3 leaves 125 registers, no spills (ptxas), and
+// was the fastest of 2, 3, 4 at 32k (results/cuda/2026-11-25-i8). fattn_bench builds all three (TQ_I8_ALL_MINB)
+// to compare them; ggml-cuda builds 3 only, a quarter of the compile time.
+#define TQ_I8_MINB 3
+
 template <int D, ggml_type type_K, ggml_type type_V>
 static tq_fa_kernel tq_fa_get_minb(int minb) {
+#ifdef TQ_I8_ALL_MINB
     switch (minb) {
         case 2:  return tq_fa_get<D, type_K, type_V, 2>();
-        case 3:  return tq_fa_get<D, type_K, type_V, 3>();
-        default: return tq_fa_get<D, type_K, type_V, 4>();
+        case 4:  return tq_fa_get<D, type_K, type_V, 4>();
+        default: break;
     }
+#endif
+    (void) minb;
+    return tq_fa_get<D, type_K, type_V, TQ_I8_MINB>();
 }
 
-// The kernel for head size D and TQ types tk, tv; minb: GGML_TQ_FA_MINB (2..4). v7 has TQ4_0 K and V at
-// head 128 and 256 only: anything else gets no kernel (and tq_fa_layout refuses it).
+template <int D>
+static tq_fa_kernel tq_fa_get_types(ggml_type tk, ggml_type tv, int minb) {
+    if (tk == GGML_TYPE_TQ4_0) {
+        return tv == GGML_TYPE_TQ4_0 ? tq_fa_get_minb<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb)
+                                     : tq_fa_get_minb<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0>(minb);
+    }
+    return tv == GGML_TYPE_TQ4_0 ? tq_fa_get_minb<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0>(minb)
+                                 : tq_fa_get_minb<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0>(minb);
+}
+
+static bool tq_fa_is_tq(ggml_type t) {
+    return t == GGML_TYPE_TQ4_0 || t == GGML_TYPE_TQ3_0;
+}
+
+// The kernel for head size D and TQ types tk, tv (either TQ4_0 or TQ3_0); minb: blocks per SM (TQ_I8_MINB
+// unless built with TQ_I8_ALL_MINB). Heads 128 and 256 only: anything else gets no kernel (and tq_fa_layout
+// refuses it).
 static tq_fa_kernel tq_fa_select(int D, ggml_type tk, ggml_type tv, int minb) {
-    if (tk != GGML_TYPE_TQ4_0 || tv != GGML_TYPE_TQ4_0 || (D != 128 && D != 256)) {
+    if (!tq_fa_is_tq(tk) || !tq_fa_is_tq(tv) || (D != 128 && D != 256)) {
         return { nullptr };
     }
-    return D == 128 ? tq_fa_get_minb<128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb)
-                    : tq_fa_get_minb<256, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb);
+    return D == 128 ? tq_fa_get_types<128>(tk, tv, minb) : tq_fa_get_types<256>(tk, tv, minb);
 }
 
 static int tq_fa_row_bytes(ggml_type t, int D) {
@@ -853,9 +1029,9 @@ static int tq_fa_row_bytes(ggml_type t, int D) {
 // Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
 // head's rows not 4-byte aligned, or heads not side by side in a key's row.
 static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
-    if (p.n_groups > TQ_I8_WARPS || tk != GGML_TYPE_TQ4_0 || tv != GGML_TYPE_TQ4_0 || D % (2*QK_TQ) != 0 ||
+    if (p.n_groups > TQ_I8_WARPS || !tq_fa_is_tq(tk) || !tq_fa_is_tq(tv) || D % (2*QK_TQ) != 0 ||
         (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
-        return false; // v7: TQ4_0, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
+        return false; // v7: TQ types, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
     }
     const int row_K = tq_fa_row_bytes(tk, D), row_V = tq_fa_row_bytes(tv, D);
     if (p.nbk2 != row_K || p.nbv2 != row_V || p.nbk1 % 4 != 0 || p.nbv1 % 4 != 0 ||
@@ -926,6 +1102,12 @@ static void tq_fa_plan(tq_fa_params & p, int slots, int max_blocks) {
     p.n_blocks = (p.n_kv + kpb - 1)/kpb;
 }
 
+// Floats of the partial results of a plan (p.partials; none with one block per row).
+static size_t tq_fa_partials_floats(const tq_fa_params & p, int D) {
+    const int64_t n = (int64_t) p.n_q*p.n_seq*p.n_head*p.n_blocks;
+    return p.n_blocks > 1 ? (size_t) (tq_fa_o_offset(n) + n*D) : 0;
+}
+
 // Runs kernel k (and the merge of its blocks when there are several) for a plan of tq_fa_plan.
 static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, cudaStream_t stream) {
     const dim3 grid(p.n_blocks, p.n_head_kv/p.hb, p.n_q*p.n_seq);
@@ -933,9 +1115,8 @@ static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, 
     void * args[] = { &pk };
     cudaLaunchKernel(k.fn, grid, dim3(p.hb*p.n_groups*32), args, p.smem, stream);
     if (p.n_blocks > 1) {
-        const dim3 grid_c(p.n_head, p.n_q*p.n_seq);
+        const dim3 grid_c(p.n_head, D/QK_TQ, p.n_q*p.n_seq);
         switch (D) {
-            case  64: tq_fattn_combine< 64><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
             case 128: tq_fattn_combine<128><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
             default:  tq_fattn_combine<256><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
         }

@@ -11,8 +11,8 @@
 //   - a second kernel merges the key splits (flash-decoding) and rotates O back once per row.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
 // the cache's own 4.25 / 3.25 bits per value.
-// TQ4_0 K and V at head 128/256 in the cache's own layout go to tq-fattn-i8.cuh first (int8 scoring, about
-// half the instructions per key); this kernel takes what that one refuses.
+// TQ K and V at head 128/256 in the cache's own layout go to tq-fattn-i8.cuh first (int8 scoring, about half
+// the instructions per key); this kernel takes what that one refuses (head 64, other layouts).
 #include "tq-fattn.cuh"
 #include "tq-fattn-i8.cuh"
 
@@ -516,23 +516,19 @@ static void tq_fa_launch_types(ggml_type tk, ggml_type tv, const tq_fa_params & 
     tq_fa_launch<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0>(p, grid, stream);
 }
 
-// The int8-scoring kernel (tq-fattn-i8.cuh) where it takes the node: TQ4_0 K and V, head 128 or 256, the
-// cache's rows aligned for its copies. GGML_TQ_FA_I8=0 turns it off (the kernel below then runs), for
-// comparisons; GGML_TQ_FA_I8_MINB (2..4, default 3) is its blocks per SM. Returns false where it did not run.
+// The int8-scoring kernel (tq-fattn-i8.cuh) where it takes the node: TQ4_0 / TQ3_0 K and V, head 128 or 256,
+// the cache's rows aligned for its copies. GGML_TQ_FA_I8=0 turns it off (the kernel below then runs), for
+// comparisons. Returns false where it did not run.
 static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const tq_fa_params & p4, int n_seq) {
     static const bool enabled = [] {
         const char * e = getenv("GGML_TQ_FA_I8");
         return !e || atoi(e) != 0;
     }();
-    static const int minb = [] {
-        const char * e = getenv("GGML_TQ_FA_I8_MINB");
-        return e ? std::min(4, std::max(2, atoi(e))) : 3; // 3: 125 registers, no spills (ptxas), 3 blocks/SM
-    }();
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
     const ggml_tensor * sinks = dst->src[4];
     const int D = (int) K->ne[0];
-    if (!enabled || K->type != GGML_TYPE_TQ4_0 || V->type != GGML_TYPE_TQ4_0 || (D != 128 && D != 256)) {
+    if (!enabled || (D != 128 && D != 256)) {
         return false;
     }
     tq_i8::tq_fa_params p = {};
@@ -550,7 +546,7 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
     if (!tq_i8::tq_fa_layout(p, D, K->type, V->type)) {
         return false;
     }
-    const tq_i8::tq_fa_kernel k = tq_i8::tq_fa_select(D, K->type, V->type, minb);
+    const tq_i8::tq_fa_kernel k = tq_i8::tq_fa_select(D, K->type, V->type, TQ_I8_MINB);
     // blocks the GPU holds at once, per device, kernel and shared-memory size (the occupancy query once each;
     // backends of several GPUs may run on several threads)
     static std::mutex slots_mutex;
@@ -568,7 +564,7 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
     tq_i8::tq_fa_plan(p, slots, 256);
     ggml_cuda_pool_alloc<float> partials(ctx.pool());
     if (p.n_blocks > 1) {
-        p.partials = partials.alloc((size_t) p.n_q*n_seq*p.n_head*p.n_blocks*(D + 2));
+        p.partials = partials.alloc(tq_i8::tq_fa_partials_floats(p, D));
     }
     tq_i8::tq_fa_launch(p, k, D, ctx.stream());
     CUDA_CHECK(cudaGetLastError());

@@ -1,5 +1,5 @@
-// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-i8.cuh, the one ggml-cuda runs for TQ4_0
-// K/V at head 128/256) alone, without ggml: checks it against the same int8 arithmetic in doubles
+// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-i8.cuh, the one ggml-cuda runs for TQ4_0 /
+// TQ3_0 K/V at head 128/256) alone, without ggml: checks it against the same int8 arithmetic in doubles
 // (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
 // (tq-ref.c); times it with CUDA events at the contexts of tools/cuda_device.sh. Built and run on the GPU
 // machine by `tools/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build. The numbers
@@ -9,7 +9,17 @@
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
 //   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape
 //   fattn_bench once T n_kv minb   five launches of one shape, for ncu (tools/cuda_device.sh faprof)
+// -DTQ_I8_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
+// without it, only what ggml-cuda builds (TQ_I8_MINB)
 #include "tq-fattn-i8.cuh"
+
+#include <vector>
+
+#ifdef TQ_I8_ALL_MINB
+static const std::vector<int> all_minb = {2, 3, 4};
+#else
+static const std::vector<int> all_minb = {TQ_I8_MINB};
+#endif
 
 using namespace tq_i8;
 
@@ -125,7 +135,7 @@ static bool setup(fa_data & f, const fa_case & c, int max_blocks, int nsm, int m
     }
     tq_fa_plan(p, tq_fa_slots(f.k, p, nsm), max_blocks);
     if (p.n_blocks > 1) {
-        CK(cudaMalloc(&f.dP, (size_t) c.n_q*n_head*p.n_blocks*(c.D + 2)*4));
+        CK(cudaMalloc(&f.dP, tq_fa_partials_floats(p, c.D)*4));
     }
     p.partials = f.dP;
     return true;
@@ -149,17 +159,34 @@ static void fwht64(double * x) {
 }
 
 #ifdef TQ_I8_SCORES_INT8
-// What a kernel that scores in int8 computes (TQ4_0 K and V), in the rotated domain: Q rotated, scaled and
-// rounded to int8 per block of 64 (scale amax/127), the centroids rounded to int8 (scale TQ_I8_SK), the
-// output rotated back. The kernel must match this to f16 rounding (its P) and ex2.approx.
+// What a kernel that scores in int8 computes, in the rotated domain: Q rotated, scaled and rounded to int8
+// per block of 64 (scale amax/127), the centroids rounded to int8 (scale tq_i8_fmt<type>::SK), the output
+// rotated back. The kernel must match this to f16 rounding (its P) and ex2.approx.
+struct int8_codebook {
+    ggml_type type; float sk; float c8[16];
+    explicit int8_codebook(ggml_type t) : type(t) {
+        sk = t == GGML_TYPE_TQ4_0 ? tq_i8_fmt<GGML_TYPE_TQ4_0>::SK : tq_i8_fmt<GGML_TYPE_TQ3_0>::SK;
+        for (int j = 0; j < (t == GGML_TYPE_TQ4_0 ? 16 : 8); ++j) {
+            c8[j] = nearbyintf((t == GGML_TYPE_TQ4_0 ? tq_centroids_4bit[j] : tq_centroids_3bit[j])*sk);
+        }
+    }
+    // element j's int8 centroid of the block at b
+    float operator()(const uint8_t * b, int j) const {
+        if (type == GGML_TYPE_TQ4_0) {
+            const block_tq4_0 * x = (const block_tq4_0 *) b;
+            return c8[j < 32 ? (x->qs[j] & 15) : (x->qs[j - 32] >> 4)];
+        }
+        const block_tq3_0 * x = (const block_tq3_0 *) b;
+        return c8[((x->qs[j % 16] >> (2*(j/16))) & 3) | (((x->qh[j % 8] >> (j/8)) & 1) << 2)];
+    }
+};
+
 static void int8_reference(const fa_data & f, std::vector<double> & ref) {
     const fa_case & c = f.c;
     const int NB = c.D/QK_TQ, n_head = c.n_head_kv*c.gqa;
-    const float sK = TQ_I8_SK; // the kernel's centroid scale
-    float c8[16];
-    for (int j = 0; j < 16; ++j) c8[j] = (float) (int) nearbyintf(tq_centroids_4bit[j]*sK);
+    const int8_codebook ck(c.tk), cv(c.tv);
+    const size_t bk = block_bytes(c.tk), bv = block_bytes(c.tv);
     const float q_scale = c.softcap != 0.0f ? f.p.scale/c.softcap : f.p.scale;
-    auto idx4 = [](const block_tq4_0 * b, int j) { return j < 32 ? (b->qs[j] & 15) : (b->qs[j - 32] >> 4); };
     ref.assign((size_t) c.n_q*n_head*c.D, 0.0);
     std::vector<double> s(c.n_kv), qr(c.D), qs(NB), o(c.D);
     for (int i = 0; i < c.n_q; ++i) {
@@ -178,12 +205,14 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
             }
             double M = -INFINITY;
             for (int k = 0; k < c.n_kv; ++k) {
-                const block_tq4_0 * kb = (const block_tq4_0 *) (f.K.data() + ((size_t) k*c.n_head_kv + hk)*f.rowK);
+                const uint8_t * kr = f.K.data() + ((size_t) k*c.n_head_kv + hk)*f.rowK;
                 double d = 0.0;
                 for (int b = 0; b < NB; ++b) {
+                    const uint8_t * kb = kr + b*bk;
+                    uint16_t dh; memcpy(&dh, kb, 2);
                     double acc = 0.0;
-                    for (int j = 0; j < 64; ++j) acc += qr[b*64 + j]*c8[idx4(kb + b, j)];
-                    d += acc*qs[b]*h2f(kb[b].d)/sK;
+                    for (int j = 0; j < 64; ++j) acc += qr[b*64 + j]*ck(kb, j);
+                    d += acc*qs[b]*h2f(dh)/ck.sk;
                 }
                 if (c.softcap != 0.0f) d = c.softcap*tanh(d);
                 d += c.mask ? h2f(f.mask[(size_t) i*c.n_kv + k]) : 0.0f;
@@ -196,10 +225,12 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
             for (int k = 0; k < c.n_kv; ++k) {
                 const double w = exp(s[k] - M);
                 L += w;
-                const block_tq4_0 * vb = (const block_tq4_0 *) (f.V.data() + ((size_t) k*c.n_head_kv + hk)*f.rowV);
+                const uint8_t * vr = f.V.data() + ((size_t) k*c.n_head_kv + hk)*f.rowV;
                 for (int b = 0; b < NB; ++b) {
-                    const double wd = w*h2f(vb[b].d)/sK;
-                    for (int j = 0; j < 64; ++j) o[b*64 + j] += wd*c8[idx4(vb + b, j)];
+                    const uint8_t * vb = vr + b*bv;
+                    uint16_t dh; memcpy(&dh, vb, 2);
+                    const double wd = w*h2f(dh)/cv.sk;
+                    for (int j = 0; j < 64; ++j) o[b*64 + j] += wd*cv(vb, j);
                 }
             }
             for (int b = 0; b < NB; ++b) {
@@ -311,9 +342,15 @@ int main(int argc, char ** argv) {
         cases.push_back({256, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 33, 1, 16, 8, true, 0.0f, true});    // two groups of 8
         cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 1500, 2, 6, 1, true, 0.0f, false});  // 6 columns
         cases.push_back({256, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, 40000, 4, 8, 1, true, 0.0f, false}); // many blocks
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 4099, 8, 4, 3, true, 0.0f, false});
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 20000, 8, 4, 1, false, 0.0f, true});
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 1500, 2, 6, 1, true, 0.0f, false});  // 6 columns
+        cases.push_back({256, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 40000, 4, 8, 1, true, 0.0f, true});  // many blocks, sinks
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, 30000, 8, 4, 1, true, 0.0f, false});
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, 30000, 8, 4, 2, true, 0.0f, false});
         int fails = 0, skipped = 0;
         for (const fa_case & c : cases) {
-            for (int minb : {2, 3, 4}) {
+            for (int minb : all_minb) {
                 fa_data f;
                 if (!setup(f, c, max_blocks, nsm, minb)) {
                     skipped++;
@@ -330,7 +367,7 @@ int main(int argc, char ** argv) {
                 release(f);
             }
         }
-        const int ran = (int) cases.size()*3 - skipped;
+        const int ran = (int) (cases.size()*all_minb.size()) - skipped;
         printf("%d of %d cases failed (%d not taken by this kernel)\n", fails, ran, skipped);
         return fails != 0 || ran == 0;
     }
@@ -352,7 +389,7 @@ int main(int argc, char ** argv) {
     // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token
     std::vector<int> minbs;
     for (int i = 2; i < argc; ++i) minbs.push_back(atoi(argv[i]));
-    if (minbs.empty()) minbs = {4};
+    if (minbs.empty()) minbs = all_minb;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
     for (auto tt : {GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0}) {
