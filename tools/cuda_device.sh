@@ -5,7 +5,7 @@
 #   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
 #   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
 #   tools/cuda_device.sh fabench   the int8 decode kernel alone (tools/fattn-lab/fattn_bench): check against the C reference,
-#                                  then time it at 256..65536 keys for GGML_TQ_FA_MINB 2, 3, 4
+#                                  then time it at 256..65536 keys
 #   tools/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
 #   tools/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
 #   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses

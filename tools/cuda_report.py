@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 d = Path(sys.argv[1] if len(sys.argv) > 1 else "results/cuda")
-types = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-v4", "tq3_0"]  # tq4_0-v4: GGML_TQ_FA_I8=0 (the kernel before)
+# tq4_0-v4: GGML_TQ_FA_I8=0 (the kernel before the int8 one); tq4_0-nocl: GGML_TQ_FA_CLUSTER=0, a switch of
+# the build measured in results/cuda/2026-11-25-final (thread-block clusters, since removed)
+types = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-nocl", "tq4_0-v4", "tq3_0"]
 bench = {}
 for t in types:
     f = d / f"bench-{t}.json"
@@ -22,7 +24,8 @@ for t in types:
 depths = sorted({k[2] for k in bench})
 print(f"# GPU run: {dev.get('gpu_info', '?')}, llama.cpp build {dev.get('build_commit', '?')}")
 print(f"llama-bench -m r8b-q4_0.gguf (random Llama-3-8B shape, Q4_0) -fa 1 -ngl 99 -p 512 -n 128 "
-      f"-d {','.join(map(str, depths))} -r 2 -ctk T -ctv T, one type per call (tools/cuda_device.sh bench)\n")
+      f"-d {','.join(map(str, depths))} -r {len(dev.get('samples_ts', [0, 0]))} -ctk T -ctv T, one type per call "
+      f"(tools/cuda_device.sh bench)\n")
 print("| cache | " + " | ".join(f"{t} @ d{dp}" for dp in depths for t in ("pp512", "tg128")) + " |")
 print("|---|" + "---:|" * (2 * len(depths)))
 for t in types:

@@ -433,6 +433,24 @@ static __device__ __forceinline__ uint32_t tq_fa_unbias(uint32_t x) {
     return *(const uint32_t *) &h;
 }
 
+// The last step of a row from its (M, L, O) over all keys (M in natural-log units): the sink, 1/L, rotated back.
+// o: lane's elements lane and lane + 32 of each 64-block.
+template <int D>
+static __device__ __forceinline__ void tq_fa_finish_row(const tq_fa_params & p, int z, int hq, float M, float L, float (&o)[D/QK_TQ][2]) {
+    if (p.sinks && M != -INFINITY) {
+        const float sink = p.sinks[hq];
+        const float Mn = fmaxf(M, sink);
+        const float a = expf(M - Mn);
+        L = L*a + expf(sink - Mn);
+#pragma unroll
+        for (int b = 0; b < D/QK_TQ; ++b) {
+            o[b][0] *= a;
+            o[b][1] *= a;
+        }
+    }
+    tq_fa_write_row<D>(p.dst + ((int64_t) z*p.n_head + hq)*D, o, L == 0.0f ? 0.0f : 1.0f/L);
+}
+
 // The partial results of a key split, n = rows x heads x blocks of them: (M, L) pairs, then from a 16-byte
 // boundary the rows of O (D floats each, rotated), so that the merge reads O in float4.
 static __host__ __device__ __forceinline__ int64_t tq_fa_o_offset(int64_t n) {
@@ -549,6 +567,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     if (lane < TQ_I8_MAX_G*NB) {
         qsc_s[warp][lane/NB][lane%NB] = 0.0f; // columns past G score 0 (their int8 Q is never set)
     }
+    __syncwarp(); // before lane 0 sets the scales of columns below G
     // where elements lane and lane + 32 of an even / odd block go: byte offset in a column's [t][j][half] words
     int q8_pos[2];
 #pragma unroll
@@ -556,41 +575,50 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         q8_pos[odd] = fK::q_pos(odd, lane);
     }
     const float sign0 = tq_fa_signs[lane], sign1 = tq_fa_signs[lane + 32];
-    float qv[TQ_I8_MAX_G][NB][2]; // all loads first: one memory latency, not G of them
+    // Columns in groups of QG, each group's QG x NB rotations as independent chains of shuffles that the
+    // scheduler interleaves (one after another they were most of the kernel at depth 0): a group's columns
+    // past G repeat column 0 and leave their scale 0, so their int8 Q is never used.
+    constexpr int QG = NB == 2 ? 4 : 2; // 8 rotations at once (D = 256: 4 would need more registers than MINB allows)
 #pragma unroll
-    for (int gg = 0; gg < TQ_I8_MAX_G; ++gg) {
-        if (gg < p.G) {
+    for (int gg0 = 0; gg0 < TQ_I8_MAX_G; gg0 += QG) {
+        if (gg0 >= p.G) {
+            break;
+        }
+        float qv[QG][NB][2]; // all loads first: one memory latency
+#pragma unroll
+        for (int u = 0; u < QG; ++u) {
+            const int gg = gg0 + u < p.G ? gg0 + u : 0;
             const float * q = (const float *) (p.Q + iq*p.nbq1 + (head0 + gg)*p.nbq2 + seq*p.nbq3);
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                qv[gg][b][0] = q[b*QK_TQ + lane];
-                qv[gg][b][1] = q[b*QK_TQ + lane + 32];
+                qv[u][b][0] = q[b*QK_TQ + lane]*sign0;
+                qv[u][b][1] = q[b*QK_TQ + lane + 32]*sign1;
             }
         }
-    }
-    __syncwarp();
 #pragma unroll
-    for (int gg = 0; gg < TQ_I8_MAX_G; ++gg) {
-        if (gg >= p.G) {
-            break;
+        for (int u = 0; u < QG; ++u) {
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+                tq_fa_fwht64(qv[u][b][0], qv[u][b][1]);
+            }
         }
 #pragma unroll
-        for (int b = 0; b < NB; ++b) {
-            float v0 = qv[gg][b][0]*sign0;
-            float v1 = qv[gg][b][1]*sign1;
-            tq_fa_fwht64(v0, v1);
-            v0 *= 0.125f*q_scale;
-            v1 *= 0.125f*q_scale;
-            float amax = fmaxf(fabsf(v0), fabsf(v1));
+        for (int u = 0; u < QG; ++u) {
 #pragma unroll
-            for (int off = 16; off > 0; off >>= 1) {
-                amax = fmaxf(amax, __shfl_xor_sync(TQ_I8_FULL, amax, off));
-            }
-            const float inv = amax > 0.0f ? 127.0f/amax : 0.0f;
-            const uint32_t pair = ((uint32_t) __float2int_rn(v0*inv) & 0xffu) | ((uint32_t) __float2int_rn(v1*inv) & 0xffu) << 8;
-            *(uint16_t *) ((uint8_t *) q8_s[warp][gg][b] + q8_pos[b & 1]) = (uint16_t) pair;
-            if (lane == 0) {
-                qsc_s[warp][gg][b] = amax/127.0f;
+            for (int b = 0; b < NB; ++b) {
+                const float v0 = qv[u][b][0]*(0.125f*q_scale);
+                const float v1 = qv[u][b][1]*(0.125f*q_scale);
+                float amax = fmaxf(fabsf(v0), fabsf(v1));
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) {
+                    amax = fmaxf(amax, __shfl_xor_sync(TQ_I8_FULL, amax, off));
+                }
+                const float inv = amax > 0.0f ? 127.0f/amax : 0.0f;
+                const uint32_t pair = ((uint32_t) __float2int_rn(v0*inv) & 0xffu) | ((uint32_t) __float2int_rn(v1*inv) & 0xffu) << 8;
+                *(uint16_t *) ((uint8_t *) q8_s[warp][gg0 + u][b] + q8_pos[b & 1]) = (uint16_t) pair;
+                if (lane == 0 && gg0 + u < p.G) {
+                    qsc_s[warp][gg0 + u][b] = amax/127.0f;
+                }
             }
         }
     }
@@ -800,9 +828,11 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         }
     }
     const float inv_sV = 1.0f/fV::SK;
-    // a column's row: the block's partial result, or with one block the smem row of the final write
+    // a column's row: the block's partial result in global memory, or with one block per row in shared memory
+    // for the final write
     float * orow = (float *) tq_fa_smem + warp*TQ_I8_MAX_G*(D + 2);
-    if (p.n_blocks == 1) {
+    const bool rows_in_smem = p.n_blocks == 1;
+    if (rows_in_smem) {
         __syncthreads(); // the stages are reused
     }
 #pragma unroll
@@ -812,7 +842,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             continue;
         }
         float * ml, * row; // M and L; O
-        if (p.n_blocks > 1) {
+        if (!rows_in_smem) {
             const int64_t i = ((int64_t) blockIdx.z*p.n_head + head0 + col)*p.n_blocks + blockIdx.x;
             ml  = p.partials + 2*i;
             row = p.partials + tq_fa_o_offset((int64_t) gridDim.z*p.n_head*p.n_blocks) + i*D;
@@ -833,33 +863,19 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             }
         }
     }
-    if (p.n_blocks > 1) {
+    if (!rows_in_smem) {
         return;
     }
     __syncwarp();
     for (int gg = 0; gg < p.G; ++gg) {
-        const int hq = head0 + gg;
         const float * r = orow + gg*(D + 2);
-        const float Mr = r[0];
-        float Lr = r[1];
         float o[NB][2];
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
             o[b][0] = r[2 + b*QK_TQ + lane];
             o[b][1] = r[2 + b*QK_TQ + lane + 32];
         }
-        if (p.sinks && Mr != -INFINITY) {
-            const float sink = p.sinks[hq];
-            const float Mn = fmaxf(Mr, sink);
-            const float a = expf(Mr - Mn);
-            Lr = Lr*a + expf(sink - Mn);
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                o[b][0] *= a;
-                o[b][1] *= a;
-            }
-        }
-        tq_fa_write_row<D>(p.dst + ((int64_t) blockIdx.z*p.n_head + hq)*D, o, Lr == 0.0f ? 0.0f : 1.0f/Lr);
+        tq_fa_finish_row<D>(p, blockIdx.z, head0 + gg, r[0], r[1], o);
     }
 }
 
@@ -1089,8 +1105,8 @@ static int tq_fa_slots(const tq_fa_kernel & k, const tq_fa_params & p, int nsm) 
 }
 
 // The key split (flash-decoding), after tq_fa_layout: one wave of blocks (all resident at once; a second,
-// partial wave would double the time), each block at least TQ_I8_MIN_TILES tiles, at most
-// max_blocks per row (their partial results, G*(D+2) floats per head, go through L2 and back).
+// partial wave would double the time), each block at least TQ_I8_MIN_TILES tiles, at most max_blocks per
+// row (their partial results, G*(D+2) floats per head, go through L2 and back).
 static void tq_fa_plan(tq_fa_params & p, int slots, int max_blocks) {
     const int rows     = p.n_head_kv/p.hb*p.n_q*p.n_seq;                   // blocks that share nothing
     const int min_keys = TQ_I8_MIN_TILES*TQ_I8_TILE;               // per block
@@ -1108,7 +1124,7 @@ static size_t tq_fa_partials_floats(const tq_fa_params & p, int D) {
     return p.n_blocks > 1 ? (size_t) (tq_fa_o_offset(n) + n*D) : 0;
 }
 
-// Runs kernel k (and the merge of its blocks when there are several) for a plan of tq_fa_plan.
+// Runs kernel k (and the merge of its blocks when there are several per row) for a plan of tq_fa_plan.
 static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, cudaStream_t stream) {
     const dim3 grid(p.n_blocks, p.n_head_kv/p.hb, p.n_q*p.n_seq);
     tq_fa_params pk = p; // cudaLaunchKernel takes the arguments' addresses as void *
