@@ -68,6 +68,9 @@ step_test() {
         $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
+    # the int8 kernel also below GGML_TQ_FA_I8_MIN_KV keys (ggml-cuda gives those to v4): its short cases too
+    GGML_TQ_FA_I8_MIN_KV=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-i8all.log 2>&1 || rc=1
+    printf '%-16s %s\n' "FA (min kv 0)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-i8all.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-i8all.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
     return $rc

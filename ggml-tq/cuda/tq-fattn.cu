@@ -517,18 +517,25 @@ static void tq_fa_launch_types(ggml_type tk, ggml_type tv, const tq_fa_params & 
 }
 
 // The int8-scoring kernel (tq-fattn-i8.cuh) where it takes the node: TQ4_0 / TQ3_0 K and V, head 128 or 256,
-// the cache's rows aligned for its copies. GGML_TQ_FA_I8=0 turns it off (the kernel below then runs), for
-// comparisons. Returns false where it did not run.
+// the cache's rows aligned for its copies, at least GGML_TQ_FA_I8_MIN_KV keys (default 512: below, its fixed
+// cost, the query's int8 rounding and the copy ring, outweighs what it saves per key. llama-bench tg128, tq4_0,
+// this kernel against the one below: 296.7 against 301.0 t/s at depth 0 (256 keys), 297.4 against 294.6 at
+// depth 512 (768 keys); results/cuda/2026-11-25-final/min-kv).
+// GGML_TQ_FA_I8=0 turns it off (the kernel below then runs), for comparisons. Returns false where it did not run.
 static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const tq_fa_params & p4, int n_seq) {
     static const bool enabled = [] {
         const char * e = getenv("GGML_TQ_FA_I8");
         return !e || atoi(e) != 0;
     }();
+    static const int min_kv = [] {
+        const char * e = getenv("GGML_TQ_FA_I8_MIN_KV");
+        return e ? std::max(0, atoi(e)) : 512;
+    }();
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
     const ggml_tensor * sinks = dst->src[4];
     const int D = (int) K->ne[0];
-    if (!enabled || (D != 128 && D != 256)) {
+    if (!enabled || (D != 128 && D != 256) || p4.n_kv < min_kv) {
         return false;
     }
     tq_i8::tq_fa_params p = {};
