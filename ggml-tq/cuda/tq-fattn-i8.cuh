@@ -70,27 +70,34 @@ template <int N> static __device__ __forceinline__ void tq_fa_cp_wait() {
 
 // ---- parameters ----------------------------------------------------------------------------------------
 
-struct tq_fa_params {
+// What both decode kernels (this one and tq-fattn.cu's) take from a FLASH_ATTN_EXT node: the tensors, the
+// softmax's scale, ALiBi and softcap, the shape (G query heads per warp, in n_groups groups per KV head) and
+// the byte strides.
+struct tq_fa_attn {
     const char * Q; const char * K; const char * V; const char * mask;
-    float * partials;                  // [z][head][block][D + 2]: M, L, O (rotated) of each block's keys
-    const float * sinks;               // per head, or null
-    float * dst;                       // [z][head][D]
     float scale, max_bias, m0, m1, logit_softcap;
     uint32_t n_head_log2;
-    int n_q, n_seq, n_head, n_kv, n_head_kv, gqa, G, n_groups;
-    int hb;                            // KV heads per block: a block's warps are its heads x groups
-    int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_TILE)
-    int cp_bytes;                      // cp.async size: 16, 8 or 4, what the addresses allow
-    int span_K, span_V;                // bytes copied per key row: the block's heads, from the aligned word below
-    int stride_K, stride_V;            // their row stride in shared memory
-    int smem;                          // dynamic shared memory of the decode kernel
+    int n_q, n_head, n_kv, n_head_kv, gqa, G, n_groups;
     int64_t nbq1, nbq2, nbq3;
     int64_t nbk1, nbk2, nbk3;
     int64_t nbv1, nbv2, nbv3;
     int64_t nbm1, nbm3; int mask_ne3;
 };
 
-static __device__ __forceinline__ float tq_fa_slope(const tq_fa_params & p, int h) {
+struct tq_fa_params : tq_fa_attn {
+    float * partials;                  // [z][head][block] (M, L) pairs, then the rows of O: tq_fa_o_offset
+    const float * sinks;               // per head, or null
+    float * dst;                       // [z][head][D]
+    int n_seq;
+    int hb;                            // KV heads per block: a block's warps are its heads x groups
+    int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_TILE)
+    int cp_bytes;                      // cp.async size: 16, 8 or 4, what the addresses allow
+    int span_K, span_V;                // bytes copied per key row: the block's heads, from the aligned word below
+    int stride_K, stride_V;            // their row stride in shared memory
+    int smem;                          // dynamic shared memory of the decode kernel
+};
+
+static __device__ __forceinline__ float tq_fa_slope(const tq_fa_attn & p, int h) {
     if (p.max_bias <= 0.0f) {
         return 1.0f;
     }
@@ -190,22 +197,17 @@ static __device__ __forceinline__ void tq_fa_lut16(uint32_t w, const uint32_t (&
 static __device__ __forceinline__ uint32_t tq_fa_sel3(uint32_t qs_part, uint32_t hc_part) {
     return (qs_part & 0x33333333u) | (hc_part & 0xccccccccu); // index bits 0-1 from qs, bit 2 from qh
 }
-static __device__ __forceinline__ void tq_fa_lut8(uint32_t qs, uint32_t qh, int sh, const uint32_t (&T)[2], uint32_t (&a)[2][2]) {
-    const uint32_t hc  = (qh >> sh) & 0x55555555u; // bit 2m of byte k: the third bit of element (k, m)
-    const uint32_t x02 = tq_fa_sel3(qs, hc << 2);
-    const uint32_t x13 = tq_fa_sel3(qs >> 2, hc);
-    a[0][0] = tq_fa_prmt(T[0], T[1], x02);
-    a[0][1] = tq_fa_prmt(T[0], T[1], x02 >> 16);
-    a[1][0] = tq_fa_prmt(T[0], T[1], x13);
-    a[1][1] = tq_fa_prmt(T[0], T[1], x13 >> 16);
-}
-// one half of tq_fa_lut8: p = 0 gives a[0], p = 2 gives a[1]
+// the half of tq_fa_lut8 that is a[p/2]: p = 0 gives elements m = 0, 2, p = 2 gives m = 1, 3
 static __device__ __forceinline__ void tq_fa_lut8_half(uint32_t qs, uint32_t qh, int sh, int p, const uint32_t (&T)[2],
                                                        uint32_t & lo, uint32_t & hi) {
-    const uint32_t hc = (qh >> sh) & 0x55555555u;
+    const uint32_t hc = (qh >> sh) & 0x55555555u; // bit 2m of byte k: the third bit of element (k, m)
     const uint32_t x  = tq_fa_sel3(qs >> p, hc << (2 - p));
     lo = tq_fa_prmt(T[0], T[1], x);
     hi = tq_fa_prmt(T[0], T[1], x >> 16);
+}
+static __device__ __forceinline__ void tq_fa_lut8(uint32_t qs, uint32_t qh, int sh, const uint32_t (&T)[2], uint32_t (&a)[2][2]) {
+    tq_fa_lut8_half(qs, qh, sh, 0, T, a[0][0], a[0][1]);
+    tq_fa_lut8_half(qs, qh, sh, 2, T, a[1][0], a[1][1]);
 }
 
 // The tables, made by the compiler: the centroids as bytes round(c*SK) + offset, 4 per word; K's signed

@@ -151,24 +151,12 @@ template <> struct tq_fa_vbits<GGML_TYPE_TQ3_0> {
 
 // ---- the decode kernel ---------------------------------------------------------------------------------
 
-struct tq_fa_params {
-    const char * Q; const char * K; const char * V; const char * mask;
+struct tq_fa_params : tq_i8::tq_fa_attn {
     float * partials;
-    float scale, max_bias, m0, m1, logit_softcap;
-    uint32_t n_head_log2;
-    int n_q, n_head, n_kv, n_head_kv, gqa, G, n_groups, n_split, keys_per_split;
-    int64_t nbq1, nbq2, nbq3;
-    int64_t nbk1, nbk2, nbk3;
-    int64_t nbv1, nbv2, nbv3;
-    int64_t nbm1, nbm3; int mask_ne3;
+    int n_split, keys_per_split;
 };
 
-static __device__ __forceinline__ float tq_fa_slope(const tq_fa_params & p, int h) {
-    if (p.max_bias <= 0.0f) {
-        return 1.0f;
-    }
-    return h < (int) p.n_head_log2 ? powf(p.m0, h + 1) : powf(p.m1, 2*(h - (int) p.n_head_log2) + 1);
-}
+using tq_i8::tq_fa_slope;
 
 // grid: x = block of TQ_FA_WARPS key splits, y = kv head * n_groups + group, z = query row + n_q * sequence.
 // MINB, the blocks per SM the register budget is cut for, trades registers (all loads of a tile in flight
@@ -539,17 +527,10 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
         return false;
     }
     tq_i8::tq_fa_params p = {};
-    p.Q = p4.Q; p.K = p4.K; p.V = p4.V; p.mask = p4.mask;
+    static_cast<tq_i8::tq_fa_attn &>(p) = p4;
     p.sinks = sinks ? (const float *) sinks->data : nullptr;
     p.dst = (float *) dst->data;
-    p.scale = p4.scale; p.max_bias = p4.max_bias; p.m0 = p4.m0; p.m1 = p4.m1; p.logit_softcap = p4.logit_softcap;
-    p.n_head_log2 = p4.n_head_log2;
-    p.n_q = p4.n_q; p.n_seq = n_seq; p.n_head = p4.n_head; p.n_kv = p4.n_kv; p.n_head_kv = p4.n_head_kv;
-    p.gqa = p4.gqa; p.G = p4.G; p.n_groups = p4.n_groups;
-    p.nbq1 = p4.nbq1; p.nbq2 = p4.nbq2; p.nbq3 = p4.nbq3;
-    p.nbk1 = p4.nbk1; p.nbk2 = p4.nbk2; p.nbk3 = p4.nbk3;
-    p.nbv1 = p4.nbv1; p.nbv2 = p4.nbv2; p.nbv3 = p4.nbv3;
-    p.nbm1 = p4.nbm1; p.nbm3 = p4.nbm3; p.mask_ne3 = p4.mask_ne3;
+    p.n_seq = n_seq;
     if (!tq_i8::tq_fa_layout(p, D, K->type, V->type)) {
         return false;
     }

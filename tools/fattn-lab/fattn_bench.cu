@@ -158,6 +158,26 @@ static void fwht64(double * x) {
     }
 }
 
+// The softmax of row (query i, head h) in both references: adds the mask to the scores s (softcapped),
+// hands each key's weight exp(s - M) to add_v(k, w) and returns their sum L, the sink's included.
+template <typename AddV>
+static double softmax_row(const fa_data & f, int i, int h, std::vector<double> & s, AddV add_v) {
+    const fa_case & c = f.c;
+    double M = -INFINITY;
+    for (int k = 0; k < c.n_kv; ++k) {
+        s[k] += c.mask ? h2f(f.mask[(size_t) i*c.n_kv + k]) : 0.0f;
+        M = std::max(M, s[k]);
+    }
+    if (c.sinks) M = std::max(M, (double) f.sinks[h]);
+    double L = c.sinks ? exp(f.sinks[h] - M) : 0.0;
+    for (int k = 0; k < c.n_kv; ++k) {
+        const double w = exp(s[k] - M);
+        L += w;
+        add_v(k, w);
+    }
+    return L;
+}
+
 #ifdef TQ_I8_SCORES_INT8
 // What a kernel that scores in int8 computes, in the rotated domain: Q rotated, scaled and rounded to int8
 // per block of 64 (scale amax/127), the centroids rounded to int8 (scale tq_i8_fmt<type>::SK), the output
@@ -203,7 +223,6 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
                 for (int j = 0; j < 64; ++j) qr[b*64 + j] = nearbyintf(v[j]*inv);
                 qs[b] = amax/127.0f;
             }
-            double M = -INFINITY;
             for (int k = 0; k < c.n_kv; ++k) {
                 const uint8_t * kr = f.K.data() + ((size_t) k*c.n_head_kv + hk)*f.rowK;
                 double d = 0.0;
@@ -215,16 +234,10 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
                     d += acc*qs[b]*h2f(dh)/ck.sk;
                 }
                 if (c.softcap != 0.0f) d = c.softcap*tanh(d);
-                d += c.mask ? h2f(f.mask[(size_t) i*c.n_kv + k]) : 0.0f;
                 s[k] = d;
-                M = std::max(M, d);
             }
-            if (c.sinks) M = std::max(M, (double) f.sinks[h]);
-            double L = c.sinks ? exp(f.sinks[h] - M) : 0.0;
             std::fill(o.begin(), o.end(), 0.0);
-            for (int k = 0; k < c.n_kv; ++k) {
-                const double w = exp(s[k] - M);
-                L += w;
+            const double L = softmax_row(f, i, h, s, [&](int k, double w) {
                 const uint8_t * vr = f.V.data() + ((size_t) k*c.n_head_kv + hk)*f.rowV;
                 for (int b = 0; b < NB; ++b) {
                     const uint8_t * vb = vr + b*bv;
@@ -232,7 +245,7 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
                     const double wd = w*h2f(dh)/cv.sk;
                     for (int j = 0; j < 64; ++j) o[b*64 + j] += wd*cv(vb, j);
                 }
-            }
+            });
             for (int b = 0; b < NB; ++b) {
                 fwht64(&o[b*64]);
                 for (int j = 0; j < 64; ++j) {
@@ -268,26 +281,19 @@ static double check(fa_data & f, double * err_exact) {
         for (int h = 0; h < n_head; ++h) {
             const int hk = h / c.gqa;
             const float * q = &f.Q[((size_t) i*n_head + h)*c.D];
-            double M = -INFINITY;
             for (int k = 0; k < c.n_kv; ++k) {
                 const float * kr = &Kd[((size_t) k*c.n_head_kv + hk)*c.D];
                 double d = 0.0;
                 for (int j = 0; j < c.D; ++j) d += (double) q[j]*kr[j];
                 d *= f.p.scale;
                 if (c.softcap != 0.0f) d = c.softcap*tanh(d/c.softcap*1.0);
-                d += c.mask ? h2f(f.mask[(size_t) i*c.n_kv + k]) : 0.0f;
                 s[k] = d;
-                M = std::max(M, d);
             }
-            if (c.sinks) M = std::max(M, (double) f.sinks[h]);
-            double L = c.sinks ? exp(f.sinks[h] - M) : 0.0;
             std::fill(o.begin(), o.end(), 0.0);
-            for (int k = 0; k < c.n_kv; ++k) {
-                const double w = exp(s[k] - M);
-                L += w;
+            const double L = softmax_row(f, i, h, s, [&](int k, double w) {
                 const float * vr = &Vd[((size_t) k*c.n_head_kv + hk)*c.D];
                 for (int j = 0; j < c.D; ++j) o[j] += w*vr[j];
-            }
+            });
             for (int j = 0; j < c.D; ++j) {
                 const double ref = o[j]/L, got = out[((size_t) i*n_head + h)*c.D + j];
                 max_err = std::max(max_err, std::isfinite(got) ? fabs(got - ref) : INFINITY);
