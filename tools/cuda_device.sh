@@ -13,6 +13,7 @@
 #   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
+#   tools/cuda_device.sh minkv     tq4_0 decode with and without v4 below 1024 keys (GGML_TQ_FA_I8_MIN_KV), and f16
 #   tools/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
@@ -192,6 +193,20 @@ for r in json.load(open(sys.argv[1])):
     print(f"{sys.argv[2]:>8} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
 PY
     done
+}
+
+step_minkv() {
+    # GGML_TQ_FA_I8_MIN_KV: tq4_0 tg128 with the int8 kernel at every length (0) and from 1024 keys on (v4
+    # below), and f16, at the depths around the threshold (results/cuda/2026-11-25-final/min-kv)
+    local m
+    for m in 0 1024; do
+        log "llama-bench tq4_0, GGML_TQ_FA_I8_MIN_KV=$m"
+        GGML_TQ_FA_I8_MIN_KV=$m $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,512,1024,2048 -r 3 \
+            -ctk tq4_0 -ctv tq4_0 -o md 2>/dev/null | grep tg128 | tee $RES/minkv-$m.md
+    done
+    log "llama-bench f16"
+    $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,512,1024,2048 -r 3 -ctk f16 -ctv f16 -o md 2>/dev/null \
+        | grep tg128 | tee $RES/minkv-f16.md
 }
 
 step_prof() {
