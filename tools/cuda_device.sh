@@ -2,7 +2,8 @@
 # Runs on the lent GPU machine (device tool), in the repository root, with .carry/llama-src.tar.gz
 # (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
 #   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
-#   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops, the CUDA unit test, memory bandwidth
+#   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
+#                                  the CUDA unit test, memory bandwidth
 #   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
 #   tools/cuda_device.sh fabench   the int8 decode kernel alone (tools/fattn-lab/fattn_bench): check against the C reference,
 #                                  then time it at 256..65536 keys
@@ -14,6 +15,7 @@
 #   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   tools/cuda_device.sh minkv     tq4_0 decode with and without v4 below 1024 keys (GGML_TQ_FA_I8_MIN_KV), and f16
+#   tools/cuda_device.sh depth0    tg128 at depth 0/256: tq4_0 with and without v4's one-block rows, and f16
 #   tools/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
@@ -64,14 +66,18 @@ step_build() {
 
 step_test() {
     log "test-backend-ops -b CUDA0 (TQ cases)"
+    [ -x $B/test-backend-ops ] || { echo "no $B/test-backend-ops: run the build step first (on this machine)"; return 1; }
     local rc=0
-    for op in SET_ROWS CPY GET_ROWS FLASH_ATTN_EXT; do
+    for op in SET_ROWS CPY GET_ROWS ROPE_SET_ROWS RMS_NORM_MUL_ROPE FLASH_ATTN_EXT; do
         $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
     # the int8 kernel also below GGML_TQ_FA_I8_MIN_KV keys (ggml-cuda gives those to v4): its short cases too
     GGML_TQ_FA_I8_MIN_KV=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-i8all.log 2>&1 || rc=1
     printf '%-16s %s\n' "FA (min kv 0)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-i8all.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-i8all.log)"
+    # v4 as one block per row (its splits merged in the block) for every case it takes, not only below 384 keys
+    GGML_TQ_FA_ONE_BLOCK_KV=1000000 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-oneblock.log 2>&1 || rc=1
+    printf '%-16s %s\n' "FA (one block)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-oneblock.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-oneblock.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
     return $rc
@@ -207,6 +213,20 @@ step_minkv() {
     log "llama-bench f16"
     $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,512,1024,2048 -r 3 -ctk f16 -ctv f16 -o md 2>/dev/null \
         | grep tg128 | tee $RES/minkv-f16.md
+}
+
+step_depth0() {
+    # tg128 at depth 0 and 256: tq4_0 with v4's rows of fewer than 384 keys as one block
+    # (GGML_TQ_FA_ONE_BLOCK_KV=384) and never (0, the default), and f16 (results/cuda/2026-11-26)
+    local ob
+    for ob in 0 384; do
+        log "llama-bench tq4_0, GGML_TQ_FA_ONE_BLOCK_KV=$ob"
+        GGML_TQ_FA_ONE_BLOCK_KV=$ob $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,256 -r 3 \
+            -ctk tq4_0 -ctv tq4_0 -o md 2>/dev/null | grep tg128 | tee $RES/depth0-tq4_0-ob$ob.md
+    done
+    log "llama-bench f16"
+    $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,256 -r 3 -ctk f16 -ctv f16 -o md 2>/dev/null \
+        | grep tg128 | tee $RES/depth0-f16.md
 }
 
 step_prof() {

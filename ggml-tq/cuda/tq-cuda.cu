@@ -96,7 +96,7 @@ static bool tq_cuda_is_float_type(enum ggml_type type) {
 // SET_ROWS: block ib of row i01 of src0[:, :, i02, i03] goes to row src1[i01, i02 % ne11, i03 % ne12] of dst.
 template <int bits, typename src_t, typename idx_t>
 static __global__ void
-k_tq_set_rows(const char * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
+k_tq_set_rows(const char * src0, const char * src1, char * dst, // no __restrict__ under PDL: tq-fattn-i8.cuh's merge
               const int64_t nblocks, const int64_t nbr, const int64_t ne01, const int64_t ne02,
               const int64_t nb01, const int64_t nb02, const int64_t nb03,
               const int64_t ne11, const int64_t ne12, const int64_t nb10, const int64_t nb11, const int64_t nb12,
@@ -104,6 +104,8 @@ k_tq_set_rows(const char * __restrict__ src0, const char * __restrict__ src1, ch
     typedef typename tq_cuda_type<bits>::block block_t;
     const int   lane = threadIdx.x % TQ_CUDA_WARP;
     const float cb   = tq_cuda_codebook_lane<bits>(lane);
+    tq_pdl_wait(); // launched early (tq_cuda_launch): the row being written and its indices come from the kernels before
+    tq_pdl_trigger();
 
     TQ_CUDA_FOR_EACH_WARP(g, nblocks) {
         int64_t t = g;
@@ -276,7 +278,7 @@ static void tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1,
     if (nblocks == 0 || src1->ne[1] == 0 || src1->ne[2] == 0) {
         return;
     }
-    k_tq_set_rows<bits, src_t, idx_t><<<tq_cuda_grid(nblocks), TQ_CUDA_THREADS, 0, stream>>>(
+    tq_cuda_launch(k_tq_set_rows<bits, src_t, idx_t>, tq_cuda_grid(nblocks), TQ_CUDA_THREADS, 0, stream,
         (const char *) src0->data, (const char *) src1->data, (char *) dst->data,
         nblocks, nbr, src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
         src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],

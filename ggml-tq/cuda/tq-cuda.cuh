@@ -22,6 +22,7 @@
 
 #include "ggml-tq.h"
 #include "tq-codebook.h"
+#include "tq-pdl.cuh"
 
 #define TQ_CUDA_FULL_MASK 0xffffffffu
 
@@ -177,8 +178,8 @@ static __device__ __forceinline__ float tq_cuda_warp_max(float v) {
 // addition as in the reference's loop; every lane gets the result. A tree reduction would round
 // differently and change a quantized byte now and then. The values go through shared memory and every lane
 // adds all 64 (broadcast reads): the chain is 64 dependent additions. (With a shuffle before each addition,
-// SET_ROWS of one token took 5 us on the H100, results/cuda/2026-11-25/prof-d0.txt; this version's time is
-// not measured yet.)
+// SET_ROWS of one token took 5 us on the H100, results/cuda/2026-11-25/prof-d0.txt; with this one 4.9 us,
+// results/cuda/2026-11-26/logs/prof-tq4_0-d0.csv: the chain is not the sums alone.)
 // Blocks of up to 32 warps, one-dimensional.
 static __device__ __forceinline__ float tq_cuda_warp_sum_ordered(float lo, float hi) {
     __shared__ float4 tq_cuda_sum_scratch[32][QK_TQ/4];
@@ -288,7 +289,7 @@ static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi
     }
 
     // divide by the largest magnitude first, then rotate: y = H D (x/amax) / 8
-    const float inv_amax = __fdiv_rn(1.0f, amax);
+    const float inv_amax = __frcp_rn(amax); // 1/amax correctly rounded: the same number as the division, fewer instructions
     lo = tq_cuda_apply_sign(__fmul_rn(lo, inv_amax), lane);
     hi = tq_cuda_apply_sign(__fmul_rn(hi, inv_amax), lane + 32);
     tq_cuda_fwht64_warp(lo, hi, lane);
@@ -296,7 +297,7 @@ static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi
     hi = __fmul_rn(hi, 0.125f);
 
     const float norm     = __fsqrt_rn(tq_cuda_warp_sum_ordered(__fmul_rn(lo, lo), __fmul_rn(hi, hi)));
-    const float inv_norm = __fdiv_rn(1.0f, norm);
+    const float inv_norm = __frcp_rn(norm);
 
     const int ilo = tq_cuda_nearest_index<bits>(__fmul_rn(lo, inv_norm));
     const int ihi = tq_cuda_nearest_index<bits>(__fmul_rn(hi, inv_norm));

@@ -18,15 +18,19 @@
 #include "ggml.h"
 #include "ggml-tq.h"
 #include "tq-codebook.h"
+#include "tq-pdl.cuh"
 
 namespace tq_i8 {
 
 #define TQ_I8_WARPS   4   // warps per block at most: one per KV head and query group
-#define TQ_I8_TILE    16  // keys per iteration: the k dimension of the P.V mma
-#define TQ_I8_STAGES  3   // shared-memory tiles per block: 2 in flight while one is scored
+#define TQ_I8_TILE    16  // keys per mma tile: the k dimension of the P.V mma
+#ifndef TQ_I8_SUB
+#define TQ_I8_SUB     2   // mma tiles per iteration: one barrier, one softmax reduction, one rescale of O for both
+#endif
+#define TQ_I8_KT      (TQ_I8_SUB*TQ_I8_TILE) // keys per iteration and per shared-memory stage
 #define TQ_I8_MAX_G   8   // query heads per warp: rows 0..7 of the m16 tile
 #ifndef TQ_I8_MIN_TILES
-#define TQ_I8_MIN_TILES 2  // a block's key range is at least this many tiles: few keys spread over more blocks
+#define TQ_I8_MIN_TILES 2  // a block's key range is at least this many stages: few keys spread over more blocks
 #endif
 
 static __constant__ float tq_fa_signs[QK_TQ] = TQ_SIGNS_INIT;
@@ -90,7 +94,7 @@ struct tq_fa_params : tq_fa_attn {
     float * dst;                       // [z][head][D]
     int n_seq;
     int hb;                            // KV heads per block: a block's warps are its heads x groups
-    int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_TILE)
+    int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_KT)
     int cp_bytes;                      // cp.async size: 16, 8 or 4, what the addresses allow
     int span_K, span_V;                // bytes copied per key row: the block's heads, from the aligned word below
     int stride_K, stride_V;            // their row stride in shared memory
@@ -141,10 +145,16 @@ static __device__ __forceinline__ void tq_fa_cp_to(uint32_t d, const void * src,
 
 // ---- the decode kernel ---------------------------------------------------------------------------------
 
-// Shared memory of a block: TQ_I8_STAGES stages of [16 K rows | 16 V rows | 16 mask values], a K/V row
+// Shared memory of a block: tq_fa_stages(D) stages of [KT K rows | KT V rows | KT mask values], a K/V row
 // holding the bytes of the block's heads for one key (contiguous in the cache: a token's heads side by side).
 // After the loop the same memory holds each warp's rows of O for the final write.
-#define TQ_I8_MASK_BYTES 48 // 16 halves from the 4-byte word below the first, rounded up to 16 bytes
+#define TQ_I8_MASK_BYTES ((2*TQ_I8_KT + 4 + 15)/16*16) // KT halves from the 4-byte word below the first
+
+// Stages of the ring: STAGES - 1 in flight while one is scored. Head 256 with 32-key stages keeps 2, so that
+// three blocks still fit an SM's shared memory (the occupancy its registers are cut for, TQ_I8_MINB).
+static constexpr __host__ __device__ int tq_fa_stages(int D) {
+    return TQ_I8_KT > 16 && D > 128 ? 2 : 3;
+}
 
 // ---- v7: int8 tensor cores for S, V^T P^T for O ------------------------------------------------------
 //
@@ -465,6 +475,8 @@ template <int D, ggml_type type_K, ggml_type type_V, int MINB>
 __launch_bounds__(TQ_I8_WARPS*32, MINB)
 static __global__ void tq_fattn_decode(const tq_fa_params p) {
     static_assert(D % (2*QK_TQ) == 0, "v7 takes blocks in pairs");
+    tq_pdl_wait(); // launched early (tq_cuda_launch_fn): Q, K and V come from the kernels before
+    tq_pdl_trigger();
     typedef tq_i8_fmt<type_K> fK;
     typedef tq_i8_fmt<type_V> fV;
     constexpr int NB = D/QK_TQ, NP = NB/2;
@@ -488,7 +500,8 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 
     const int k_begin = blockIdx.x*p.keys_per_block;
     const int k_end   = min(k_begin + p.keys_per_block, p.n_kv);
-    const int n_tiles = (k_end - k_begin + TQ_I8_TILE - 1)/TQ_I8_TILE;
+    const int n_tiles = (k_end - k_begin + TQ_I8_KT - 1)/TQ_I8_KT; // iterations of KT keys
+    constexpr int STAGES = tq_fa_stages(D);
 
     // rows start on a word here (tq_fa_layout)
     const char * Ks = p.K + kv0*p.nbk2 + seq*p.nbk3;
@@ -496,7 +509,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     const int endK = p.hb*row_K, endV = p.hb*row_V; // multiples of the copy size (tq_fa_layout)
     const char * mrow = p.mask ? p.mask + iq*p.nbm1 + (seq % p.mask_ne3)*p.nbm3 : nullptr;
     const int offM = (int) ((uintptr_t) mrow & 3);
-    const int stage_bytes = TQ_I8_TILE*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES;
+    const int stage_bytes = TQ_I8_KT*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES;
 
     // Copies tile `tile` into stage `st`: warp w copies rows w, w + nwarps, ... of K and V. A row pair (the
     // block's heads of K, then of V) is nch chunks of cb = 16 or 8 bytes (tq_fa_layout: at most 32*SLOTS);
@@ -517,15 +530,15 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         on_s[sl]     = q < nch;
         src_s[sl]    = (isV ? Vs : Ks) + col;
         nb1_s[sl]    = (uint32_t) (isV ? p.nbv1 : p.nbk1);
-        dst_s[sl]    = (isV ? TQ_I8_TILE*p.stride_K : 0) + col;
+        dst_s[sl]    = (isV ? TQ_I8_KT*p.stride_K : 0) + col;
         stride_s[sl] = isV ? p.stride_V : p.stride_K;
     }
     const uint32_t smem_base = (uint32_t) __cvta_generic_to_shared(tq_fa_smem);
     auto fetch_cb = [&](auto CB, const int tile, const int st) {
         constexpr int cbytes = decltype(CB)::value;
         const uint32_t stage = smem_base + st*stage_bytes;
-        const int k0 = k_begin + tile*TQ_I8_TILE;
-        for (int r = warp; r < TQ_I8_TILE; r += nwarps) {
+        const int k0 = k_begin + tile*TQ_I8_KT;
+        for (int r = warp; r < TQ_I8_KT; r += nwarps) {
             const int k = k0 + r;
             const int n = k < k_end ? cbytes : 0;
             const uint32_t kr = k < k_end ? k : 0; // a refused read still names a valid address
@@ -537,8 +550,8 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             }
         }
         if (mrow && warp == nwarps - 1 && lane < TQ_I8_MASK_BYTES/4) {
-            const uint32_t sm = stage + TQ_I8_TILE*(p.stride_K + p.stride_V);
-            const int valid = min(TQ_I8_TILE, k_end - k0);
+            const uint32_t sm = stage + TQ_I8_KT*(p.stride_K + p.stride_V);
+            const int valid = min(TQ_I8_KT, k_end - k0);
             const int nm = max(0, min(4, offM + 2*valid - 4*lane));
             tq_fa_cp_to(sm + 4*lane, nm ? mrow - offM + 2*(int64_t) k0 + 4*lane : mrow, 4, nm);
         }
@@ -552,7 +565,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     };
 
 #pragma unroll
-    for (int s = 0; s < TQ_I8_STAGES - 1; ++s) {
+    for (int s = 0; s < STAGES - 1; ++s) {
         if (s < n_tiles) {
             fetch(s, s);
         }
@@ -677,7 +690,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     // this lane's rows in a stage (the warp's head in a row: (warp / n_groups)*row bytes): K rows g, g+8;
     // V rows g, g+8 (their d) and 2t, 2t+1, 2t+8, 2t+9 (the operand)
     const int offKw = (warp / p.n_groups)*row_K;
-    const int offVw = TQ_I8_TILE*p.stride_K + (warp / p.n_groups)*row_V;
+    const int offVw = TQ_I8_KT*p.stride_K + (warp / p.n_groups)*row_V;
     const int offKr[2] = { offKw + g*p.stride_K, offKw + (g + 8)*p.stride_K };
     const int offVd[2] = { offVw + g*p.stride_V, offVw + (g + 8)*p.stride_V };
     int offVk[4];
@@ -699,122 +712,142 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     }
 
     for (int it = 0; it < n_tiles; ++it) {
-        tq_fa_cp_wait<TQ_I8_STAGES - 2>();
+        tq_fa_cp_wait<STAGES - 2>();
         __syncthreads();
-        if (it + TQ_I8_STAGES - 1 < n_tiles) {
-            fetch(it + TQ_I8_STAGES - 1, (it + TQ_I8_STAGES - 1) % TQ_I8_STAGES);
+        if (it + STAGES - 1 < n_tiles) {
+            fetch(it + STAGES - 1, (it + STAGES - 1) % STAGES);
         }
         tq_fa_cp_commit();
 
-        const uint8_t * sk = tq_fa_smem + (it % TQ_I8_STAGES)*stage_bytes;
-        const half    * sm = (const half *) (sk + TQ_I8_TILE*(p.stride_K + p.stride_V) + offM);
-        const int k0 = k_begin + it*TQ_I8_TILE;
+        const uint8_t * sk = tq_fa_smem + (it % STAGES)*stage_bytes;
+        const half    * sm = (const half *) (sk + TQ_I8_KT*(p.stride_K + p.stride_V) + offM);
+        const int k0 = k_begin + it*TQ_I8_KT;
 
-        // ---- S = K Q^T: keys g, g+8 (rows), columns 2t, 2t+1
-        float s[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        // ---- S = K Q^T per mma tile u (keys 16u + g, 16u + g + 8: rows), columns 2t, 2t+1; the tiles'
+        // lookups and products are independent chains
+        float s[TQ_I8_SUB][4];
 #pragma unroll
-        for (int pr = 0; pr < NP; ++pr) {
-            uint32_t A[2][2][2][2]; // [odd block][word j][row g / g+8][half]
-            float dk[2][2];         // [row][odd block]
+        for (int u = 0; u < TQ_I8_SUB; ++u) {
+            s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.0f;
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                fK::k_row(sk + offKr[r] + pr*fK::PAIR, lnK, TK, r, A, dk);
-            }
+            for (int pr = 0; pr < NP; ++pr) {
+                uint32_t A[2][2][2][2]; // [odd block][word j][row g / g+8][half]
+                float dk[2][2];         // [row][odd block]
 #pragma unroll
-            for (int o = 0; o < 2; ++o) {
-                const int b = 2*pr + o;
-                int acc[4] = { 0, 0, 0, 0 };
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    tq_fa_mma_s8(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                for (int r = 0; r < 2; ++r) {
+                    fK::k_row(sk + offKr[r] + u*TQ_I8_TILE*p.stride_K + pr*fK::PAIR, lnK, TK, r, A, dk);
                 }
-                s[0] += (float) acc[0]*(dk[0][o]*qf[b][0]);
-                s[1] += (float) acc[1]*(dk[0][o]*qf[b][1]);
-                s[2] += (float) acc[2]*(dk[1][o]*qf[b][0]);
-                s[3] += (float) acc[3]*(dk[1][o]*qf[b][1]);
+#pragma unroll
+                for (int o = 0; o < 2; ++o) {
+                    const int b = 2*pr + o;
+                    int acc[4] = { 0, 0, 0, 0 };
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        tq_fa_mma_s8(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                    }
+                    s[u][0] += (float) acc[0]*(dk[0][o]*qf[b][0]);
+                    s[u][1] += (float) acc[1]*(dk[0][o]*qf[b][1]);
+                    s[u][2] += (float) acc[2]*(dk[1][o]*qf[b][0]);
+                    s[u][3] += (float) acc[3]*(dk[1][o]*qf[b][1]);
+                }
             }
         }
 
-        // ---- online softmax (log2 units) of columns 2t, 2t+1 over keys g, g+8, then across the 8 lanes of t
-        if (p.logit_softcap != 0.0f) {
+        // ---- online softmax (log2 units) of columns 2t, 2t+1 over keys 16u + g, 16u + g + 8, then across the
+        // 8 lanes of t: one reduction for the KT keys
+        float mx[2] = { -INFINITY, -INFINITY };
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s[i] = cap_l2*tanhf(s[i]);
+        for (int u = 0; u < TQ_I8_SUB; ++u) {
+            if (p.logit_softcap != 0.0f) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    s[u][i] = cap_l2*tanhf(s[u][i]);
+                }
             }
+            if (mrow) {
+                const float m0 = __half2float(sm[16*u + g]), m1 = __half2float(sm[16*u + g + 8]);
+                s[u][0] += slope_l2[0]*m0;
+                s[u][1] += slope_l2[1]*m0;
+                s[u][2] += slope_l2[0]*m1;
+                s[u][3] += slope_l2[1]*m1;
+            }
+            if (k0 + TQ_I8_KT > k_end) {
+                if (k0 + 16*u + g >= k_end)     { s[u][0] = s[u][1] = -INFINITY; }
+                if (k0 + 16*u + g + 8 >= k_end) { s[u][2] = s[u][3] = -INFINITY; }
+            }
+            mx[0] = fmaxf(mx[0], fmaxf(s[u][0], s[u][2]));
+            mx[1] = fmaxf(mx[1], fmaxf(s[u][1], s[u][3]));
         }
-        if (mrow) {
-            const float m0 = __half2float(sm[g]), m1 = __half2float(sm[g + 8]);
-            s[0] += slope_l2[0]*m0;
-            s[1] += slope_l2[1]*m0;
-            s[2] += slope_l2[0]*m1;
-            s[3] += slope_l2[1]*m1;
-        }
-        if (k0 + TQ_I8_TILE > k_end) {
-            if (k0 + g >= k_end)     { s[0] = s[1] = -INFINITY; }
-            if (k0 + g + 8 >= k_end) { s[2] = s[3] = -INFINITY; }
-        }
-        float mx[2] = { fmaxf(s[0], s[2]), fmaxf(s[1], s[3]) };
 #pragma unroll
         for (int off = 4; off < 32; off <<= 1) {
             mx[0] = fmaxf(mx[0], __shfl_xor_sync(TQ_I8_FULL, mx[0], off));
             mx[1] = fmaxf(mx[1], __shfl_xor_sync(TQ_I8_FULL, mx[1], off));
         }
-        float alpha[2], pe[4];
+        float alpha[2], pe[TQ_I8_SUB][4];
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
             const float Mn = fmaxf(M[c], mx[c]);
             const float Ms = Mn == -INFINITY ? 0.0f : Mn; // nothing visible yet: every p and alpha is 0
             alpha[c] = exp2f(M[c] - Ms);
-            pe[c]     = exp2f(s[c] - Ms);
-            pe[c + 2] = exp2f(s[c + 2] - Ms);
-            L[c] = L[c]*alpha[c] + pe[c] + pe[c + 2];
+            float sum = 0.0f;
+#pragma unroll
+            for (int u = 0; u < TQ_I8_SUB; ++u) {
+                pe[u][c]     = exp2f(s[u][c] - Ms);
+                pe[u][c + 2] = exp2f(s[u][c + 2] - Ms);
+                sum += pe[u][c] + pe[u][c + 2];
+            }
+            L[c] = L[c]*alpha[c] + sum;
             M[c] = Mn;
         }
         const bool rescale = __any_sync(TQ_I8_FULL, alpha[0] != 1.0f || alpha[1] != 1.0f);
 
-        // ---- O^T += V^T P^T, block by block (P scaled by the block's d of each key)
+        // ---- O^T += V^T P^T, tile by tile and block by block (P scaled by the block's d of each key)
 #pragma unroll
-        for (int pr = 0; pr < NP; ++pr) {
-            float dv[2][2]; // keys g, g+8: [row][odd block]
+        for (int u = 0; u < TQ_I8_SUB; ++u) {
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                fV::v_d(sk + offVd[r] + pr*fV::PAIR, dv[r]);
-            }
-            uint32_t X[4][2][2]; // keys 2t, 2t+1, 2t+8, 2t+9: [key][odd block][half]
+            for (int pr = 0; pr < NP; ++pr) {
+                const int offu = u*TQ_I8_TILE*p.stride_V + pr*fV::PAIR;
+                float dv[2][2]; // keys 16u + g, 16u + g + 8: [row][odd block]
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                fV::v_key(sk + offVk[kk] + pr*fV::PAIR, lnV, TV, X[kk]);
-            }
+                for (int r = 0; r < 2; ++r) {
+                    fV::v_d(sk + offVd[r] + offu, dv[r]);
+                }
+                uint32_t X[4][2][2]; // keys 2t, 2t+1, 2t+8, 2t+9 of the tile: [key][odd block][half]
 #pragma unroll
-            for (int o = 0; o < 2; ++o) {
-                const int b = 2*pr + o;
-                const half2 ht = __floats2half2_rn(pe[0]*dv[0][o], pe[1]*dv[0][o]); // key g,   columns 2t, 2t+1
-                const half2 hb = __floats2half2_rn(pe[2]*dv[1][o], pe[3]*dv[1][o]); // key g+8
-                const uint32_t b0 = tq_fa_trans(*(const uint32_t *) &ht); // P^T: keys 2t, 2t+1 of column g
-                const uint32_t b1 = tq_fa_trans(*(const uint32_t *) &hb); // keys 2t+8, 2t+9
-                uint32_t Z[2][2][2]; // [keys 2t,2t+1 / 2t+8,2t+9][half][bytes 0,1 / 2,3]: the two keys' bytes interleaved
-#pragma unroll
-                for (int kp = 0; kp < 2; ++kp) {
-#pragma unroll
-                    for (int hf = 0; hf < 2; ++hf) {
-                        Z[kp][hf][0] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x5140u);
-                        Z[kp][hf][1] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x7362u);
-                    }
+                for (int kk = 0; kk < 4; ++kk) {
+                    fV::v_key(sk + offVk[kk] + offu, lnV, TV, X[kk]);
                 }
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const uint32_t sel = (j & 1) ? 0x4342u : 0x4140u;
-                    const uint32_t a0 = tq_fa_unbias(tq_fa_prmt(Z[0][0][j >> 1], C64, sel)); // dim row g   (half 0, byte j), keys 2t, 2t+1
-                    const uint32_t a1 = tq_fa_unbias(tq_fa_prmt(Z[0][1][j >> 1], C64, sel)); // dim row g+8 (half 1, byte j)
-                    const uint32_t a2 = tq_fa_unbias(tq_fa_prmt(Z[1][0][j >> 1], C64, sel)); // dim row g,   keys 2t+8, 2t+9
-                    const uint32_t a3 = tq_fa_unbias(tq_fa_prmt(Z[1][1][j >> 1], C64, sel));
-                    if (rescale) {
-                        O[b][j][0] *= alpha[0];
-                        O[b][j][1] *= alpha[1];
-                        O[b][j][2] *= alpha[0];
-                        O[b][j][3] *= alpha[1];
+                for (int o = 0; o < 2; ++o) {
+                    const int b = 2*pr + o;
+                    const half2 ht = __floats2half2_rn(pe[u][0]*dv[0][o], pe[u][1]*dv[0][o]); // key g,   columns 2t, 2t+1
+                    const half2 hb = __floats2half2_rn(pe[u][2]*dv[1][o], pe[u][3]*dv[1][o]); // key g+8
+                    const uint32_t b0 = tq_fa_trans(*(const uint32_t *) &ht); // P^T: keys 2t, 2t+1 of column g
+                    const uint32_t b1 = tq_fa_trans(*(const uint32_t *) &hb); // keys 2t+8, 2t+9
+                    uint32_t Z[2][2][2]; // [keys 2t,2t+1 / 2t+8,2t+9][half][bytes 0,1 / 2,3]: the two keys' bytes interleaved
+#pragma unroll
+                    for (int kp = 0; kp < 2; ++kp) {
+#pragma unroll
+                        for (int hf = 0; hf < 2; ++hf) {
+                            Z[kp][hf][0] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x5140u);
+                            Z[kp][hf][1] = tq_fa_prmt(X[2*kp][o][hf], X[2*kp + 1][o][hf], 0x7362u);
+                        }
                     }
-                    tq_fa_mma_f16(O[b][j], a0, a1, a2, a3, b0, b1);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const uint32_t sel = (j & 1) ? 0x4342u : 0x4140u;
+                        const uint32_t a0 = tq_fa_unbias(tq_fa_prmt(Z[0][0][j >> 1], C64, sel)); // dim row g   (half 0, byte j), keys 2t, 2t+1
+                        const uint32_t a1 = tq_fa_unbias(tq_fa_prmt(Z[0][1][j >> 1], C64, sel)); // dim row g+8 (half 1, byte j)
+                        const uint32_t a2 = tq_fa_unbias(tq_fa_prmt(Z[1][0][j >> 1], C64, sel)); // dim row g,   keys 2t+8, 2t+9
+                        const uint32_t a3 = tq_fa_unbias(tq_fa_prmt(Z[1][1][j >> 1], C64, sel));
+                        if (u == 0 && rescale) {
+                            O[b][j][0] *= alpha[0];
+                            O[b][j][1] *= alpha[1];
+                            O[b][j][2] *= alpha[0];
+                            O[b][j][3] *= alpha[1];
+                        }
+                        tq_fa_mma_f16(O[b][j], a0, a1, a2, a3, b0, b1);
+                    }
                 }
             }
         }
@@ -889,10 +922,14 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 #define TQ_I8_COMBINE_THREADS 256
 #define TQ_I8_COMBINE_MAX     1024 // blocks per row the weights' shared memory holds (max_blocks is capped to it)
 
+// No __restrict__: launched early (tq-pdl.cuh), and a restrict pointer's loads may be moved above the wait
+// (ggml-cuda drops it under PDL for the same reason, common.cuh GGML_CUDA_RESTRICT)
 template <int D>
 __launch_bounds__(TQ_I8_COMBINE_THREADS)
-static __global__ void tq_fattn_combine(const float * __restrict__ partials, const float * __restrict__ sinks,
-                                        float * __restrict__ dst, const int n_head, const int n_split) {
+static __global__ void tq_fattn_combine(const float * partials, const float * sinks,
+                                        float * dst, const int n_head, const int n_split) {
+    tq_pdl_wait(); // the partials come from the decode kernel
+    tq_pdl_trigger();
     constexpr int NT = TQ_I8_COMBINE_THREADS, Q4 = QK_TQ/4, PARTS = NT/Q4;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int h = blockIdx.x, b = blockIdx.y;
@@ -1093,7 +1130,7 @@ static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
     p.span_V = (2 + p.hb*row_V + p.cp_bytes - 1)/p.cp_bytes*p.cp_bytes;
     p.stride_K = stride(p.span_K);
     p.stride_V = stride(p.span_V);
-    const int ring = TQ_I8_STAGES*(TQ_I8_TILE*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES);
+    const int ring = tq_fa_stages(D)*(TQ_I8_KT*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES);
     const int orows = TQ_I8_WARPS*TQ_I8_MAX_G*(D + 2)*(int) sizeof(float);
     p.smem = std::max(ring, orows);
     return p.smem <= TQ_I8_MAX_SMEM;
@@ -1111,11 +1148,11 @@ static int tq_fa_slots(const tq_fa_kernel & k, const tq_fa_params & p, int nsm) 
 // row (their partial results, G*(D+2) floats per head, go through L2 and back).
 static void tq_fa_plan(tq_fa_params & p, int slots, int max_blocks) {
     const int rows     = p.n_head_kv/p.hb*p.n_q*p.n_seq;                   // blocks that share nothing
-    const int min_keys = TQ_I8_MIN_TILES*TQ_I8_TILE;               // per block
+    const int min_keys = TQ_I8_MIN_TILES*TQ_I8_KT;                 // per block
     int n_blocks = std::min(std::max(1, slots/rows), std::max(1, p.n_kv/min_keys));
     n_blocks = std::max(1, std::min(n_blocks, std::min(max_blocks, TQ_I8_COMBINE_MAX)));
     int kpb = (p.n_kv + n_blocks - 1)/n_blocks;
-    kpb = (kpb + TQ_I8_TILE - 1)/TQ_I8_TILE*TQ_I8_TILE;
+    kpb = (kpb + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
     p.keys_per_block = kpb;
     p.n_blocks = (p.n_kv + kpb - 1)/kpb;
 }
@@ -1131,12 +1168,12 @@ static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, 
     const dim3 grid(p.n_blocks, p.n_head_kv/p.hb, p.n_q*p.n_seq);
     tq_fa_params pk = p; // cudaLaunchKernel takes the arguments' addresses as void *
     void * args[] = { &pk };
-    cudaLaunchKernel(k.fn, grid, dim3(p.hb*p.n_groups*32), args, p.smem, stream);
+    tq_cuda_launch_fn(k.fn, grid, dim3(p.hb*p.n_groups*32), args, p.smem, stream);
     if (p.n_blocks > 1) {
         const dim3 grid_c(p.n_head, D/QK_TQ, p.n_q*p.n_seq);
         switch (D) {
-            case 128: tq_fattn_combine<128><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
-            default:  tq_fattn_combine<256><<<grid_c, TQ_I8_COMBINE_THREADS, 0, stream>>>(p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
+            case 128: tq_cuda_launch(tq_fattn_combine<128>, grid_c, TQ_I8_COMBINE_THREADS, 0, stream, p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
+            default:  tq_cuda_launch(tq_fattn_combine<256>, grid_c, TQ_I8_COMBINE_THREADS, 0, stream, p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
         }
     }
 }

@@ -152,18 +152,93 @@ template <> struct tq_fa_vbits<GGML_TYPE_TQ3_0> {
 // ---- the decode kernel ---------------------------------------------------------------------------------
 
 struct tq_fa_params : tq_i8::tq_fa_attn {
-    float * partials;
+    float * partials;       // [z][head][split][M, L, O[D]]; unused with one block per row
+    const float * sinks;    // per head, or null: one block per row adds them itself
+    float * dst;            // [z][head][D]: written directly with one block per row
     int n_split, keys_per_split;
 };
 
 using tq_i8::tq_fa_slope;
 
+// A split's result for the lane's row g as a record [M, L, O[D]], O in natural rotated order (the C fragment's
+// columns 2t, 2t+1 of each 8-dim n-tile): the partials of the merge kernel, or ONE_BLOCK's shared memory.
+template <int D>
+static __device__ __forceinline__ void tq_fa_store_split(float * rec, const float M, const float L, const float (&O)[D/QK_TQ][8][2]) {
+    const int t = threadIdx.x & 3;
+    if (t == 0) {
+        rec[0] = M;
+        rec[1] = L;
+    }
+#pragma unroll
+    for (int b = 0; b < D/QK_TQ; ++b) {
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                rec[2 + b*QK_TQ + 4*(2*t + c) + (nd & 3) + 32*(nd >> 2)] = O[b][nd][c];
+            }
+        }
+    }
+}
+
+// ONE_BLOCK's epilogue: the TQ_FA_WARPS splits of the block's rows merge through shared memory (the same
+// arithmetic as tq_fattn_combine below over TQ_FA_WARPS splits), then each (query head, 64-block) is rotated
+// back and normalized by one warp and written to dst. smem: [warp][g] records of tq_fa_store_split.
+template <int D>
+static __device__ __forceinline__ void tq_fa_merge_warps(const tq_fa_params & p, float * smem, const float M, const float L,
+                                                         const float (&O)[D/QK_TQ][8][2], const int head0) {
+    constexpr int NB = D/QK_TQ;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g    = lane >> 2;
+    auto rec = [&](int w, int gg) { return smem + (w*TQ_FA_MAX_G + gg)*(D + 2); };
+
+    __syncthreads(); // every warp has read q_rot (the same memory)
+    if (g < p.G) {
+        tq_fa_store_split<D>(rec(warp, g), M, L, O);
+    }
+    __syncthreads();
+
+    for (int item = warp; item < p.G*NB; item += TQ_FA_WARPS) {
+        const int gg = item / NB;
+        const int b  = item % NB;
+        const int h  = head0 + gg;
+        float Mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < TQ_FA_WARPS; ++w) {
+            Mx = fmaxf(Mx, rec(w, gg)[0]);
+        }
+        if (p.sinks) {
+            Mx = fmaxf(Mx, p.sinks[h]);
+        }
+        float Lx = 0.0f, v0 = 0.0f, v1 = 0.0f;
+        if (Mx != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < TQ_FA_WARPS; ++w) {
+                const float wt = expf(rec(w, gg)[0] - Mx); // an empty split has M = -inf: weight 0
+                Lx += wt*rec(w, gg)[1];
+                v0 += wt*rec(w, gg)[2 + b*QK_TQ + lane];
+                v1 += wt*rec(w, gg)[2 + b*QK_TQ + lane + 32];
+            }
+            if (p.sinks) {
+                Lx += expf(p.sinks[h] - Mx);
+            }
+        }
+        const float inv_L = Lx == 0.0f ? 0.0f : 1.0f/Lx;
+        tq_i8::tq_fa_write_block(p.dst + ((int64_t) blockIdx.z*p.n_head + h)*D + b*QK_TQ, v0, v1, inv_L);
+    }
+}
+
 // grid: x = block of TQ_FA_WARPS key splits, y = kv head * n_groups + group, z = query row + n_q * sequence.
 // MINB, the blocks per SM the register budget is cut for, trades registers (all loads of a tile in flight
 // at once) against resident warps (other warps' tiles in flight): GGML_TQ_FA_MINB picks it at run time.
-template <int D, ggml_type type_K, ggml_type type_V, int MINB>
+// ONE_BLOCK: the row's splits are this block's warps (grid x = 1); they merge in shared memory and the block
+// writes dst, with no partials and no merge launch (short rows: the merge kernel costs more than the keys).
+template <int D, ggml_type type_K, ggml_type type_V, int MINB, bool ONE_BLOCK>
 __launch_bounds__(TQ_FA_WARPS*32, MINB)
 static __global__ void tq_fattn_decode(const tq_fa_params p) {
+    tq_pdl_wait(); // launched early (tq_cuda_launch): Q, K and V come from the kernels before
+    tq_pdl_trigger();
     using block_K = typename tq_fa_traits<type_K>::block;
     using block_V = typename tq_fa_traits<type_V>::block;
     constexpr int NB = D/QK_TQ; // blocks per row
@@ -179,8 +254,10 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     const int seq     = blockIdx.z / p.n_q;
     const int head0   = kv_head*p.gqa + group*p.G; // first query head of this warp's rows
 
-    // Q of the group, rotated and scaled once, shared by the block's warps
-    __shared__ float q_rot[TQ_FA_MAX_G][D];
+    // Q of the group, rotated and scaled once, shared by the block's warps; with ONE_BLOCK the same memory
+    // later holds the warps' O for the merge
+    __shared__ float smem[ONE_BLOCK ? TQ_FA_WARPS*TQ_FA_MAX_G*(D + 2) : TQ_FA_MAX_G*D];
+    float (*q_rot)[D] = (float (*)[D]) smem;
     const float q_scale = p.logit_softcap != 0.0f ? p.scale/p.logit_softcap : p.scale;
     for (int gg = warp; gg < p.G; gg += TQ_FA_WARPS) {
         const float * q = (const float *) (p.Q + iq*p.nbq1 + (head0 + gg)*p.nbq2 + seq*p.nbq3);
@@ -344,24 +421,14 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         }
     }
 
-    // ---- this split's partial result: [z][head][split][M, L, O[D]] with O in natural rotated order
+    if constexpr (ONE_BLOCK) {
+        tq_fa_merge_warps<D>(p, smem, M, L, O, head0);
+        return;
+    }
+
+    // ---- this split's partial result: [z][head][split] records
     if (g < p.G) {
-        float * part = p.partials + (((int64_t) blockIdx.z*p.n_head + h)*p.n_split + split)*(D + 2);
-        if (t == 0) {
-            part[0] = M;
-            part[1] = L;
-        }
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-#pragma unroll
-            for (int nd = 0; nd < 8; ++nd) {
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int n = 2*t + c; // column of the C fragment
-                    part[2 + b*QK_TQ + 4*n + (nd & 3) + 32*(nd >> 2)] = O[b][nd][c];
-                }
-            }
-        }
+        tq_fa_store_split<D>(p.partials + (((int64_t) blockIdx.z*p.n_head + h)*p.n_split + split)*(D + 2), M, L, O);
     }
 }
 
@@ -372,8 +439,10 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 
 template <int D>
 __launch_bounds__(TQ_FA_COMBINE_WARPS*32)
-static __global__ void tq_fattn_combine(const float * __restrict__ partials, const float * __restrict__ sinks,
-                                        float * __restrict__ dst, const int n_head, const int n_split) {
+static __global__ void tq_fattn_combine(const float * partials, const float * sinks,
+                                        float * dst, const int n_head, const int n_split) {
+    tq_pdl_wait(); // launched early (tq_cuda_launch; no __restrict__ then, tq-fattn-i8.cuh's merge says why)
+    tq_pdl_trigger();
     constexpr int NW = TQ_FA_COMBINE_WARPS;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -489,10 +558,14 @@ static void tq_fa_launch(const tq_fa_params & p, dim3 grid, cudaStream_t stream)
         const char * e = getenv("GGML_TQ_FA_MINB");
         return e ? std::min(4, std::max(2, atoi(e))) : 4; // 4: measured best on the H100 (results/cuda)
     }();
+    if (grid.x == 1) { // one block per row (the short rows): the default MINB only
+        tq_cuda_launch(tq_fattn_decode<D, type_K, type_V, 4, true>, grid, TQ_FA_WARPS*32, 0, stream, p);
+        return;
+    }
     switch (minb) {
-        case 2:  tq_fattn_decode<D, type_K, type_V, 2><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
-        case 4:  tq_fattn_decode<D, type_K, type_V, 4><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
-        default: tq_fattn_decode<D, type_K, type_V, 3><<<grid, TQ_FA_WARPS*32, 0, stream>>>(p); break;
+        case 2:  tq_cuda_launch(tq_fattn_decode<D, type_K, type_V, 2, false>, grid, TQ_FA_WARPS*32, 0, stream, p); break;
+        case 4:  tq_cuda_launch(tq_fattn_decode<D, type_K, type_V, 4, false>, grid, TQ_FA_WARPS*32, 0, stream, p); break;
+        default: tq_cuda_launch(tq_fattn_decode<D, type_K, type_V, 3, false>, grid, TQ_FA_WARPS*32, 0, stream, p); break;
     }
 }
 
@@ -606,17 +679,29 @@ void ggml_cuda_flash_attn_ext_tq(ggml_backend_cuda_context & ctx, ggml_tensor * 
         const char * e = getenv("GGML_TQ_FA_MAX_SPLIT");
         return e ? std::max(TQ_FA_WARPS, atoi(e)) : 256;
     }();
+    // Rows of fewer keys than GGML_TQ_FA_ONE_BLOCK_KV run as one block each, its warps the splits, merged in
+    // the block (no partials, no merge launch). Off by default: on the H100 it did not pay once the kernels
+    // launch early (tq-pdl.cuh): llama-bench tg128 tq4_0 at depth 0, 306.8 with it from 384 keys against
+    // 310.8 without (results/cuda/2026-11-26/depth0-*.md); the merge it saves is cheap once launched early.
+    static const int one_block_kv = [] {
+        const char * e = getenv("GGML_TQ_FA_ONE_BLOCK_KV");
+        return e ? std::max(0, atoi(e)) : 0;
+    }();
     const int nsm = ggml_cuda_info().devices[ctx.device].nsm;
-    const int want_split = std::max(1, nsm*32/rows); // about 8 blocks of 4 warps per SM over the grid
+    const int want_split = p.n_kv < one_block_kv ? TQ_FA_WARPS : std::max(1, nsm*32/rows); // else about 8 blocks of 4 warps per SM
     int kps = std::max((p.n_kv + want_split - 1)/want_split, (p.n_kv + max_split - 1)/max_split);
     kps = std::max(TQ_FA_TILE, (kps + TQ_FA_TILE - 1)/TQ_FA_TILE*TQ_FA_TILE);
     int n_split = (p.n_kv + kps - 1)/kps;
     n_split = (n_split + TQ_FA_WARPS - 1)/TQ_FA_WARPS*TQ_FA_WARPS;
     p.n_split = n_split;
     p.keys_per_split = kps;
+    p.sinks = sinks ? (const float *) sinks->data : nullptr;
+    p.dst   = (float *) dst->data;
 
-    ggml_cuda_pool_alloc<float> partials(ctx.pool(), (size_t) p.n_q*n_seq*p.n_head*n_split*(D + 2));
-    p.partials = partials.get();
+    ggml_cuda_pool_alloc<float> partials(ctx.pool());
+    if (n_split > TQ_FA_WARPS) {
+        p.partials = partials.alloc((size_t) p.n_q*n_seq*p.n_head*n_split*(D + 2));
+    }
 
     cudaStream_t stream = ctx.stream();
     const dim3 grid(n_split/TQ_FA_WARPS, p.n_head_kv*p.n_groups, p.n_q*n_seq);
@@ -627,14 +712,17 @@ void ggml_cuda_flash_attn_ext_tq(ggml_backend_cuda_context & ctx, ggml_tensor * 
         default: GGML_ABORT("TQ flash attention: head size %d not supported (64, 128, 256)", D);
     }
     CUDA_CHECK(cudaGetLastError());
+    if (grid.x == 1) {
+        return; // merged in the block
+    }
 
     const dim3 grid_c(p.n_head, p.n_q*n_seq);
     const float * sinks_d = sinks ? (const float *) sinks->data : nullptr;
     float * out = (float *) dst->data;
     switch (D) {
-        case  64: tq_fattn_combine< 64><<<grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream>>>(p.partials, sinks_d, out, p.n_head, n_split); break;
-        case 128: tq_fattn_combine<128><<<grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream>>>(p.partials, sinks_d, out, p.n_head, n_split); break;
-        case 256: tq_fattn_combine<256><<<grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream>>>(p.partials, sinks_d, out, p.n_head, n_split); break;
+        case  64: tq_cuda_launch(tq_fattn_combine< 64>, grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream, (const float *) p.partials, sinks_d, out, p.n_head, n_split); break;
+        case 128: tq_cuda_launch(tq_fattn_combine<128>, grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream, (const float *) p.partials, sinks_d, out, p.n_head, n_split); break;
+        case 256: tq_cuda_launch(tq_fattn_combine<256>, grid_c, TQ_FA_COMBINE_WARPS*32, 0, stream, (const float *) p.partials, sinks_d, out, p.n_head, n_split); break;
     }
     CUDA_CHECK(cudaGetLastError());
 }
