@@ -18,13 +18,12 @@ static inline bool ggml_tq_cuda_is_tq_type(enum ggml_type type) {
 bool ggml_tq_cuda_supports_set_rows(const ggml_tensor * op);
 void ggml_tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst, cudaStream_t stream);
 
-// ROPE + VIEW + SET_ROWS into a TQ cache as one kernel (tq-rope.cuh, launched from rope.cu): f32/f16 rope
-// input of whole 64-value blocks per head, rope_norm or rope_neox (ggml-cuda checks the rest of the pattern).
+// ROPE + VIEW + SET_ROWS into a TQ cache as one kernel (tq-rope.cuh, launched from rope.cu): an f32 rope (its
+// input is then f32 too) of whole 64-value blocks per head, rope_norm or rope_neox (ggml-cuda checks the rest).
 static inline bool ggml_tq_cuda_can_fuse_rope_set_rows(const ggml_tensor * rope, const ggml_tensor * set_rows) {
     const int mode = ((const int32_t *) rope->op_params)[2];
-    return ggml_tq_cuda_is_tq_type(set_rows->type) && rope->type == GGML_TYPE_F32 &&
-           (rope->src[0]->type == GGML_TYPE_F32 || rope->src[0]->type == GGML_TYPE_F16) &&
-           rope->src[0]->ne[0] % 64 == 0 && (size_t) rope->src[0]->nb[0] == ggml_type_size(rope->src[0]->type) &&
+    return ggml_tq_cuda_is_tq_type(set_rows->type) && rope->type == GGML_TYPE_F32 && rope->src[0]->type == GGML_TYPE_F32 &&
+           rope->src[0]->ne[0] % 64 == 0 && rope->src[0]->nb[0] == sizeof(float) &&
            (mode == GGML_ROPE_TYPE_NORMAL || mode == GGML_ROPE_TYPE_NEOX);
 }
 

@@ -680,7 +680,8 @@ void ggml_cuda_flash_attn_ext_tq(ggml_backend_cuda_context & ctx, ggml_tensor * 
         return e ? std::max(TQ_FA_WARPS, atoi(e)) : 256;
     }();
     // Rows of fewer keys than GGML_TQ_FA_ONE_BLOCK_KV run as one block each, its warps the splits, merged in
-    // the block (no partials, no merge launch). Off by default: on the H100 it did not pay once the kernels
+    // the block (no partials, no merge launch; also whenever the split below comes to one block per row, e.g.
+    // 64 keys or fewer, and then with the default MINB whatever GGML_TQ_FA_MINB says). Forced off by default: on the H100 it did not pay once the kernels
     // launch early (tq-pdl.cuh): llama-bench tg128 tq4_0 at depth 0, 306.8 with it from 384 keys against
     // 310.8 without (results/cuda/2026-11-26/depth0-*.md); the merge it saves is cheap once launched early.
     static const int one_block_kv = [] {

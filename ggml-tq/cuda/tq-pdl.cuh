@@ -32,6 +32,10 @@ static __device__ __forceinline__ void tq_pdl_trigger() {
 // Whether kernel `fn` may be launched early: its PTX is 9.0 or newer, so the waits above were compiled in (a
 // kernel JIT-compiled from older PTX has none and would race). GGML_CUDA_PDL=0 turns it off, as for ggml-cuda.
 static bool tq_cuda_can_use_pdl(const void * fn) {
+#if !(CUDART_VERSION >= 12030 || (!defined(_MSC_VER) && CUDART_VERSION >= 11080))
+    (void) fn;
+    return false; // the toolkits where ggml-cuda leaves PDL off too (common.cuh, GGML_CUDA_USE_PDL)
+#endif
     static const bool enabled = [] {
         const char * e = getenv("GGML_CUDA_PDL");
         return e == nullptr || atoi(e) != 0;

@@ -12,9 +12,9 @@
 #include "tq-cuda.cuh"
 #include "tq-cuda.h"
 
-// rope's src0 [D, heads, tokens] (strides in elements), its rotation window, and the cache rows
+// rope's src0 [D, heads, tokens] (f32, strides in elements), its rotation window, and the cache rows
 struct tq_rope_rows {
-    const void * x;
+    const float * x;
     int64_t s01, s02;
     int D, n_heads, n_tokens;
     int n_dims, n_offs;            // channels n_offs .. n_offs + n_dims - 1 rotate, the rest are copied
@@ -24,17 +24,14 @@ struct tq_rope_rows {
     int64_t nb1;                   // cache row stride in bytes: a row is heads*D values
 };
 
-static __device__ __forceinline__ float tq_rope_to_f32(float v) { return v; }
-static __device__ __forceinline__ float tq_rope_to_f32(half v)  { return __half2float(v); }
-
 // Element e of a row after rope, as rope.cu's rope_norm (pairs e, e^1) or rope_neox (pairs k, k + n_dims/2)
 // computes it.
-template <bool neox, typename src_t, typename angle_t>
-static __device__ __forceinline__ float tq_rope_element(const src_t * x, const int e, const tq_rope_rows & r,
+template <bool neox, typename angle_t>
+static __device__ __forceinline__ float tq_rope_element(const float * x, const int e, const tq_rope_rows & r,
                                                        const int32_t pos, const angle_t & angle) {
     const int i0 = e & ~1; // the rope kernels' thread index test: pairs of channels in or out of the window
     if (i0 < r.n_offs || i0 >= r.n_offs + r.n_dims) {
-        return tq_rope_to_f32(x[e]);
+        return x[e];
     }
     int c0, c1, iw;
     bool first;
@@ -54,13 +51,13 @@ static __device__ __forceinline__ float tq_rope_element(const src_t * x, const i
     }
     float cos_theta, sin_theta;
     angle(pos, iw, cos_theta, sin_theta);
-    const float x0 = tq_rope_to_f32(x[c0]);
-    const float x1 = tq_rope_to_f32(x[c1]);
+    const float x0 = x[c0];
+    const float x1 = x[c1];
     return first ? x0*cos_theta - x1*sin_theta : x0*sin_theta + x1*cos_theta;
 }
 
 // One warp per 64-value block of a (token, head) row; lane l ropes elements l and l + 32 of it.
-template <int bits, bool neox, typename src_t, typename angle_t>
+template <int bits, bool neox, typename angle_t>
 static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t angle) {
     typedef typename tq_cuda_type<bits>::block block_t;
     tq_pdl_wait(); // launched early (tq_cuda_launch): K comes from the kernels before
@@ -75,7 +72,7 @@ static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t an
     const int head  = (int) (w / nbr % r.n_heads);
     const int token = (int) (w / nbr / r.n_heads);
 
-    const src_t * x = (const src_t *) r.x + head*r.s01 + token*r.s02;
+    const float * x = r.x + head*r.s01 + token*r.s02;
     const int32_t pos = r.pos[token];
     const float lo = tq_rope_element<neox>(x, ib*QK_TQ + lane,      r, pos, angle);
     const float hi = tq_rope_element<neox>(x, ib*QK_TQ + lane + 32, r, pos, angle);
@@ -85,7 +82,7 @@ static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t an
 }
 
 template <typename angle_t>
-static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_type, bool neox, bool src_f16,
+static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_type, bool neox,
                                        const angle_t & angle, cudaStream_t stream) {
     const int64_t nwarps = (int64_t) (r.D/QK_TQ)*r.n_heads*r.n_tokens;
     if (nwarps == 0) {
@@ -93,13 +90,11 @@ static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_t
     }
     const int threads = 128;
     const dim3 grid((unsigned) ((nwarps*32 + threads - 1)/threads));
-#define TQ_ROPE_LAUNCH(bits, nx, src_t) tq_cuda_launch(k_tq_rope_set_rows<bits, nx, src_t, angle_t>, grid, threads, 0, stream, r, angle)
-#define TQ_ROPE_LAUNCH_SRC(bits, nx) if (src_f16) { TQ_ROPE_LAUNCH(bits, nx, half); } else { TQ_ROPE_LAUNCH(bits, nx, float); }
+#define TQ_ROPE_LAUNCH(bits, nx) tq_cuda_launch(k_tq_rope_set_rows<bits, nx, angle_t>, grid, threads, 0, stream, r, angle)
     if (cache_type == GGML_TYPE_TQ4_0) {
-        if (neox) { TQ_ROPE_LAUNCH_SRC(4, true) } else { TQ_ROPE_LAUNCH_SRC(4, false) }
+        if (neox) { TQ_ROPE_LAUNCH(4, true); } else { TQ_ROPE_LAUNCH(4, false); }
     } else {
-        if (neox) { TQ_ROPE_LAUNCH_SRC(3, true) } else { TQ_ROPE_LAUNCH_SRC(3, false) }
+        if (neox) { TQ_ROPE_LAUNCH(3, true); } else { TQ_ROPE_LAUNCH(3, false); }
     }
-#undef TQ_ROPE_LAUNCH_SRC
 #undef TQ_ROPE_LAUNCH
 }
