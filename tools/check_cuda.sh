@@ -26,31 +26,8 @@ command -v nvcc >/dev/null || { echo "nvcc not found" >&2; exit 1; }
 [ -d "$src" ] || "$here/tools/fetch_llama.sh"
 mkdir -p "$out/obj"
 
-# --- cuBLAS headers: ggml-cuda includes cublas_v2.h, which a toolkit of pip packages may lack -------
-# (the nvidia-cublas wheel's headers, cached outside the clone; its libraries are never used here)
-CUBLAS_WHEEL_VERSION=13.1.1.3
-cache=${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}
-extra_inc=""
-if ! echo '#include <cublas_v2.h>' | nvcc -E -x cu - -o /dev/null >/dev/null 2>&1; then
-    inc=$cache/cublas-$CUBLAS_WHEEL_VERSION/include
-    if [ ! -f "$inc/cublas_v2.h" ]; then
-        log "fetching cuBLAS headers (nvidia-cublas $CUBLAS_WHEEL_VERSION wheel)"
-        tmp=$(mktemp -d)
-        python3 -m pip download --quiet --no-deps --only-binary :all: "nvidia-cublas==$CUBLAS_WHEEL_VERSION" -d "$tmp" 2>&1 | grep -v "is ignored" || true
-        whl=$(ls "$tmp"/nvidia_cublas-*.whl)
-        mkdir -p "$inc"
-        python3 - "$whl" "$inc" <<'EOF'
-import sys, zipfile, os
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for name in z.namelist():
-        if "/include/" in name and not name.endswith("/"):
-            with open(os.path.join(sys.argv[2], os.path.basename(name)), "wb") as f:
-                f.write(z.read(name))
-EOF
-        rm -rf "$tmp"
-    fi
-    extra_inc="-isystem $inc"
-fi
+# --- cuBLAS headers (tools/cublas_headers.sh) -------------------------------------------------------
+extra_inc=$("$here/tools/cublas_headers.sh")
 
 # --- ggml-cuda's nvcc command lines ---------------------------------------------------------------
 cmake_dir=$out/cmake
