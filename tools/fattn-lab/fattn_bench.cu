@@ -7,7 +7,8 @@
 // counted, not run: ggml-cuda gives those to tq-fattn.cu.
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
-//   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape
+//   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape,
+//                                  K/V read from memory (cold) and from one copy launched back to back (hot)
 //   fattn_bench once T n_kv minb   five launches of one shape, for ncu (tools/cuda_device.sh faprof)
 // -DTQ_I8_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
 // without it, only what ggml-cuda builds (TQ_I8_MINB)
@@ -392,10 +393,16 @@ int main(int argc, char ** argv) {
         return 0;
     }
 
-    // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token
+    // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token. "cold": the launches cycle
+    // through copies of K/V that together exceed the L2 cache three times, so each launch reads its K/V from
+    // memory as a decode step does (between two layers' attention the weights pass through L2); "hot": one
+    // copy, launched back to back, as this bench timed before 2026-12-01 (32k keys of TQ4_0, 35.7 MB, fit the
+    // H100's 50 MB L2, so those numbers are partly L2 reads).
     std::vector<int> minbs;
     for (int i = 2; i < argc; ++i) minbs.push_back(atoi(argv[i]));
     if (minbs.empty()) minbs = all_minb;
+    int l2_bytes = 0;
+    CK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, dev));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
     for (auto tt : {GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0}) {
@@ -406,18 +413,37 @@ int main(int argc, char ** argv) {
                     release(f);
                     continue;
                 }
-                for (int i = 0; i < 20; ++i) tq_fa_launch(f.p, f.k, 128, 0);
-                CK(cudaDeviceSynchronize());
+                const double bytes = (double) n_kv*8*(f.rowK + f.rowV);
+                const int n_sets = (int) std::min(256.0, std::ceil(3.0*l2_bytes/bytes));
+                std::vector<char *> dK(n_sets, f.dK), dV(n_sets, f.dV);
+                for (int i = 1; i < n_sets; ++i) {
+                    CK(cudaMalloc(&dK[i], f.K.size())); CK(cudaMemcpy(dK[i], f.dK, f.K.size(), cudaMemcpyDeviceToDevice));
+                    CK(cudaMalloc(&dV[i], f.V.size())); CK(cudaMemcpy(dV[i], f.dV, f.V.size(), cudaMemcpyDeviceToDevice));
+                }
                 const int iters = n_kv >= 32768 ? 200 : 1000;
-                CK(cudaEventRecord(e0));
-                for (int i = 0; i < iters; ++i) tq_fa_launch(f.p, f.k, 128, 0);
-                CK(cudaEventRecord(e1));
-                CK(cudaEventSynchronize(e1));
-                float ms = 0.0f;
-                CK(cudaEventElapsedTime(&ms, e0, e1));
-                const double us = 1e3*ms/iters, bytes = (double) n_kv*8*(f.rowK + f.rowV);
-                printf("time %s n_kv=%6d minb=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %8.2f us  %7.1f GB/s (K+V)\n",
-                       tname(tt), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes, us, bytes/us*1e-3);
+                for (int sets : {n_sets, 1}) {
+                    tq_fa_params p = f.p;
+                    auto launch = [&](int i) {
+                        p.K = dK[i % sets]; p.V = dV[i % sets];
+                        tq_fa_launch(p, f.k, 128, 0);
+                    };
+                    for (int i = 0; i < 20; ++i) launch(i);
+                    CK(cudaDeviceSynchronize());
+                    CK(cudaEventRecord(e0));
+                    for (int i = 0; i < iters; ++i) launch(i);
+                    CK(cudaEventRecord(e1));
+                    CK(cudaEventSynchronize(e1));
+                    CK(cudaGetLastError());
+                    float ms = 0.0f;
+                    CK(cudaEventElapsedTime(&ms, e0, e1));
+                    const double us = 1e3*ms/iters;
+                    printf("time %s n_kv=%6d minb=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %-4s (%3d sets)  %8.2f us  %7.1f GB/s (K+V)\n",
+                           tname(tt), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes,
+                           sets > 1 ? "cold" : "hot", sets, us, bytes/us*1e-3);
+                }
+                for (int i = 1; i < n_sets; ++i) {
+                    cudaFree(dK[i]); cudaFree(dV[i]);
+                }
                 release(f);
             }
         }
