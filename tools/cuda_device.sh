@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (device tool), in the repository root, with .carry/llama-src.tar.gz
 # (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
-#   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged
+#   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged;
+#                                  binaries of tools/build_cuda_here.sh instead where they match the sources
 #   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
 #                                  the CUDA unit test, memory bandwidth
 #   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
@@ -23,11 +24,13 @@
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(pwd)
-W=/tmp/tq
+W=${TQ_WORK:-/tmp/tq}  # tools/build_cuda_here.sh builds in /tmp/tq too: its binaries' RUNPATH names this folder
 RES=${OUT:-$W/out}      # what comes back: at most 8 files, so the logs travel as one tarball
 OUT=$W/logs             # every log, kept across calls while the machine stays warm
 mkdir -p "$W" "$OUT" "$RES"
 B=$W/build/bin
+CUDA_TOOLS="llama-bench llama-cli llama-server llama-perplexity llama-quantize test-backend-ops"
+[ -f $W/ld_path ] && export LD_LIBRARY_PATH=$(cat $W/ld_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}  # use_prebuilt
 log() { printf '\n=== %s  [%s]\n' "$*" "$(date +%T)"; }
 
 unpack() {
@@ -51,16 +54,58 @@ minb() {
     echo "${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
 }
 
+# Binaries that tools/build_cuda_here.sh built on the GPU-less machine (.carry/cuda-bin.tar.xz) spare the cold
+# build, about 5 minutes of device time. They are used when they were made from the sources of this working tree
+# (tools/cuda_src_hash.sh), while this machine has no build of its own, and only if they find the GPU.
+use_prebuilt() {
+    local pack=.carry/cuda-bin.tar.xz want
+    [ -f $pack ] && [ ! -f $W/build/build.ninja ] || return 1
+    want=$(tools/cuda_src_hash.sh)
+    if [ "$(tar -xJOf $pack ./SOURCE_HASH 2>/dev/null)" != "$want" ]; then
+        log "prebuilt binaries are of other sources than $want: building"
+        return 1
+    fi
+    if [ "$(cat $W/prebuilt.sum 2>/dev/null)" != "$want" ]; then
+        log "unpack prebuilt CUDA binaries $want"
+        rm -rf $B && mkdir -p $B && tar -C $B -xJf $pack
+        # they name the toolkit's libraries (cudart, cublas, cublasLt) by soname: those the loader does not find
+        # through their RUNPATH (this machine's toolkit may live elsewhere), from the folders that hold them
+        local lib found dirs=
+        for lib in $(ldd $B/libggml-cuda.so | awk '/not found/ {print $1}'); do
+            found=$(find /usr /opt -name "$lib" 2>/dev/null | head -1)
+            [ -n "$found" ] && dirs=${dirs:+$dirs:}$(dirname "$found")
+        done
+        if [ -n "$dirs" ]; then
+            echo "$dirs" > $W/ld_path
+            export LD_LIBRARY_PATH=$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        fi
+        echo "$want" > $W/prebuilt.sum
+    fi
+    local devices; devices=$($B/llama-bench --list-devices 2>&1 || true)
+    if ! grep -q CUDA0 <<< "$devices"; then
+        log "prebuilt binaries do not run here: building"
+        tail -5 <<< "$devices"
+        ldd $B/libggml-cuda.so | grep 'not found' || true
+        rm -rf $B $W/prebuilt.sum $W/ld_path
+        return 1
+    fi
+    log "prebuilt CUDA binaries $want (tools/build_cuda_here.sh)"
+    grep CUDA0 <<< "$devices"
+}
+
+# JOBS and CMAKE_EXTRA (space-free cmake arguments) are for tools/build_cuda_here.sh, which runs this step on
+# the GPU-less machine.
 step_build() {
     unpack
+    use_prebuilt && return 0
     if [ ! -f $W/build/build.ninja ]; then
         log "configure"
         cmake -S $W/src -B $W/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF > $OUT/cmake.log 2>&1
+            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF ${CMAKE_EXTRA:-} > $OUT/cmake.log 2>&1 \
+            || { tail -30 $OUT/cmake.log; exit 1; }
     fi
     log "build"
-    ninja -C $W/build -j16 llama-bench llama-cli llama-server llama-perplexity llama-quantize test-backend-ops > $OUT/ninja.log 2>&1 \
-        || { tail -60 $OUT/ninja.log; exit 1; }
+    ninja -C $W/build -j${JOBS:-16} $CUDA_TOOLS > $OUT/ninja.log 2>&1 || { tail -60 $OUT/ninja.log; exit 1; }
     tail -2 $OUT/ninja.log
 }
 
