@@ -28,7 +28,7 @@ for so in libcuda.so.1 libcublas.so.13 libcublasLt.so.13; do
 done
 
 log "building in $W/build (cuda_device.sh build)"
-CUDAFLAGS=$(tools/cublas_headers.sh) JOBS=${JOBS:-2} \
+TQ_WORK=$W CUDAFLAGS=$(tools/cublas_headers.sh) JOBS=${JOBS:-2} \
 CMAKE_EXTRA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
     -DCUDA_cuda_driver_LIBRARY=$stubs/libcuda.so -DCUDA_cublas_LIBRARY=$stubs/libcublas.so
     -DCUDA_cublasLt_LIBRARY=$stubs/libcublasLt.so
