@@ -5,7 +5,7 @@
 #   - for each ggml-cuda .cuh header that patches/ modifies, the ggml-cuda .cu files that include it
 #     (a template instance only when no other file does),
 # then links the CUDA unit test tests/cuda/test-tq-cuda.cu into build/cuda-check/test-tq-cuda (run it on a GPU)
-# and the int8 decode kernel's bench tools/fattn-lab/fattn_bench.cu into build/cuda-check/fattn_bench.
+# and the int8 decode kernel's bench bench/cuda/fattn_bench.cu into build/cuda-check/fattn_bench.
 # Fails on any compile error. The nvcc command lines come from CMake's compile_commands.json of a CUDA
 # configure of build/llama.cpp-src (configure only: nothing is linked against cuBLAS or the driver).
 #   tools/check_cuda.sh          compile check + unit test
@@ -145,12 +145,12 @@ if ! (cd "$cmake_dir" &&
     test_ok=0
 fi
 
-# --- the bench of the int8 decode kernel (tools/fattn-lab), the kernel alone without ggml-cuda --------------
-log "linking tools/fattn-lab/fattn_bench.cu -> build/cuda-check/fattn_bench"
+# --- the bench of the int8 decode kernel (bench/cuda), the kernel alone without ggml-cuda --------------
+log "linking bench/cuda/fattn_bench.cu -> build/cuda-check/fattn_bench"
 if ! nvcc -O3 -std=c++17 -arch=sm_$arch -I "$src/ggml/include" -I "$here/ggml-tq/include" -I "$here/ggml-tq/src" \
-        -I "$here/ggml-tq/cuda" -I "$here/tools/fattn-lab" "$here/tools/fattn-lab/fattn_bench.cu" "$out/obj/tq-ref.o" -o "$out/fattn_bench" > "$out/fattn_bench.log" 2>&1; then
+        -I "$here/ggml-tq/cuda" -I "$here/bench/cuda" "$here/bench/cuda/fattn_bench.cu" "$out/obj/tq-ref.o" -o "$out/fattn_bench" > "$out/fattn_bench.log" 2>&1; then
     cat "$out/fattn_bench.log"
-    echo "FAILED   tools/fattn-lab/fattn_bench.cu"
+    echo "FAILED   bench/cuda/fattn_bench.cu"
     test_ok=0
 fi
 

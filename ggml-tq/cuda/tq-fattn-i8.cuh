@@ -1,6 +1,6 @@
 // Flash-attention decode over TQ4_0 / TQ3_0 K and V that scores on the int8 tensor cores: the kernel ggml-cuda
 // runs for TQ K/V at head 128 and 256 when the cache layout allows (tq_fa_layout); tq-fattn.cu takes the rest.
-// Also built alone, without ggml-cuda, by tools/fattn-lab/fattn_bench.cu (checks and timings).
+// Also built alone, without ggml-cuda, by bench/cuda/fattn_bench.cu (checks and timings).
 //
 // Its block structure: a block is the GQA groups of hb KV heads over one key range; whole token rows (a
 // token's heads side by side in the cache) stream through a ring of shared-memory tiles with cp.async; a
@@ -172,7 +172,7 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 //   - the dims of a block are taken in the order its aligned 4-byte words hold them (a dot product does not
 //     care), so a lane reads whole words (tq_i8_fmt below: each format's word geometry).
 // The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %) and Q in 8 bits (0.60 %), next to
-// TQ4_0's own 9.3 % (tools/fattn-lab/int8_scores.py).
+// TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
 //
 // Takes: head 128 or 256 (blocks in pairs), TQ4_0 or TQ3_0 K and V (any pair), rows 4-byte aligned, heads side
 // by side in a key's row (tq_fa_layout says which); anything else stays with tq-fattn.cu's kernel.
@@ -223,7 +223,7 @@ static __device__ __forceinline__ void tq_fa_lut8(uint32_t qs, uint32_t qh, int 
 // The tables, made by the compiler: the centroids as bytes round(c*SK) + offset, 4 per word; K's signed
 // (offset 0), V's unsigned (offset 128). SK: of the scales that keep every centroid in int8, the one with the
 // least rounding error weighted by how often each centroid is hit (tq4_0: 0.37 % rms against 0.67 % for
-// 127/max|c|; tq3_0: 0.12 % against 0.38 %; tools/fattn-lab/int8_scores.py finds and prints them).
+// 127/max|c|; tq3_0: 0.12 % against 0.38 %; bench/cuda/int8_scores.py finds and prints them).
 static constexpr float tq_fa_cb4_host[16] = TQ_CENTROIDS_4BIT_INIT;
 static constexpr float tq_fa_cb3_host[8]  = TQ_CENTROIDS_3BIT_INIT;
 static constexpr float tq_fa_abs(float x) { return x < 0.0f ? -x : x; }

@@ -7,7 +7,7 @@
 //
 // Rule for a kernel launched with tq_cuda_launch: tq_pdl_wait before its first global-memory access (read or
 // write: the previous kernel may still read what this one overwrites).
-// Self-contained (no ggml-cuda header): tq-cuda.cu and tools/fattn-lab build without ggml-cuda.
+// Self-contained (no ggml-cuda header): tq-cuda.cu and bench/cuda build without ggml-cuda.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,6 +1,6 @@
-"""Per-kernel summary of an ncu CSV (tools/cuda_device.sh prof): calls, total and mean duration, by kernel name.
+"""Per-kernel summary of an ncu CSV (dev/gpu/cuda_device.sh prof): calls, total and mean duration, by kernel name.
 
-Usage: python3 tools/cuda_prof.py prof-tq4_0-d0.csv [more.csv ...]
+Usage: python3 dev/gpu/cuda_prof.py prof-tq4_0-d0.csv [more.csv ...]
 """
 import csv
 import re

@@ -3,7 +3,7 @@
 The main loop is taken as the instructions from the first to the last HMMA (the loop's head and tail, a few
 instructions, are left out); good enough to see which opcodes a tile of the decode kernel spends its issue
 slots on.
-Usage: python3 tools/cuda_sass.py sass.txt
+Usage: python3 dev/gpu/cuda_sass.py sass.txt
 """
 import re
 import sys

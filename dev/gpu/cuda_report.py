@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Tables and verdicts from a GPU run of tools/cuda_device.sh (results/cuda/): llama-bench per cache type,
+"""Tables and verdicts from a GPU run of dev/gpu/cuda_device.sh (results/cuda/): llama-bench per cache type,
 the attention kernels alone (test-backend-ops perf) with their achieved bandwidth, and the issue's targets.
 
-    python3 tools/cuda_report.py [results/cuda] > results/cuda/summary.md
+    python3 dev/gpu/cuda_report.py [results/cuda] > results/cuda/summary.md
 """
 import json
 import re
@@ -25,7 +25,7 @@ depths = sorted({k[2] for k in bench})
 print(f"# GPU run: {dev.get('gpu_info', '?')}, llama.cpp build {dev.get('build_commit', '?')}")
 print(f"llama-bench -m r8b-q4_0.gguf (random Llama-3-8B shape, Q4_0) -fa 1 -ngl 99 -p 512 -n 128 "
       f"-d {','.join(map(str, depths))} -r {len(dev.get('samples_ts', [0, 0]))} -ctk T -ctv T, one type per call "
-      f"(tools/cuda_device.sh bench)\n")
+      f"(dev/gpu/cuda_device.sh bench)\n")
 print("| cache | " + " | ".join(f"{t} @ d{dp}" for dp in depths for t in ("pp512", "tg128")) + " |")
 print("|---|" + "---:|" * (2 * len(depths)))
 for t in types:
@@ -57,7 +57,7 @@ perf = d / "tbo-perf.log"
 if perf.exists():
     print("\n## The attention kernels alone, 32k context (test-backend-ops perf -o FLASH_ATTN_EXT)\n")
     print("Shape: head size 128, 8 KV heads, GQA 4, 32768 keys, 1 query token. Bytes = the K and V cache read once;")
-    print("bandwidth = bytes / time, against the device read bandwidth measured in the same run (tools/bw.cu, bw.txt).\n")
+    print("bandwidth = bytes / time, against the device read bandwidth measured in the same run (dev/gpu/bw.cu, bw.txt).\n")
     bw = (d / "bw.txt").read_text() if (d / "bw.txt").exists() else ""
     m = re.search(r"read\s+(\d+) GB/s", bw)
     read_gbs = float(m.group(1)) if m else float("nan")
@@ -73,4 +73,4 @@ if perf.exists():
             nbytes = 2 * 32768 * 8 * 128 * bits[t] / 8
             gbs = nbytes / (us * 1e-6) / 1e9
             print(f"| {t} | {us:.1f} | {nbytes / 1e6:.1f} MB | {gbs:.0f} | {gbs / read_gbs * 100:.0f}% |")
-    print(f"\nDevice read bandwidth (tools/bw.cu, same machine): {read_gbs:.0f} GB/s.")
+    print(f"\nDevice read bandwidth (dev/gpu/bw.cu, same machine): {read_gbs:.0f} GB/s.")

@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (device tool), in the repository root, with .carry/llama-src.tar.gz
-# (tools/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
-#   tools/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged;
-#                                  binaries of tools/build_cuda_here.sh instead where they match the sources
-#   tools/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
+# (dev/gpu/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
+#   dev/gpu/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged;
+#                                  binaries of dev/gpu/build_cuda_here.sh instead where they match the sources
+#   dev/gpu/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
 #                                  the CUDA unit test, memory bandwidth
-#   tools/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
-#   tools/cuda_device.sh fabench   the int8 decode kernel alone (tools/fattn-lab/fattn_bench): check against the C reference,
+#   dev/gpu/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
+#   dev/gpu/cuda_device.sh fabench   the int8 decode kernel alone (bench/cuda/fattn_bench): check against the C reference,
 #                                  then time it at 256..65536 keys
-#   tools/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
-#   tools/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
-#   tools/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
-#   tools/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
-#   tools/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
-#   tools/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
-#   tools/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
-#   tools/cuda_device.sh minkv     tq4_0 decode with and without v4 below 1024 keys (GGML_TQ_FA_I8_MIN_KV), and f16
-#   tools/cuda_device.sh depth0    tg128 at depth 0/256: tq4_0 with and without v4's one-block rows, and f16
-#   tools/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
-#   tools/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
+#   dev/gpu/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
+#   dev/gpu/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
+#   dev/gpu/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
+#   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
+#   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
+#   dev/gpu/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
+#   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
+#   dev/gpu/cuda_device.sh minkv     tq4_0 decode with and without v4 below 1024 keys (GGML_TQ_FA_I8_MIN_KV), and f16
+#   dev/gpu/cuda_device.sh depth0    tg128 at depth 0/256: tq4_0 with and without v4's one-block rows, and f16
+#   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
+#   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
-#   tools/cuda_device.sh qdecode   the same KLD through the decode kernels (ubatches of 8 tokens; after quality)
+#   dev/gpu/cuda_device.sh qdecode   the same KLD through the decode kernels (ubatches of 8 tokens; after quality)
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
-root=$(pwd)
-W=${TQ_WORK:-/tmp/tq}  # tools/build_cuda_here.sh builds in /tmp/tq too: its binaries' RUNPATH names this folder
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+W=${TQ_WORK:-/tmp/tq}  # dev/gpu/build_cuda_here.sh builds in /tmp/tq too: its binaries' RUNPATH names this folder
 RES=${OUT:-$W/out}      # what comes back: at most 8 files, so the logs travel as one tarball
 OUT=$W/logs             # every log, kept across calls while the machine stays warm
 mkdir -p "$W" "$OUT" "$RES"
@@ -54,13 +55,13 @@ minb() {
     echo "${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
 }
 
-# Binaries that tools/build_cuda_here.sh built on the GPU-less machine (.carry/cuda-bin.tar.xz) spare the cold
+# Binaries that dev/gpu/build_cuda_here.sh built on the GPU-less machine (.carry/cuda-bin.tar.xz) spare the cold
 # build, about 5 minutes of device time. They are used when they were made from the sources of this working tree
-# (tools/cuda_src_hash.sh), while this machine has no build of its own, and only if they find the GPU.
+# (dev/gpu/cuda_src_hash.sh), while this machine has no build of its own, and only if they find the GPU.
 use_prebuilt() {
     local pack=.carry/cuda-bin.tar.xz want
     [ -f $pack ] && [ ! -f $W/build/build.ninja ] || return 1
-    want=$(tools/cuda_src_hash.sh)
+    want=$(dev/gpu/cuda_src_hash.sh)
     if [ "$(tar -xJOf $pack ./SOURCE_HASH 2>/dev/null)" != "$want" ]; then
         log "prebuilt binaries are of other sources than $want: building"
         return 1
@@ -89,11 +90,11 @@ use_prebuilt() {
         rm -rf $B $W/prebuilt.sum $W/ld_path
         return 1
     fi
-    log "prebuilt CUDA binaries $want (tools/build_cuda_here.sh)"
+    log "prebuilt CUDA binaries $want (dev/gpu/build_cuda_here.sh)"
     grep CUDA0 <<< "$devices"
 }
 
-# JOBS and CMAKE_EXTRA (space-free cmake arguments) are for tools/build_cuda_here.sh, which runs this step on
+# JOBS and CMAKE_EXTRA (space-free cmake arguments) are for dev/gpu/build_cuda_here.sh, which runs this step on
 # the GPU-less machine.
 step_build() {
     unpack
@@ -139,8 +140,8 @@ step_unit() {
         tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
         || { rc=1; tail -20 $OUT/test-tq-cuda-build.log; }
     [ $rc = 0 ] && { $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1 || rc=1; tail -3 $OUT/test-tq-cuda.log; }
-    log "memory bandwidth (tools/bw.cu)"
-    nvcc -O3 -arch=sm_90 tools/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt
+    log "memory bandwidth (dev/gpu/bw.cu)"
+    nvcc -O3 -arch=sm_90 dev/gpu/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt
     return $rc
 }
 
@@ -153,8 +154,8 @@ step_fabench() {
     for v in ${FAB_VARIANTS:-base}; do
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
         # -use_fast_math as ggml-cuda compiles its kernels (expf -> ex2.approx)
-        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itools/fattn-lab \
-            tools/fattn-lab/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
+        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Ibench/cuda \
+            bench/cuda/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
             || { tail -30 "$OUT/fattn_bench-build-$v.log"; return 1; }
         log "fattn_bench check ($v)"
         "$W/fattn_bench-$v" check > "$OUT/fattn_bench-check-$v.log" 2>&1 || rc=1
@@ -185,7 +186,7 @@ step_sass() {
     log "SASS of tq_fattn_decode<128, tq4_0, tq4_0, 3> ($v)"
     cuobjdump -sass -fun '_ZN5tq_i815tq_fattn_decodeILi128EL9ggml_type43ELS1_43ELi3EEEvNS_12tq_fa_paramsE' "$W/fattn_bench-$v" \
         > $OUT/sass-decode-128-tq4.txt 2>&1 || { tail -5 $OUT/sass-decode-128-tq4.txt; return 1; }
-    python3 tools/cuda_sass.py $OUT/sass-decode-128-tq4.txt
+    python3 dev/gpu/cuda_sass.py $OUT/sass-decode-128-tq4.txt
 }
 
 step_testfa() {
@@ -283,7 +284,7 @@ step_prof() {
         ncu --clock-control none --metrics gpu__time_duration.sum --csv \
             $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 4 -r 1 -d $depth -ctk $t -ctv $t \
             > $OUT/prof-$t-d$depth.csv 2> $OUT/prof-$t-d$depth.err || tail -5 $OUT/prof-$t-d$depth.err
-        python3 tools/cuda_prof.py $OUT/prof-$t-d$depth.csv
+        python3 dev/gpu/cuda_prof.py $OUT/prof-$t-d$depth.csv
     done
 }
 

@@ -2,7 +2,7 @@
 # Pack the patched llama.cpp tree (ggml-tq compiled in, links dereferenced) for the GPU machine, which has
 # no network: .carry/llama-src.tar.gz, about 10 MB without models, docs and the backends we do not build.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 src=$root/build/llama.cpp-src
 mkdir -p "$root/.carry"
 tar -C "$src" -czhf "$root/.carry/llama-src.tar.gz" \

@@ -1,15 +1,15 @@
 // The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-i8.cuh, the one ggml-cuda runs for TQ4_0 /
 // TQ3_0 K/V at head 128/256) alone, without ggml: checks it against the same int8 arithmetic in doubles
 // (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
-// (tq-ref.c); times it with CUDA events at the contexts of tools/cuda_device.sh. Built and run on the GPU
-// machine by `tools/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build. The numbers
+// (tq-ref.c); times it with CUDA events at the contexts of dev/gpu/cuda_device.sh. Built and run on the GPU
+// machine by `dev/gpu/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build. The numbers
 // it gave are in ggml-tq/cuda/NOTES.md. Cases the kernel does not take (other types, head 64, layouts) are
 // counted, not run: ggml-cuda gives those to tq-fattn.cu.
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
 //   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape,
 //                                  K/V read from memory (cold) and from one copy launched back to back (hot)
-//   fattn_bench once T n_kv minb   five launches of one shape, for ncu (tools/cuda_device.sh faprof)
+//   fattn_bench once T n_kv minb   five launches of one shape, for ncu (dev/gpu/cuda_device.sh faprof)
 // -DTQ_I8_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
 // without it, only what ggml-cuda builds (TQ_I8_MINB)
 #include "tq-fattn-i8.cuh"
