@@ -19,7 +19,7 @@ curve at its own bits/value. Printed, not asserted. For the random-weight models
 written to build/models/ with tools/make_random_llama.py) quality is meaningless: the run shows that every
 type runs at that head size.
 
-Outputs: results/quality-<model>.{md,json,png}; logs and the base logits under build/quality/<model>/.
+Outputs: results/cpu/quality-<model>.{md,json,png}; logs and the base logits under build/quality/<model>/.
 """
 import argparse
 import datetime
@@ -452,7 +452,7 @@ def main():
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("--types", default=",".join(ALL_TYPES), help="comma list of cache types (default: all)")
     p.add_argument("--no-extras", action="store_true", help="skip the 'q4_0 norot' and 'tq4_0 +rot' rows")
-    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--results", default=str(ROOT / "results" / "cpu"))
     p.add_argument("--workdir", default=str(ROOT / "build" / "quality"), help="logs and base logits")
     p.add_argument("--cache-dir", default="~/.cache/ggml-tq", help="corpus cache (jargon/ below it)")
     p.add_argument("--keep-base", action="store_true", help="keep the base .kld logits file")

@@ -2,8 +2,8 @@
 // TQ3_0 K/V at head 128/256) alone, without ggml: checks it against the same int8 arithmetic in doubles
 // (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
 // (tq-ref.c); times it with CUDA events at the contexts of dev/gpu/cuda_device.sh. Built and run on the GPU
-// machine by `dev/gpu/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build. The numbers
-// it gave are in ggml-tq/cuda/NOTES.md. Cases the kernel does not take (other types, head 64, layouts) are
+// machine by `dev/gpu/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build (what it
+// measured: docs/cuda.md). Cases the kernel does not take (other types, head 64, layouts) are
 // counted, not run: ggml-cuda gives those to tq-fattn.cu.
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
@@ -396,8 +396,7 @@ int main(int argc, char ** argv) {
     // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token. "cold": the launches cycle
     // through copies of K/V that together exceed the L2 cache three times, so each launch reads its K/V from
     // memory as a decode step does (between two layers' attention the weights pass through L2); "hot": one
-    // copy, launched back to back, as this bench timed before 2026-12-01 (32k keys of TQ4_0, 35.7 MB, fit the
-    // H100's 50 MB L2, so those numbers are partly L2 reads).
+    // copy, launched back to back (32k keys of TQ4_0, 35.7 MB, fit an H100's 50 MB L2: partly L2 reads).
     std::vector<int> minbs;
     for (int i = 2; i < argc; ++i) minbs.push_back(atoi(argv[i]));
     if (minbs.empty()) minbs = all_minb;

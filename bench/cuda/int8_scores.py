@@ -6,7 +6,7 @@ q8_1), against the f16 scoring the GPU kernel does now and against TQ's own erro
 Also the centroid scale the kernel uses (TQ_I8_SK in ggml-tq/cuda/tq-fattn-i8.cuh): of the scales that keep
 every centroid within int8, the one with the least rounding error, weighted by how often each centroid is hit
 (a coordinate of a rotated unit vector is close to N(0, 1/64)).
-Usage: .venv/bin/python bench/cuda/int8_scores.py   (numbers in ggml-tq/cuda/NOTES.md)
+Usage: .venv/bin/python bench/cuda/int8_scores.py   (what it found: docs/cuda.md)
 """
 import math
 import numpy as np, ggml_tq as t

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (device tool), in the repository root, with .carry/llama-src.tar.gz
-# (dev/gpu/pack_llama.sh) carried along. Keeps its build in /tmp/tq, which survives while the machine is warm.
+# Runs on a GPU machine without network, in a copy of the working tree that holds .carry/llama-src.tar.gz
+# (dev/gpu/pack_llama.sh). Keeps its build in /tmp/tq, which survives while the machine is warm.
 #   dev/gpu/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged;
 #                                  binaries of dev/gpu/build_cuda_here.sh instead where they match the sources
 #   dev/gpu/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
@@ -15,8 +15,6 @@
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   dev/gpu/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
-#   dev/gpu/cuda_device.sh minkv     tq4_0 decode with and without v4 below 1024 keys (GGML_TQ_FA_I8_MIN_KV), and f16
-#   dev/gpu/cuda_device.sh depth0    tg128 at depth 0/256: tq4_0 with and without v4's one-block rows, and f16
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
@@ -118,12 +116,9 @@ step_test() {
         $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
-    # the int8 kernel also below GGML_TQ_FA_I8_MIN_KV keys (ggml-cuda gives those to v4): its short cases too
+    # the int8 kernel also below GGML_TQ_FA_I8_MIN_KV keys (tq-fattn.cu's general kernel takes those): its short cases too
     GGML_TQ_FA_I8_MIN_KV=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-i8all.log 2>&1 || rc=1
     printf '%-16s %s\n' "FA (min kv 0)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-i8all.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-i8all.log)"
-    # v4 as one block per row (its splits merged in the block) for every case it takes, not only below 384 keys
-    GGML_TQ_FA_ONE_BLOCK_KV=1000000 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-oneblock.log 2>&1 || rc=1
-    printf '%-16s %s\n' "FA (one block)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-oneblock.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-oneblock.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
     return $rc
@@ -230,10 +225,10 @@ step_bench() {
     export GGML_TQ_FA_MINB=$(minb)
     echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
-    # a type written tq4_0-v4 runs tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0): the kernel
-    # before it, in the same run
+    # a type written tq4_0-noi8 runs tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0): the general
+    # kernel of tq-fattn.cu, for comparison in the same run
     for t in $types; do
-        local ct=${t%-v4} i8=1
+        local ct=${t%-noi8} i8=1
         [ "$ct" != "$t" ] && i8=0
         log "llama-bench $t"
         GGML_TQ_FA_I8=$i8 $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $ct -ctv $ct -o json \
@@ -245,34 +240,6 @@ for r in json.load(open(sys.argv[1])):
     print(f"{sys.argv[2]:>8} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
 PY
     done
-}
-
-step_minkv() {
-    # GGML_TQ_FA_I8_MIN_KV: tq4_0 tg128 with the int8 kernel at every length (0) and from 1024 keys on (v4
-    # below), and f16, at the depths around the threshold (results/cuda/2026-11-25-final/min-kv)
-    local m
-    for m in 0 1024; do
-        log "llama-bench tq4_0, GGML_TQ_FA_I8_MIN_KV=$m"
-        GGML_TQ_FA_I8_MIN_KV=$m $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,512,1024,2048 -r 3 \
-            -ctk tq4_0 -ctv tq4_0 -o md 2>/dev/null | grep tg128 | tee $RES/minkv-$m.md
-    done
-    log "llama-bench f16"
-    $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,512,1024,2048 -r 3 -ctk f16 -ctv f16 -o md 2>/dev/null \
-        | grep tg128 | tee $RES/minkv-f16.md
-}
-
-step_depth0() {
-    # tg128 at depth 0 and 256: tq4_0 with v4's rows of fewer than 384 keys as one block
-    # (GGML_TQ_FA_ONE_BLOCK_KV=384) and never (0, the default), and f16 (results/cuda/2026-11-26)
-    local ob
-    for ob in 0 384; do
-        log "llama-bench tq4_0, GGML_TQ_FA_ONE_BLOCK_KV=$ob"
-        GGML_TQ_FA_ONE_BLOCK_KV=$ob $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,256 -r 3 \
-            -ctk tq4_0 -ctv tq4_0 -o md 2>/dev/null | grep tg128 | tee $RES/depth0-tq4_0-ob$ob.md
-    done
-    log "llama-bench f16"
-    $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 0,256 -r 3 -ctk f16 -ctv f16 -o md 2>/dev/null \
-        | grep tg128 | tee $RES/depth0-f16.md
 }
 
 step_prof() {
@@ -322,13 +289,13 @@ step_quality() {
 step_qdecode() {
     # The same KLD through the decode kernels: llama-perplexity evaluates a chunk in ubatches of 8 tokens, so
     # FLASH_ATTN_EXT gets 8 query rows (the TQ decode kernels; with 512 rows it is the f16 prefill path that runs).
-    # tq4_0-v4: tq4_0 with the int8-scoring kernel off (GGML_TQ_FA_I8=0). Needs step_quality's model.
+    # tq4_0-noi8: tq4_0 with the int8-scoring kernel off (GGML_TQ_FA_I8=0). Needs step_quality's model.
     log "KLD through the decode kernels (-ub 8), against a GPU f16 cache at -ub 8"
     local m=$W/random128.gguf text=.carry/random128-text.txt
     local args="-m $m -f $text -c 512 --chunks 16 -ngl 99 -fa on -b 512 -ub 8"
     $B/llama-perplexity $args -ctk f16 -ctv f16 --kl-divergence-base $W/base-ub8.kld > $OUT/kld-ub8-base.log 2>&1
-    for t in q4_0 tq4_0 tq4_0-v4 tq3_0; do
-        local ct=${t%-v4} i8=1
+    for t in q4_0 tq4_0 tq4_0-noi8 tq3_0; do
+        local ct=${t%-noi8} i8=1
         [ "$ct" != "$t" ] && i8=0
         GGML_TQ_FA_I8=$i8 $B/llama-perplexity $args -ctk $ct -ctv $ct --kl-divergence --kl-divergence-base $W/base-ub8.kld \
             > $OUT/kld-ub8-$t.log 2>&1
