@@ -242,6 +242,39 @@ PY
     done
 }
 
+# Decode speed across model shapes: random models with real models' attention dimensions and FFN widths, at
+# SHAPE_LAYERS layers (the tq/f16 ratio is a per-layer ratio, so fewer layers change it little and save time),
+# tg128 at SHAPE_DEPTHS for every cache in SHAPE_TYPES (K/V written "k/v" for a mix). SHAPES picks by name.
+SHAPE_LIST="llama3-8b:4096:14336:32:8 qwen2.5-14b:5120:13824:40:8 qwen2-7b:3584:18944:28:4 qwen2.5-1.5b:1536:8960:12:2
+            gemma2-h256:4096:14336:16:8 llama2-7b:4096:11008:32:32"
+step_shapes() {
+    local layers=${SHAPE_LAYERS:-8} depths=${SHAPE_DEPTHS:-0,8192,32768} reps=${BENCH_REPS:-2}
+    local types=${SHAPE_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0 tq4_0/tq3_0"} want=${SHAPES:-all} s
+    for s in $SHAPE_LIST; do
+        IFS=: read -r name embd ff heads kv <<< "$s"
+        [ "$want" = all ] || grep -qw -- "$name" <<< "$want" || continue
+        local m=$W/shape-$name-$layers.gguf
+        if [ ! -f $m ]; then
+            PYTHONPATH=$W/src/gguf-py python3 tools/make_random_llama.py $W/shape.f16.gguf --layers $layers --embd $embd \
+                --ff $ff --heads $heads --kv-heads $kv > /dev/null
+            $B/llama-quantize $W/shape.f16.gguf $m Q4_0 16 > $OUT/quantize-$name.log 2>&1
+            rm -f $W/shape.f16.gguf
+        fi
+        log "shape $name: $layers layers, embd $embd, ff $ff, $heads heads, $kv KV heads (head $((embd / heads)), GQA $((heads / kv)))"
+        for t in $types; do
+            local k=${t%/*} v=${t#*/}
+            $B/llama-bench -m $m -fa 1 -ngl 99 -p 0 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
+                > $OUT/shape.json 2> $OUT/shape-$name-${t/\//-}.err || tail -5 $OUT/shape-$name-${t/\//-}.err
+            cp $OUT/shape.json $OUT/shape-$name-${t/\//-}.json
+            python3 - $OUT/shape.json "$name" "$t" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(f"{sys.argv[2]:>13} {sys.argv[3]:>12} tg{r['n_gen']} @ d{r['n_depth']:<6} {r['avg_ts']:8.1f} ± {r['stddev_ts']:.1f} t/s")
+PY
+        done
+    done
+}
+
 step_prof() {
     # ncu replays each kernel alone, so times are per kernel without overlap; the launch gaps of the CUDA graph are
     # not in them. Enough to see which kernels a cache type adds per layer and what each costs.
