@@ -3,8 +3,13 @@ get_filename_component(GGML_TQ_DIR ${CMAKE_CURRENT_LIST_DIR} ABSOLUTE)
 set(GGML_TQ_INCLUDE_DIRS ${GGML_TQ_DIR}/include ${GGML_TQ_DIR}/src)
 # scalar reference: ggml-base (type traits: to_float, from_float_ref)
 set(GGML_TQ_REF_SOURCES ${GGML_TQ_DIR}/src/tq-ref.c)
-# optimized kernels: ggml-cpu (from_float, vec_dot, flash attention)
-set(GGML_TQ_CPU_SOURCES ${GGML_TQ_DIR}/src/tq-cpu.c ${GGML_TQ_DIR}/src/tq-ggml-cpu.c)
+# optimized kernels: ggml-cpu (from_float, vec_dot, flash attention). Each architecture file compiles to
+# nothing unless built for its instruction set (tq-cpu.h); tq-cpu.c falls back to the reference.
+set(GGML_TQ_CPU_SOURCES
+    ${GGML_TQ_DIR}/src/tq-cpu.c
+    ${GGML_TQ_DIR}/src/arch/x86.c
+    ${GGML_TQ_DIR}/src/arch/arm.c
+    ${GGML_TQ_DIR}/src/tq-ggml-cpu.c)
 # No automatic FMA contraction: the byte layout of a quantized block must not depend on the compiler's
 # choice (torch reference, cffi build and SIMD kernels round every product separately).
 set_source_files_properties(${GGML_TQ_REF_SOURCES} ${GGML_TQ_CPU_SOURCES} PROPERTIES COMPILE_OPTIONS -ffp-contract=off)

@@ -1,4 +1,4 @@
-"""C (tq-ref.c, tq-cpu.c) vs torch reference: same bytes, same floats; and the parity tool itself."""
+"""C (reference and fast kernels) vs torch reference: same bytes, same floats; and the parity tool itself."""
 import json
 import subprocess
 import sys
@@ -26,7 +26,7 @@ def test_c_and_torch_bytes_and_dequant_identical(t, family):
         yc = G.dequantize(qc, t, d)
         np.testing.assert_array_equal(yc, R.dequantize(qc, t, d).numpy())
         assert np.isfinite(yc).all()
-        # tq-cpu.c's kernels agree with the reference (same bytes; floats up to rounding)
+        # the fast kernels agree with the reference (same bytes; floats up to rounding)
         np.testing.assert_array_equal(G.quantize(x, t, impl="cpu"), qc)
         r = P.compare_dequant(yc, G.dequantize(qc, t, d, impl="cpu"))
         assert r["dequant_max_rel"] <= P.DEQUANT_REL_TOL

@@ -50,43 +50,47 @@ typedef struct {
 TQ_STATIC_ASSERT(sizeof(block_tq4_0) == sizeof(tq_half) + QK_TQ/2,           "wrong tq4_0 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wrong tq3_0 block size/padding");
 
-// ---- scalar reference (tq-ref.c): the definition of the formats --------------------------------
+// Naming: a `_ref` function is the scalar reference (src/tq-ref.c), the definition of the formats;
+// the same name without `_ref` is the fastest kernel compiled for this machine (src/arch/x86.c for
+// AVX-512 / AVX2, src/arch/arm.c for NEON, else src/tq-cpu.c's scalar fallback to the reference).
+// The fast kernels agree with the reference: the same bytes and floats for quantize, dequantize,
+// rotate, unrotate and mad; float rounding for dot.
 // k is the number of values, a multiple of QK_TQ. Non-finite input is the caller's to reject:
 // the reference maps an all-zero block (or one below FLT_MIN) to d = 0 and never produces NaN from finite input.
+
 void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k);
-void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k);
-void dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k);
+void quantize_row_tq4_0    (const float * x, block_tq4_0 * y, int64_t k);
+void quantize_row_tq3_0    (const float * x, block_tq3_0 * y, int64_t k);
 
-// ggml's quantize_chunk signature (imatrix is ignored: TurboQuant needs no calibration)
+void dequantize_row_tq4_0_ref(const block_tq4_0 * x, float * y, int64_t k);
+void dequantize_row_tq3_0_ref(const block_tq3_0 * x, float * y, int64_t k);
+void dequantize_row_tq4_0    (const block_tq4_0 * x, float * y, int64_t k);
+void dequantize_row_tq3_0    (const block_tq3_0 * x, float * y, int64_t k);
+
+// ggml's quantize_chunk signature, rows of the reference (imatrix is ignored: TurboQuant needs no calibration)
 size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
 // The rotation alone, block by block: y = H D x / 8 and its inverse x = D H y / 8 (in place allowed).
-void tq_rotate_row  (const float * x, float * y, int64_t k);
-void tq_unrotate_row(const float * x, float * y, int64_t k);
+void tq_rotate_row_ref  (const float * x, float * y, int64_t k);
+void tq_unrotate_row_ref(const float * x, float * y, int64_t k);
+void tq_rotate_row      (const float * x, float * y, int64_t k);
+void tq_unrotate_row    (const float * x, float * y, int64_t k);
 
 // Rotated-domain kernels, the ones attention uses:
 //   dot:  sum over blocks of d * (q_rot . c), q_rot = tq_rotate_row(q)   (a key's score)
 //   mad:  acc += w * d * c, block by block, acc in the rotated domain      (a value's contribution)
 float tq4_0_dot_rotated_ref(const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated_ref(const block_tq3_0 * x, const float * q_rot, int64_t k);
+float tq4_0_dot_rotated    (const block_tq4_0 * x, const float * q_rot, int64_t k);
+float tq3_0_dot_rotated    (const block_tq3_0 * x, const float * q_rot, int64_t k);
 void  tq4_0_mad_rotated_ref(const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t k);
+void  tq4_0_mad_rotated    (const block_tq4_0 * x, float * acc, float w, int64_t k);
+void  tq3_0_mad_rotated    (const block_tq3_0 * x, float * acc, float w, int64_t k);
 
-// ---- optimized (tq-cpu.c): AVX2 / NEON where compiled for, else the reference ---------------------
-// They agree with the reference: the same bytes for quantize, float rounding for the rest.
-void  quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k);
-void  quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k);
-void  tq_dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k);
-void  tq_dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k);
-void  tq_rotate_row_fast(const float * x, float * y, int64_t k);
-void  tq_unrotate_row_fast(const float * x, float * y, int64_t k);
-float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k);
-float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k);
-void  tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k);
-void  tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k);
-const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what tq-cpu.c was compiled for
+const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what the fast kernels were compiled for
 
 // ---- ggml glue (tq-ggml-cpu.c): ggml's vec_dot / from_float signatures ---------------------------
 // vec_dot of a TQ row (x) against a row of block_tq_rot_f32 (y); nrc must be 1.

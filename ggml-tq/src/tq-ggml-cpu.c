@@ -4,7 +4,7 @@
 #include <assert.h>
 
 void quantize_row_tq_rot_f32(const float * x, void * y, int64_t k) {
-    tq_rotate_row_fast(x, ((block_tq_rot_f32 *) y)->qs, k);
+    tq_rotate_row(x, ((block_tq_rot_f32 *) y)->qs, k);
 }
 
 void ggml_vec_dot_tq4_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc) {

@@ -95,7 +95,7 @@ static void tq_fwht64(float * v) {
     }
 }
 
-void tq_rotate_row(const float * x, float * y, int64_t k) {
+void tq_rotate_row_ref(const float * x, float * y, int64_t k) {
     assert(k % QK_TQ == 0);
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         float v[QK_TQ];
@@ -109,7 +109,7 @@ void tq_rotate_row(const float * x, float * y, int64_t k) {
     }
 }
 
-void tq_unrotate_row(const float * x, float * y, int64_t k) {
+void tq_unrotate_row_ref(const float * x, float * y, int64_t k) {
     assert(k % QK_TQ == 0);
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         float v[QK_TQ];
@@ -193,70 +193,106 @@ void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k) {
     }
 }
 
-static inline int tq4_0_index(const block_tq4_0 * b, int j) {
-    return j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
+static size_t tq_block_size(int bits) {
+    return bits == 4 ? sizeof(block_tq4_0) : sizeof(block_tq3_0);
 }
 
-static inline int tq3_0_index(const block_tq3_0 * b, int j) {
-    return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+// ggml's quantize_chunk: rows of quantize_row_tq*_0_ref
+static size_t tq_quantize_rows(const float * src, void * dst, int64_t nrows, int64_t n_per_row, int bits) {
+    const size_t row_size = (size_t)(n_per_row/QK_TQ)*tq_block_size(bits);
+    for (int64_t r = 0; r < nrows; ++r) {
+        void * row = (char *) dst + r*row_size;
+        if (bits == 4) {
+            quantize_row_tq4_0_ref(src + r*n_per_row, row, n_per_row);
+        } else {
+            quantize_row_tq3_0_ref(src + r*n_per_row, row, n_per_row);
+        }
+    }
+    return nrows*row_size;
 }
 
 size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
     (void) imatrix;
-    const size_t row_size = (size_t)(n_per_row/QK_TQ)*sizeof(block_tq4_0);
-    for (int64_t r = 0; r < nrows; ++r) {
-        quantize_row_tq4_0_ref(src + r*n_per_row, (block_tq4_0 *)((char *) dst + r*row_size), n_per_row);
-    }
-    return nrows*row_size;
+    return tq_quantize_rows(src, dst, nrows, n_per_row, 4);
 }
 
 size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
     (void) imatrix;
-    const size_t row_size = (size_t)(n_per_row/QK_TQ)*sizeof(block_tq3_0);
-    for (int64_t r = 0; r < nrows; ++r) {
-        quantize_row_tq3_0_ref(src + r*n_per_row, (block_tq3_0 *)((char *) dst + r*row_size), n_per_row);
-    }
-    return nrows*row_size;
+    return tq_quantize_rows(src, dst, nrows, n_per_row, 3);
 }
 
 // ---- dequantize and rotated-domain kernels ------------------------------------------------------
 
-#define TQ_DEFINE_DECODERS(NAME, BITS)                                                            \
-void dequantize_row_##NAME(const block_##NAME * x, float * y, int64_t k) {                         \
-    assert(k % QK_TQ == 0);                                                                        \
-    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
-        float v[QK_TQ];                                                                            \
-        for (int j = 0; j < QK_TQ; ++j) {                                                          \
-            v[j] = tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];                              \
-        }                                                                                          \
-        tq_fwht64(v);                                                                              \
-        const float ds = tq_fp16_to_fp32(x[ib].d)*0.125f;                                          \
-        for (int j = 0; j < QK_TQ; ++j) {                                                          \
-            y[ib*QK_TQ + j] = v[j]*ds*tq_signs[j];                                                 \
-        }                                                                                          \
-    }                                                                                              \
-}                                                                                                  \
-float NAME##_dot_rotated_ref(const block_##NAME * x, const float * q_rot, int64_t k) {             \
-    assert(k % QK_TQ == 0);                                                                        \
-    float sum = 0.0f;                                                                              \
-    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
-        float s = 0.0f;                                                                            \
-        for (int j = 0; j < QK_TQ; ++j) {                                                          \
-            s += q_rot[ib*QK_TQ + j]*tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];            \
-        }                                                                                          \
-        sum += s*tq_fp16_to_fp32(x[ib].d);                                                         \
-    }                                                                                              \
-    return sum;                                                                                    \
-}                                                                                                  \
-void NAME##_mad_rotated_ref(const block_##NAME * x, float * acc, float w, int64_t k) {             \
-    assert(k % QK_TQ == 0);                                                                        \
-    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {                                                     \
-        const float wd = w*tq_fp16_to_fp32(x[ib].d);                                               \
-        for (int j = 0; j < QK_TQ; ++j) {                                                          \
-            acc[ib*QK_TQ + j] += wd*tq_centroids_##BITS##bit[NAME##_index(&x[ib], j)];             \
-        }                                                                                          \
-    }                                                                                              \
+// A block of either type as the kernels below need it: its scale and its 64 centroids, unscaled.
+typedef struct {
+    float d;
+    float c[QK_TQ];
+} tq_block_values;
+
+static void tq_block_values_of(const void * blk, int bits, tq_block_values * v) {
+    if (bits == 4) {
+        const block_tq4_0 * b = blk;
+        v->d = tq_fp16_to_fp32(b->d);
+        for (int j = 0; j < QK_TQ; ++j) {
+            v->c[j] = tq_centroids_4bit[j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4)];
+        }
+    } else {
+        const block_tq3_0 * b = blk;
+        v->d = tq_fp16_to_fp32(b->d);
+        for (int j = 0; j < QK_TQ; ++j) {
+            v->c[j] = tq_centroids_3bit[((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2)];
+        }
+    }
 }
 
-TQ_DEFINE_DECODERS(tq4_0, 4)
-TQ_DEFINE_DECODERS(tq3_0, 3)
+// x' = D H (d c) / 8, block by block
+static void tq_dequantize_row_ref(const void * x, int bits, float * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib, y += QK_TQ) {
+        tq_block_values v;
+        tq_block_values_of((const char *) x + ib*tq_block_size(bits), bits, &v);
+        tq_fwht64(v.c);
+        const float ds = v.d*0.125f;
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[j] = v.c[j]*ds*tq_signs[j];
+        }
+    }
+}
+
+// sum over blocks of d * (q_rot . c), each block's products summed in order
+static float tq_dot_rotated_ref(const void * x, int bits, const float * q_rot, int64_t k) {
+    assert(k % QK_TQ == 0);
+    float sum = 0.0f;
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib, q_rot += QK_TQ) {
+        tq_block_values v;
+        tq_block_values_of((const char *) x + ib*tq_block_size(bits), bits, &v);
+        float s = 0.0f;
+        for (int j = 0; j < QK_TQ; ++j) {
+            s += q_rot[j]*v.c[j];
+        }
+        sum += s*v.d;
+    }
+    return sum;
+}
+
+// acc += (w d) c, block by block
+static void tq_mad_rotated_ref(const void * x, int bits, float * acc, float w, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib, acc += QK_TQ) {
+        tq_block_values v;
+        tq_block_values_of((const char *) x + ib*tq_block_size(bits), bits, &v);
+        const float wd = w*v.d;
+        for (int j = 0; j < QK_TQ; ++j) {
+            acc[j] += wd*v.c[j];
+        }
+    }
+}
+
+void dequantize_row_tq4_0_ref(const block_tq4_0 * x, float * y, int64_t k) { tq_dequantize_row_ref(x, 4, y, k); }
+void dequantize_row_tq3_0_ref(const block_tq3_0 * x, float * y, int64_t k) { tq_dequantize_row_ref(x, 3, y, k); }
+
+float tq4_0_dot_rotated_ref(const block_tq4_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated_ref(x, 4, q_rot, k); }
+float tq3_0_dot_rotated_ref(const block_tq3_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated_ref(x, 3, q_rot, k); }
+
+void tq4_0_mad_rotated_ref(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 4, acc, w, k); }
+void tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 3, acc, w, k); }

@@ -10,8 +10,8 @@ Rejected with ValueError: NaN/Inf (naming the first bad row), a row length that 
 of 64 (naming it), a block whose L2 norm exceeds 65504 (its fp16 scale would saturate; naming the row).
 All-zero blocks encode to d = 0 and decode to zeros.
 
-`impl="ref"` (default) calls the scalar reference of tq-ref.c, the definition of the formats;
-`impl="cpu"` calls the optimized kernels of tq-cpu.c (see cpu_variant()).
+`impl="ref"` (default) calls the scalar reference (the `_ref` functions of ggml-tq.h), the definition of
+the formats; `impl="cpu"` calls the fastest kernels built for this machine (see cpu_variant()).
 The torch reference of the same codec is ggml_tq.reference; `python -m ggml_tq.parity` compares them.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _c():
 
 def _check_impl(impl: str) -> None:
     if impl not in ("ref", "cpu"):
-        raise ValueError(f"impl must be 'ref' (tq-ref.c) or 'cpu' (tq-cpu.c), got {impl!r}")
+        raise ValueError(f"impl must be 'ref' (the scalar reference) or 'cpu' (the fastest kernels built), got {impl!r}")
 
 
 def _fptr(ffi, a: np.ndarray, const: bool = True):
@@ -124,8 +124,8 @@ def dequantize(q, type: TypeLike, n: int, *, impl: Impl = "ref") -> np.ndarray:
     out = np.empty((rows, n), dtype=np.float32)
     if rows:
         ffi, lib = _c()
-        fn = {("ref", 4): lib.dequantize_row_tq4_0, ("ref", 3): lib.dequantize_row_tq3_0,
-              ("cpu", 4): lib.tq_dequantize_row_tq4_0, ("cpu", 3): lib.tq_dequantize_row_tq3_0}[impl, t.bits]
+        fn = {("ref", 4): lib.dequantize_row_tq4_0_ref, ("ref", 3): lib.dequantize_row_tq3_0_ref,
+              ("cpu", 4): lib.dequantize_row_tq4_0, ("cpu", 3): lib.dequantize_row_tq3_0}[impl, t.bits]
         fn(_bptr(ffi, b), _fptr(ffi, out, const=False), rows * n)
     return out
 
@@ -137,9 +137,9 @@ def _rotation(x, inverse: bool, impl: str) -> np.ndarray:
     if a.size:
         ffi, lib = _c()
         if impl == "ref":
-            fn = lib.tq_unrotate_row if inverse else lib.tq_rotate_row
+            fn = lib.tq_unrotate_row_ref if inverse else lib.tq_rotate_row_ref
         else:
-            fn = lib.tq_unrotate_row_fast if inverse else lib.tq_rotate_row_fast
+            fn = lib.tq_unrotate_row if inverse else lib.tq_rotate_row
         fn(_fptr(ffi, a), _fptr(ffi, out, const=False), a.size)
     return out
 
@@ -191,7 +191,7 @@ def centroids(bits: int) -> np.ndarray:
 
 
 def cpu_variant() -> str:
-    """What tq-cpu.c was compiled for (tq_cpu_variant()): "scalar", "avx2", "avx512", "neon", ..."""
+    """What the fast kernels were compiled for (tq_cpu_variant()): "scalar", "avx2", "avx512", "neon", ..."""
     ffi, lib = _c()
     return ffi.string(lib.tq_cpu_variant()).decode()
 

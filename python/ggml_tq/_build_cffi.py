@@ -1,10 +1,13 @@
 """cffi build script (API mode, out of line): compiles the ggml-tq C sources into ggml_tq._tq_cffi.
 
 Run by setuptools through setup.py's cffi_modules, or by hand: `python python/ggml_tq/_build_cffi.py`
-(builds it under build/cffi/, for debugging the build). The block structs are left undeclared: Python passes
-blocks as raw byte buffers (void *), the C compiler converts them to the struct pointers.
+(builds it under build/cffi/, for debugging the build). The declarations are read from ggml-tq/include/ggml-tq.h
+(cdef_from_header): block structs left out, Python passes blocks as raw byte buffers (void *) and the C
+compiler converts them to the struct pointers. tests/test_cffi_header.py checks the result against the
+compiler's own reading of the header.
 """
 import os
+import re
 
 from cffi import FFI
 
@@ -17,54 +20,49 @@ def _rel(*parts: str) -> str:
     return os.path.relpath(os.path.join(_ROOT, *parts))
 
 
-CDEF = """
-typedef uint16_t tq_half;
+HEADER = os.path.join(_ROOT, "ggml-tq", "include", "ggml-tq.h")
 
-void quantize_row_tq4_0_ref(const float * x, void * y, int64_t k);
-void quantize_row_tq3_0_ref(const float * x, void * y, int64_t k);
-void dequantize_row_tq4_0(const void * x, float * y, int64_t k);
-void dequantize_row_tq3_0(const void * x, float * y, int64_t k);
 
-size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
-size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+def cdef_from_header(text: str) -> str:
+    """The declarations of ggml-tq.h that cffi needs, in cffi's dialect.
 
-void tq_rotate_row  (const float * x, float * y, int64_t k);
-void tq_unrotate_row(const float * x, float * y, int64_t k);
+    tq_half and every function prototype; the block structs are left out and their pointers become
+    void *, so Python passes blocks as raw byte buffers. Comments, preprocessor lines, the extern "C"
+    wrapper and the static asserts are dropped: cffi parses C declarations, not the preprocessor.
+    """
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    text = "\n".join(ln for ln in text.splitlines()
+                     if not ln.lstrip().startswith("#") and ln.strip() not in ('extern "C" {', "}"))
+    decls = ["typedef uint16_t tq_half;"]
+    for stmt in text.split(";"):
+        stmt = " ".join(stmt.split())
+        if "(" not in stmt or stmt.startswith(("typedef", "TQ_STATIC_ASSERT")) or "{" in stmt or "}" in stmt:
+            continue
+        decls.append(re.sub(r"\b(const )?block_\w+ \*", r"\1void *", stmt) + ";")
+    return "\n".join(decls) + "\n"
 
-float tq4_0_dot_rotated_ref(const void * x, const float * q_rot, int64_t k);
-float tq3_0_dot_rotated_ref(const void * x, const float * q_rot, int64_t k);
-void  tq4_0_mad_rotated_ref(const void * x, float * acc, float w, int64_t k);
-void  tq3_0_mad_rotated_ref(const void * x, float * acc, float w, int64_t k);
 
-void  quantize_row_tq4_0(const float * x, void * y, int64_t k);
-void  quantize_row_tq3_0(const float * x, void * y, int64_t k);
-void  tq_dequantize_row_tq4_0(const void * x, float * y, int64_t k);
-void  tq_dequantize_row_tq3_0(const void * x, float * y, int64_t k);
-void  tq_rotate_row_fast(const float * x, float * y, int64_t k);
-void  tq_unrotate_row_fast(const float * x, float * y, int64_t k);
-float tq4_0_dot_rotated(const void * x, const float * q_rot, int64_t k);
-float tq3_0_dot_rotated(const void * x, const float * q_rot, int64_t k);
-void  tq4_0_mad_rotated(const void * x, float * acc, float w, int64_t k);
-void  tq3_0_mad_rotated(const void * x, float * acc, float w, int64_t k);
-const char * tq_cpu_variant(void);
+def build_ffi() -> FFI:
+    with open(HEADER) as f:
+        cdef = cdef_from_header(f.read())
+    ffi = FFI()
+    ffi.cdef(cdef)
+    ffi.set_source(
+        "ggml_tq._tq_cffi",
+        '#include "ggml-tq.h"\n',
+        sources=[_rel("ggml-tq", "src", f) for f in ("tq-ref.c", "tq-cpu.c", "arch/x86.c", "arch/arm.c", "tq-ggml-cpu.c")],
+        include_dirs=[_rel("ggml-tq", "include"), _rel("ggml-tq", "src")],
+        # -std=c11 (not gnu11) also means -ffp-contract=off: no fused multiply-adds, so the float
+        # operations are exactly the ones tq-ref.c writes, the ones the torch reference repeats.
+        extra_compile_args=["-O2", "-march=native", "-std=c11", "-ffp-contract=off"],
+        libraries=["m"],
+    )
+    return ffi
 
-float   tq_fp16_to_fp32(tq_half h);
-tq_half tq_fp32_to_fp16(float f);
-const float * tq_codebook(int bits);
-"""
 
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source(
-    "ggml_tq._tq_cffi",
-    '#include "ggml-tq.h"\n',
-    sources=[_rel("ggml-tq", "src", "tq-ref.c"), _rel("ggml-tq", "src", "tq-cpu.c")],
-    include_dirs=[_rel("ggml-tq", "include"), _rel("ggml-tq", "src")],
-    # -std=c11 (not gnu11) also means -ffp-contract=off: no fused multiply-adds, so the float
-    # operations are exactly the ones tq-ref.c writes, the ones the torch reference repeats.
-    extra_compile_args=["-O2", "-march=native", "-std=c11", "-ffp-contract=off"],
-    libraries=["m"],
-)
+# what setup.py's cffi_modules builds; only in a source tree (an installed ggml_tq has no header)
+ffibuilder = build_ffi() if os.path.exists(HEADER) else None
 
 if __name__ == "__main__":
     os.chdir(_ROOT)

@@ -1,9 +1,9 @@
-"""Parity of the C codec (tq-ref.c, tq-cpu.c) with the torch reference, and the codec's accuracy.
+"""Parity of the C codec (reference and fast kernels) with the torch reference, and the codec's accuracy.
 
     python -m ggml_tq.parity [--json] [--rows N] [--seed S] [--lib PATH]
 
 1. Parity, per type x input family x head size d (64, 128, 256): the C reference and the torch
-   reference quantize the same float32 rows; so do tq-cpu.c's kernels against the C reference
+   reference quantize the same float32 rows; so do the fast C kernels against the C reference
    (and, with --lib, the *_ref functions of another build of the library, e.g. build/tq/libggml-tq.so).
    Reported: the fraction of identical bytes; every differing index or scale is classified as a
    rounding tie or not (see TIE_EPS); then both sides dequantize the SAME bytes and the difference
@@ -203,9 +203,16 @@ def _lib_codec(path: str) -> Codec:
     """The *_ref functions of another build of the C library (cffi ABI mode, e.g. the CMake build)."""
     from cffi import FFI
 
-    from ._build_cffi import CDEF
+    from ._tq_cffi import ffi as api_ffi
+    from ._tq_cffi import lib as api_lib
+
+    # declared as the extension declares them (generated from ggml-tq.h when it was built)
+    decls = []
+    for name in dir(api_lib):
+        t = api_ffi.typeof(getattr(api_lib, name))
+        decls.append(f"{t.result.cname} {name}({', '.join(a.cname for a in t.args) or 'void'});")
     ffi = FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef("\n".join(decls))
     lib = ffi.dlopen(os.path.abspath(path))
 
     def quantize(x, t):
@@ -220,7 +227,7 @@ def _lib_codec(path: str) -> Codec:
         t = T.type_info(t)
         b = T.as_blocks(q, t, n)
         out = np.empty((b.shape[0], n), dtype=np.float32)
-        fn = lib.dequantize_row_tq4_0 if t.bits == 4 else lib.dequantize_row_tq3_0
+        fn = lib.dequantize_row_tq4_0_ref if t.bits == 4 else lib.dequantize_row_tq3_0_ref
         fn(ffi.from_buffer("uint8_t[]", b), ffi.from_buffer("float[]", out, require_writable=True), out.size)
         return out
 
@@ -339,7 +346,7 @@ def _summary(parity: List[dict]) -> List[dict]:
 
 
 def format_table(rep: dict) -> str:
-    lines = [f"ggml_tq parity: C reference (tq-ref.c) vs torch reference, tq-cpu.c ({rep['cpu_variant']}) "
+    lines = [f"ggml_tq parity: C reference (tq-ref.c) vs torch reference, fast kernels ({rep['cpu_variant']}) "
              f"and any --lib; {rep['rows']} rows per family and d, seed {rep['seed']}",
              f"tolerances: non-tie mismatches <= {MAX_NON_TIE_MISMATCHES}, tie = within {TIE_EPS:g} of a boundary "
              f"or 1 fp16 ulp; same-bytes dequant rel diff <= {DEQUANT_REL_TOL:.3g}; "

@@ -1,5 +1,5 @@
-// Checks the optimized TQ kernels (tq-cpu.c) against the scalar reference (tq-ref.c), and the
-// rotated-domain identities attention relies on.
+// Checks the optimized TQ kernels (src/arch/*.c, or tq-cpu.c's fallback) against the scalar
+// reference (tq-ref.c), and the rotated-domain identities attention relies on.
 //
 //   test-tq-kernels           run the checks, print "N passed, M failed", exit 1 on any failure
 //   test-tq-kernels --bench   micro-benchmark: ns per call, reference vs optimized, k = 64 and 128
@@ -7,8 +7,10 @@
 // Tolerances of the float kernels (dot, mad, rotate round trip) are relative to the Cauchy-Schwarz
 // scale of the result (|q|*|x'| for a dot, sum_r |w_r|*|x'_r| for a weighted sum), not to the
 // result itself, which can be arbitrarily close to 0 by cancellation.
+#define _POSIX_C_SOURCE 199309L // clock_gettime under -std=c11
+
 #include "ggml-tq.h"
-#include "../../ggml-tq/src/tq-codebook.h" // signs and boundaries, for the model below
+#include "tq-codebook.h" // signs and boundaries, for the model below
 
 #include <math.h>
 #include <stdarg.h>
@@ -246,8 +248,8 @@ static void check_##NAME(const float * x, int k, int kind, const float * q, cons
                   k, kind_name[kind], r, b, br->d, bo->d);                                          \
         }                                                                                           \
         /* dequantize: bit for bit */                                                               \
-        dequantize_row_##NAME(yr + r*nb, deq_r + r*k, k);                                           \
-        tq_dequantize_row_##NAME(yr + r*nb, deq_o, k);                                              \
+        dequantize_row_##NAME##_ref(yr + r*nb, deq_r + r*k, k);                                     \
+        dequantize_row_##NAME(yr + r*nb, deq_o, k);                                                 \
         long nd = 0;                                                                                \
         for (int i = 0; i < k; ++i) nd += !same_bits(deq_r[r*k + i], deq_o[i]);                     \
         st.deq_diff += nd;                                                                          \
@@ -295,7 +297,7 @@ static void check_##NAME(const float * x, int k, int kind, const float * q, cons
         NAME##_mad_rotated_ref(yr + r*nb, acc_r, w[r], k);                                          \
         wscale += fabs(w[r])*norm2(deq_r + r*k, k);                                                 \
     }                                                                                               \
-    tq_unrotate_row_fast(acc_o, out, k);                                                            \
+    tq_unrotate_row(acc_o, out, k);                                                                 \
     double e_ref = 0.0, e_ex = 0.0;                                                                 \
     int finite = 1;                                                                                 \
     for (int i = 0; i < k; ++i) {                                                                   \
@@ -323,17 +325,17 @@ DEFINE_FORMAT_CHECK(tq3_0)
 
 static void check_rotation(const float * x, int k, int kind) {
     float a[MAXK], b[MAXK], c[MAXK], d[MAXK];
-    tq_rotate_row(x, a, k);
-    tq_rotate_row_fast(x, b, k);
+    tq_rotate_row_ref(x, a, k);
+    tq_rotate_row(x, b, k);
     long nd = 0;
     for (int i = 0; i < k; ++i) nd += !same_bits(a[i], b[i]);
     memcpy(c, x, k*sizeof(float));
-    tq_rotate_row_fast(c, c, k); // in place
+    tq_rotate_row(c, c, k); // in place
     for (int i = 0; i < k; ++i) nd += !same_bits(a[i], c[i]);
-    tq_unrotate_row(a, c, k);
-    tq_unrotate_row_fast(a, d, k);
+    tq_unrotate_row_ref(a, c, k);
+    tq_unrotate_row(a, d, k);
     for (int i = 0; i < k; ++i) nd += !same_bits(c[i], d[i]);
-    tq_unrotate_row_fast(a, a, k); // in place
+    tq_unrotate_row(a, a, k); // in place
     for (int i = 0; i < k; ++i) nd += !same_bits(c[i], a[i]);
     st.rot_diff += nd;
     check(nd == 0, "rotate/unrotate k=%d %s: %ld values differ from the reference", k, kind_name[kind], nd);
@@ -364,7 +366,7 @@ static int run_tests(void) {
                 }
                 const double qs = rep % 4 == 3 ? 1e-3 : rep % 4 == 2 ? 30.0 : 1.0;
                 for (int i = 0; i < k; ++i) q[i] = (float)(rng_gauss()*qs);
-                tq_rotate_row(q, qr, k);
+                tq_rotate_row_ref(q, qr, k);
                 check_tq4_0(x, k, kind, q, qr, w);
                 check_tq3_0(x, k, kind, q, qr, w);
                 for (int r = 0; r < NROWS; r += 7) check_rotation(x + r*k, k, kind);
@@ -387,9 +389,9 @@ static int run_tests(void) {
         check(memcmp(b4, z4, sizeof(b4)) == 0, "tq4_0 quantize(0) is not all-zero bytes");
         check(memcmp(b3, z3, sizeof(b3)) == 0, "tq3_0 quantize(0) is not all-zero bytes");
         int ok = 1;
-        tq_dequantize_row_tq4_0(b4, o, k);
+        dequantize_row_tq4_0(b4, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
-        tq_dequantize_row_tq3_0(b3, o, k);
+        dequantize_row_tq3_0(b3, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
         for (int i = 0; i < k; ++i) o[i] = (float) rng_gauss();
         ok &= tq4_0_dot_rotated(b4, o, k) == 0.0f && tq3_0_dot_rotated(b3, o, k) == 0.0f;
@@ -457,7 +459,7 @@ static void run_bench(void) {
         const int k = ks[ik], nb = k/QK_TQ;
         for (int i = 0; i < BROWS*k; ++i) x[i] = (float) rng_gauss();
         for (int i = 0; i < k; ++i) q[i] = (float) rng_gauss();
-        tq_rotate_row(q, qr, k);
+        tq_rotate_row_ref(q, qr, k);
         memset(acc, 0, sizeof(acc));
         quantize_row_tq4_0_ref(x, y4, (int64_t) BROWS*k);
         quantize_row_tq3_0_ref(x, y3, (int64_t) BROWS*k);
@@ -474,12 +476,12 @@ static void run_bench(void) {
         BENCH(BROWS, tq3_0_mad_rotated_ref(y3 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq3_0_mad_rotated(y3 + r*nb, acc, 1e-3f, k));
         iters = 20;
+        BENCH(BROWS, dequantize_row_tq4_0_ref(y4 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq4_0(y4 + r*nb, deq + r*k, k));
-        BENCH(BROWS, tq_dequantize_row_tq4_0(y4 + r*nb, deq + r*k, k));
+        BENCH(BROWS, dequantize_row_tq3_0_ref(y3 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq3_0(y3 + r*nb, deq + r*k, k));
-        BENCH(BROWS, tq_dequantize_row_tq3_0(y3 + r*nb, deq + r*k, k));
+        BENCH(BROWS, tq_rotate_row_ref(x + r*k, deq + r*k, k));
         BENCH(BROWS, tq_rotate_row(x + r*k, deq + r*k, k));
-        BENCH(BROWS, tq_rotate_row_fast(x + r*k, deq + r*k, k));
         iters = 4;
         BENCH(BROWS, quantize_row_tq4_0_ref(x + r*k, y4 + r*nb, k));
         BENCH(BROWS, quantize_row_tq4_0(x + r*k, y4 + r*nb, k));

@@ -1,6 +1,6 @@
 // CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit:
-//   - device helpers (tq-cuda.cuh): warp quantize -> the reference's bytes, warp dequantize -> the reference's
-//     floats, rotate / unrotate -> tq_rotate_row / tq_unrotate_row, device tables == tq-codebook.h;
+//   - device helpers (tq-common.cuh): warp quantize -> the reference's bytes, warp dequantize -> the reference's
+//     floats, rotate / unrotate -> tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h;
 //   - ggml ops (tq-cuda.cu, through hand-made ggml_tensor structs): SET_ROWS from f32/f16 with i32/i64 indices
 //     and broadcasting, GET_ROWS to f32/f16, CPY f32/f16 -> TQ and TQ -> f32/f16 through permuted views,
 //     the contiguous and non-contiguous conversions to f32/f16 that flash attention uses.
@@ -9,7 +9,7 @@
 // Build and run (tools/check_cuda.sh builds it as build/cuda-check/test-tq-cuda, with the flags ggml-cuda uses):
 //   tools/check_cuda.sh --test && build/cuda-check/test-tq-cuda
 #include "tq-cuda.h"
-#include "tq-cuda.cuh"
+#include "tq-common.cuh"
 
 #include <cuda_fp16.h>
 
@@ -24,7 +24,8 @@
 #include <string>
 #include <vector>
 
-// tq-cuda.cu asserts through GGML_ASSERT; this test links it without libggml
+// This test links tq-cuda.cu without libggml and libggml-cuda: what tq-cuda.cu calls of them (GGML_ASSERT, and
+// the early launch of ggml-cuda's common.cuh) ends here.
 extern "C" void ggml_abort(const char * file, int line, const char * fmt, ...) {
     fprintf(stderr, "%s:%d: ", file, line);
     va_list args;
@@ -33,6 +34,17 @@ extern "C" void ggml_abort(const char * file, int line, const char * fmt, ...) {
     va_end(args);
     fprintf(stderr, "\n");
     abort();
+}
+
+[[noreturn]] void ggml_cuda_error(const char * stmt, const char * func, const char * file, int line, const char * msg) {
+    fprintf(stderr, "%s:%d (%s): %s: %s\n", file, line, func, stmt, msg);
+    abort();
+}
+
+int ggml_cuda_get_device() {
+    int id = 0;
+    cudaGetDevice(&id);
+    return id;
 }
 
 #define CUDA_CHECK(x)                                                                              \
@@ -118,8 +130,8 @@ static void quantize_ref(ggml_type t, const float * x, void * y, int64_t k) {
     else                      quantize_row_tq3_0_ref(x, (block_tq3_0 *) y, k);
 }
 static void dequantize_ref(ggml_type t, const void * x, float * y, int64_t k) {
-    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0((const block_tq4_0 *) x, y, k);
-    else                      dequantize_row_tq3_0((const block_tq3_0 *) x, y, k);
+    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0_ref((const block_tq4_0 *) x, y, k);
+    else                      dequantize_row_tq3_0_ref((const block_tq3_0 *) x, y, k);
 }
 
 static uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
@@ -280,7 +292,7 @@ static void test_block_helpers(std::mt19937 & rng, ggml_type type) {
         CUDA_CHECK(cudaGetLastError());
         const std::vector<float> y = dy.get<float>();
         check(same_bytes(y.data(), ref.data(), ref.size()*sizeof(float), "dequantized"),
-              "%s tq_dequantize_block_warp == dequantize_row_%s bitwise, %s", name, name,
+              "%s tq_dequantize_block_warp == dequantize_row_%s_ref bitwise, %s", name, name,
               src == 0 ? "quantized blocks" : "random block bytes");
     }
 }
@@ -290,14 +302,14 @@ static void test_rotation(std::mt19937 & rng) {
     const std::vector<float> x = random_values(rng, nblocks);
     for (int inverse = 0; inverse < 2; ++inverse) {
         std::vector<float> ref(x.size());
-        if (inverse) tq_unrotate_row(x.data(), ref.data(), x.size()); else tq_rotate_row(x.data(), ref.data(), x.size());
+        if (inverse) tq_unrotate_row_ref(x.data(), ref.data(), x.size()); else tq_rotate_row_ref(x.data(), ref.data(), x.size());
         dbuf dx = to_device(x);
         dbuf dy(x.size()*sizeof(float));
         k_rotate<<<grid_for_warps(nblocks), 256>>>((const float *) dx.ptr, (float *) dy.ptr, nblocks, inverse);
         CUDA_CHECK(cudaGetLastError());
         const std::vector<float> y = dy.get<float>();
         check(same_bytes(y.data(), ref.data(), ref.size()*sizeof(float), "rotated"),
-              "%s == %s bitwise", inverse ? "tq_cuda_unrotate_warp" : "tq_cuda_rotate_warp", inverse ? "tq_unrotate_row" : "tq_rotate_row");
+              "%s == %s bitwise", inverse ? "tq_cuda_unrotate_warp" : "tq_cuda_rotate_warp", inverse ? "tq_unrotate_row_ref" : "tq_rotate_row_ref");
     }
 }
 
