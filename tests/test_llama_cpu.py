@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ggml_tq import llama as tql
+from ggml_tq._types import GGML_TYPE_TQ4_0
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "build" / "llama.cpp" / "bin"
@@ -142,7 +143,7 @@ def llm():
 def test_python_llama_completes_with_tq_cache(llm):
     out = llm.create_completion(PROMPT, max_tokens=8, temperature=0.0)
     assert "Paris" in out["choices"][0]["text"]
-    assert (llm.context_params.type_k, llm.context_params.type_v) == (43, 43)
+    assert (llm.context_params.type_k, llm.context_params.type_v) == (GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0)
 
 
 def test_python_llama_rejects_bad_type_name():

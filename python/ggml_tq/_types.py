@@ -14,8 +14,11 @@ FP16_MAX = 65504.0
 FP16_OVERFLOW = 65520.0
 FP16_MAX_BITS = 0x7BFF
 
-GGML_TYPE_TQ4_0 = 43  # llama.cpp's next free ggml_type numbers
+# The ggml_type numbers of patches/0001 (ggml.h) and 0005 (gguf-py): Python takes them from here only,
+# and tests/test_types.py checks them against the patches.
+GGML_TYPE_TQ4_0 = 43       # llama.cpp's next free ggml_type numbers
 GGML_TYPE_TQ3_0 = 44
+GGML_TYPE_TQ_ROT_F32 = 45  # internal: the query rotated into the TQ domain, the vec_dot partner of both
 
 
 class TypeInfo(NamedTuple):
