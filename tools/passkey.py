@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Passkey retrieval at long context: does a quantized KV cache still find a number hidden in filler text?
+
+  .venv/bin/python tools/passkey.py                                   # SmolLM2-135M, 4k and 8k tokens
+  .venv/bin/python tools/passkey.py --model gemma3 --lengths 8192,16384
+  .venv/bin/python tools/passkey.py --caches f16,tq4_0/tq4_0 --depths 0.5 --trials 1   # quick look
+
+A five-digit passkey is stated once at a relative depth of a prompt of the given length (the classic filler of
+Mohtashami & Jaggi, "The grass is green. ..."), then asked for; greedy decoding must print it. Each cache
+configuration ("K/V" types, or one type for both) runs the same prompts through llama-cpp-python on the patched
+library (CPU, flash attention on). The verdict per configuration: it retrieves the passkey in every case where f16
+does (a small model also misses some with f16; those cases say nothing about the cache).
+
+Outputs: results/cpu/passkey-<model>.{md,json}.
+"""
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "python"))
+import quality  # noqa: E402  model paths, machine description
+from ggml_tq.llama import Llama  # noqa: E402
+
+INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize "
+         "it. I will quiz you about it afterwards.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+QUESTION = "\nWhat is the pass key? The pass key is"
+DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
+MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
+
+
+def prompt(llm, n_tokens, depth, key):
+    """INTRO, filler, the needle at `depth` (0..1) of the filler, filler, QUESTION: about n_tokens tokens."""
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    fixed = len(llm.tokenize((INTRO + needle + QUESTION).encode(), add_bos=True))
+    per = len(llm.tokenize(FILLER.encode(), add_bos=False))
+    n = max(1, (n_tokens - fixed) // per)
+    before = round(n*depth)
+    return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
+
+
+def run_cache(model, cache, lengths, depths, keys, threads):
+    k, _, v = cache.partition("/")
+    v = v or k
+    rows = []
+    for n in lengths:
+        llm = Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n + 64, n_batch=512, n_threads=threads,
+                    verbose=False)
+        for d in depths:
+            for key in keys:
+                text = prompt(llm, n, d, key)
+                t0 = time.time()
+                out = llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+                ok = str(key) in out
+                rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
+                                 n_prompt=len(llm.tokenize(text.encode(), add_bos=True)), seconds=time.time() - t0))
+                print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}",
+                      flush=True)
+        del llm
+    return rows
+
+
+def table(rows, caches, lengths, depths):
+    cells = [f"{n}@{d}" for n in lengths for d in depths]
+    hit = {}
+    for r in rows:
+        c = hit.setdefault((r["cache"], f"{r['length']}@{r['depth']}"), [0, 0])
+        c[0] += r["ok"]
+        c[1] += 1
+    base = {cell: hit[("f16", cell)][0] for cell in cells} if "f16" in caches else None
+    out = ["| cache | " + " | ".join(cells) + " | verdict |", "|---|" + "---:|"*len(cells) + "---|"]
+    for c in caches:
+        line = [f"{hit[(c, cell)][0]}/{hit[(c, cell)][1]}" for cell in cells]
+        verdict = ""
+        if base is not None and c != "f16":
+            worse = [cell for cell in cells if hit[(c, cell)][0] < base[cell]]
+            verdict = "PASS" if not worse else "FAIL (" + ", ".join(worse) + ")"
+        out.append(f"| {c} | " + " | ".join(line) + f" | {verdict} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a .gguf path")
+    ap.add_argument("--lengths", help="prompt lengths in tokens (default: 4096,8192 for smollm2, 8192 for gemma3)")
+    ap.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="relative positions of the passkey")
+    ap.add_argument("--caches", default=DEFAULT_CACHES, help="cache configurations: a type, or K/V types")
+    ap.add_argument("--trials", type=int, default=1, help="passkeys per length and depth")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written)")
+    a = ap.parse_args()
+    if a.model in MODELS:
+        default_lengths, find = MODELS[a.model]
+        model, name = find(), a.model
+    else:
+        default_lengths, model, name = "4096", Path(a.model), Path(a.model).stem
+        if not model.is_file():
+            raise SystemExit(f"model file not found: {model}")
+    lengths = [int(x) for x in (a.lengths or default_lengths).split(",")]
+    depths = [float(x) for x in a.depths.split(",")]
+    caches = a.caches.split(",")
+    for c in caches:
+        for t in c.split("/"):
+            if t not in quality.BITS and t not in ("f32", "bf16", "q4_1", "q5_0"):
+                raise SystemExit(f"unknown cache type {t!r} in {c!r}")
+    rng = random.Random(20261202)
+    keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
+    rows = []
+    for c in caches:
+        rows += run_cache(model, c, lengths, depths, keys, a.threads)
+    md = table(rows, caches, lengths, depths)
+    cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
+    out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    m = quality.machine()
+    head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {m['nproc']} cores of {m['cpu']}; cells: passkeys found "
+            f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
+    out.with_suffix(".md").write_text(head + md + "\n")
+    out.with_suffix(".json").write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m,
+                                                        rows=rows), indent=1) + "\n")
+    print(md)
+    print(f"wrote {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
