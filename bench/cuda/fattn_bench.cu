@@ -1,38 +1,40 @@
-// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-i8.cuh, the one ggml-cuda runs for TQ4_0 /
-// TQ3_0 K/V at head 128/256) alone, without ggml: checks it against the same int8 arithmetic in doubles
-// (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
+// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-mma-i8.cuh, the one ggml-cuda runs for TQ4_0 /
+// TQ3_0 K/V at head 128/256) with its merge, alone, without ggml: checks it against the same int8 arithmetic in
+// doubles (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
 // (tq-ref.c); times it with CUDA events at the contexts of dev/gpu/cuda_device.sh. Built and run on the GPU
 // machine by `dev/gpu/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build (what it
-// measured: docs/cuda.md). Cases the kernel does not take (other types, head 64, layouts) are
-// counted, not run: ggml-cuda gives those to tq-fattn.cu.
+// measured: docs/cuda.md). Cases the kernel does not take (other types, head 64, layouts) are counted, not run:
+// ggml-cuda gives those to tq-fattn-mma-f16.cuh. common.cuh beside this file stands in for ggml-cuda's (its
+// early launch included).
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
 //   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape,
 //                                  K/V read from memory (cold) and from one copy launched back to back (hot)
 //   fattn_bench once T n_kv minb   five launches of one shape, for ncu (dev/gpu/cuda_device.sh faprof)
-// -DTQ_I8_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
-// without it, only what ggml-cuda builds (TQ_I8_MINB)
-#include "tq-fattn-i8.cuh"
+// -DFAB_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
+// without it, only what ggml-cuda builds (TQ_FA_I8_MINB)
+#include "tq-fattn-mma-i8.cuh"
 
 #include <vector>
 
-#ifdef TQ_I8_ALL_MINB
+#ifdef FAB_ALL_MINB
 static const std::vector<int> all_minb = {2, 3, 4};
 #else
-static const std::vector<int> all_minb = {TQ_I8_MINB};
+static const std::vector<int> all_minb = {TQ_FA_I8_MINB};
 #endif
 
-using namespace tq_i8;
+static tq_fa_i8_kernel_t select_kernel(int D, ggml_type tk, ggml_type tv, int minb) {
+#ifdef FAB_ALL_MINB
+    if (minb == 2) return tq_fa_i8_select<2>(D, tk, tv);
+    if (minb == 4) return tq_fa_i8_select<4>(D, tk, tv);
+#endif
+    (void) minb;
+    return tq_fa_i8_select(D, tk, tv);
+}
 
-// max |gpu - ref| / rms(ref) allowed. A kernel that scores in int8 (TQ_I8_SCORES_INT8) is checked against
-// int8_reference, the same arithmetic in doubles: what is left is its f16 P and ex2.approx.
-#ifndef TQ_FA_CHECK_TOL
-#ifdef TQ_I8_SCORES_INT8
+// max |gpu - ref| / rms(ref) allowed against int8_reference, the kernel's own arithmetic in doubles: what is
+// left is its f16 P and ex2.approx
 #define TQ_FA_CHECK_TOL 5e-3
-#else
-#define TQ_FA_CHECK_TOL 2e-2
-#endif
-#endif
 
 #include <cmath>
 #include <cstdio>
@@ -52,8 +54,8 @@ struct fa_case {
 static size_t block_bytes(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0); }
 
 static void dequant_row(ggml_type t, const void * x, float * y, int D) {
-    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0((const block_tq4_0 *) x, y, D);
-    else                      dequantize_row_tq3_0((const block_tq3_0 *) x, y, D);
+    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0_ref((const block_tq4_0 *) x, y, D);
+    else                      dequantize_row_tq3_0_ref((const block_tq3_0 *) x, y, D);
 }
 
 struct fa_data {
@@ -65,8 +67,9 @@ struct fa_data {
     std::vector<float> sinks;
     char *dK = nullptr, *dV = nullptr, *dQ = nullptr, *dM = nullptr;
     float *dS = nullptr, *dO = nullptr, *dP = nullptr;
-    tq_fa_params p = {};
-    tq_fa_kernel k = {};
+    float2 *dMeta = nullptr;
+    tq_fa_i8_params p = {};
+    tq_fa_i8_kernel_t k = nullptr;
 };
 
 static uint16_t f2h(float f) { __half h = __float2half(f); uint16_t u; memcpy(&u, &h, 2); return u; }
@@ -117,36 +120,38 @@ static bool setup(fa_data & f, const fa_case & c, int max_blocks, int nsm, int m
     CK(cudaMalloc(&f.dS, n_head*4)); CK(cudaMemcpy(f.dS, f.sinks.data(), n_head*4, cudaMemcpyHostToDevice));
     CK(cudaMalloc(&f.dO, (size_t) c.n_q*n_head*c.D*4));
 
-    tq_fa_params & p = f.p;
+    tq_fa_i8_params & p = f.p;
     p.Q = f.dQ; p.K = f.dK; p.V = f.dV; p.mask = c.mask ? f.dM : nullptr;
     p.sinks = c.sinks ? f.dS : nullptr; p.dst = f.dO;
     p.scale = 1.0f/sqrtf((float) c.D); p.max_bias = 0.0f; p.m0 = p.m1 = 1.0f; p.logit_softcap = c.softcap;
     p.n_head = n_head; p.n_head_log2 = 1;
     p.n_q = c.n_q; p.n_seq = 1; p.n_kv = c.n_kv; p.n_head_kv = c.n_head_kv; p.gqa = c.gqa;
-    p.G = std::min(c.gqa, TQ_I8_MAX_G);
+    p.G = std::min(c.gqa, TQ_FA_MAX_G);
     while (c.gqa % p.G) p.G--;
     p.n_groups = c.gqa/p.G;
     p.nbq1 = (int64_t) n_head*c.D*4; p.nbq2 = c.D*4; p.nbq3 = p.nbq1*c.n_q;
     p.nbk1 = (int64_t) c.n_head_kv*f.rowK; p.nbk2 = f.rowK; p.nbk3 = p.nbk1*c.n_kv;
     p.nbv1 = (int64_t) c.n_head_kv*f.rowV; p.nbv2 = f.rowV; p.nbv3 = p.nbv1*c.n_kv;
     p.nbm1 = (int64_t) c.n_kv*2; p.nbm3 = p.nbm1*c.n_q; p.mask_ne3 = 1;
-    f.k = tq_fa_select(c.D, c.tk, c.tv, minb);
-    if (!f.k.fn || !tq_fa_layout(p, c.D, c.tk, c.tv)) {
+    f.k = select_kernel(c.D, c.tk, c.tv, minb);
+    if (!f.k || !tq_fa_i8_layout(p, c.D, c.tk, c.tv)) {
         return false;
     }
-    tq_fa_plan(p, tq_fa_slots(f.k, p, nsm), max_blocks);
+    tq_fa_i8_plan(p, tq_fa_i8_slots(f.k, p, nsm), max_blocks);
     if (p.n_blocks > 1) {
-        CK(cudaMalloc(&f.dP, tq_fa_partials_floats(p, c.D)*4));
+        CK(cudaMalloc(&f.dP, tq_fa_part_rows(p, p.n_blocks)*c.D*sizeof(float)));
+        CK(cudaMalloc(&f.dMeta, tq_fa_part_rows(p, p.n_blocks)*sizeof(float2)));
     }
-    p.partials = f.dP;
+    p.parts = f.dP;
+    p.meta  = f.dMeta;
     return true;
 }
 
 static void release(fa_data & f) {
-    cudaFree(f.dK); cudaFree(f.dV); cudaFree(f.dQ); cudaFree(f.dM); cudaFree(f.dS); cudaFree(f.dO); cudaFree(f.dP);
+    cudaFree(f.dK); cudaFree(f.dV); cudaFree(f.dQ); cudaFree(f.dM); cudaFree(f.dS); cudaFree(f.dO); cudaFree(f.dP); cudaFree(f.dMeta);
 }
 
-// The 64-point Walsh-Hadamard transform in place (Sylvester order, unscaled), as the kernels' tq_fa_fwht64
+// The 64-point Walsh-Hadamard transform in place (Sylvester order, unscaled), as the kernels' tq_cuda_fwht64_warp
 static void fwht64(double * x) {
     for (int h = 1; h < 64; h <<= 1) {
         for (int i = 0; i < 64; ++i) {
@@ -179,7 +184,6 @@ static double softmax_row(const fa_data & f, int i, int h, std::vector<double> &
     return L;
 }
 
-#ifdef TQ_I8_SCORES_INT8
 // What a kernel that scores in int8 computes, in the rotated domain: Q rotated, scaled and rounded to int8
 // per block of 64 (scale amax/127), the centroids rounded to int8 (scale tq_i8_fmt<type>::SK), the output
 // rotated back. The kernel must match this to f16 rounding (its P) and ex2.approx.
@@ -256,13 +260,12 @@ static void int8_reference(const fa_data & f, std::vector<double> & ref) {
         }
     }
 }
-#endif
 
-// max |gpu - ref| / rms(ref) over all outputs; with an int8 kernel, *err_exact gets the same against exact
-// attention over the dequantized K/V while the return value is against int8_reference
+// max |gpu - ref| / rms(ref) over all outputs against int8_reference; *err_exact gets the same against exact
+// attention over the dequantized K/V
 static double check(fa_data & f, double * err_exact) {
     const fa_case & c = f.c;
-    tq_fa_launch(f.p, f.k, c.D, 0);
+    tq_fa_i8_launch(f.p, f.k, c.D, 0);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     const int n_head = c.n_head_kv*c.gqa;
@@ -303,7 +306,6 @@ static double check(fa_data & f, double * err_exact) {
         }
     }
     *err_exact = max_err/sqrt(sum_sq/out.size());
-#ifdef TQ_I8_SCORES_INT8
     std::vector<double> ref8;
     int8_reference(f, ref8);
     double max8 = 0.0, sq8 = 0.0;
@@ -312,9 +314,6 @@ static double check(fa_data & f, double * err_exact) {
         sq8 += ref8[j]*ref8[j];
     }
     return max8/sqrt(sq8/out.size());
-#else
-    return *err_exact;
-#endif
 }
 
 static const char * tname(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0"; }
@@ -387,7 +386,7 @@ int main(int argc, char ** argv) {
             fprintf(stderr, "the kernel does not take %s\n", tname(tt));
             return 1;
         }
-        for (int i = 0; i < 5; ++i) tq_fa_launch(f.p, f.k, 128, 0);
+        for (int i = 0; i < 5; ++i) tq_fa_i8_launch(f.p, f.k, 128, 0);
         CK(cudaDeviceSynchronize());
         release(f);
         return 0;
@@ -421,10 +420,10 @@ int main(int argc, char ** argv) {
                 }
                 const int iters = n_kv >= 32768 ? 200 : 1000;
                 for (int sets : {n_sets, 1}) {
-                    tq_fa_params p = f.p;
+                    tq_fa_i8_params p = f.p;
                     auto launch = [&](int i) {
                         p.K = dK[i % sets]; p.V = dV[i % sets];
-                        tq_fa_launch(p, f.k, 128, 0);
+                        tq_fa_i8_launch(p, f.k, 128, 0);
                     };
                     for (int i = 0; i < 20; ++i) launch(i);
                     CK(cudaDeviceSynchronize());

@@ -3,10 +3,11 @@
 // lane l holding elements l and l + 32: loads and stores of a block are contiguous across the warp
 // (coalesced), and no thread keeps an array (no local memory).
 //
-// Only ggml.h's tensor struct and GGML_ASSERT are used from ggml: tests/cuda/test-tq-cuda.cu links
-// this file without libggml.
+// From ggml: ggml.h's tensor struct and GGML_ASSERT, and common.cuh's early launch and fastdiv. tests/cuda/
+// test-tq-cuda.cu links this file without libggml and stands in for the functions those call.
+#include "common.cuh"
+#include "tq-common.cuh"
 #include "tq-cuda.h"
-#include "tq-cuda.cuh"
 
 #include <cuda_bf16.h>
 
@@ -43,26 +44,6 @@ static __device__ __forceinline__ int64_t tq_cuda_offset(const tq_cuda_layout & 
     return i0*l.nb0 + i1*l.nb1 + i2*l.nb2 + i3*l.nb3;
 }
 
-// Division by a runtime constant below 2^31 as a multiply and a shift (ggml-cuda's fastdiv): the per-block
-// index arithmetic of the non-contiguous conversion is otherwise most of its integer work.
-struct tq_cuda_fastdiv {
-    uint32_t mp, shift, d;
-};
-
-static tq_cuda_fastdiv tq_cuda_fastdiv_init(uint32_t d) {
-    uint32_t shift = 0;
-    while (shift < 32 && (uint64_t(1) << shift) < d) {
-        ++shift;
-    }
-    const uint32_t mp = (uint32_t) (((uint64_t(1) << 32)*((uint64_t(1) << shift) - d))/d + 1);
-    return { mp, shift, d };
-}
-
-// n / d for n < 2^31 (the remainder is n - (n / d)*d)
-static __device__ __forceinline__ uint32_t tq_cuda_div(uint32_t n, const tq_cuda_fastdiv & f) {
-    return (__umulhi(n, f.mp) + n) >> f.shift;
-}
-
 // Warps of the grid: a grid-stride loop over blocks, the loop bound warp-uniform (full-mask shuffles inside).
 #define TQ_CUDA_FOR_EACH_WARP(g, n)                                                                 \
     for (int64_t g = ((int64_t) blockIdx.x*blockDim.x + threadIdx.x) / TQ_CUDA_WARP; g < (n);     \
@@ -96,7 +77,7 @@ static bool tq_cuda_is_float_type(enum ggml_type type) {
 // SET_ROWS: block ib of row i01 of src0[:, :, i02, i03] goes to row src1[i01, i02 % ne11, i03 % ne12] of dst.
 template <int bits, typename src_t, typename idx_t>
 static __global__ void
-k_tq_set_rows(const char * src0, const char * src1, char * dst, // no __restrict__ under PDL: tq-fattn-i8.cuh's merge
+k_tq_set_rows(const char * src0, const char * src1, char * dst, // no __restrict__: launched early (GGML_CUDA_RESTRICT)
               const int64_t nblocks, const int64_t nbr, const int64_t ne01, const int64_t ne02,
               const int64_t nb01, const int64_t nb02, const int64_t nb03,
               const int64_t ne11, const int64_t ne12, const int64_t nb10, const int64_t nb11, const int64_t nb12,
@@ -104,8 +85,8 @@ k_tq_set_rows(const char * src0, const char * src1, char * dst, // no __restrict
     typedef typename tq_cuda_type<bits>::block block_t;
     const int   lane = threadIdx.x % TQ_CUDA_WARP;
     const float cb   = tq_cuda_codebook_lane<bits>(lane);
-    tq_pdl_wait(); // launched early (tq_cuda_launch): the row being written and its indices come from the kernels before
-    tq_pdl_trigger();
+    ggml_cuda_pdl_sync(); // launched early (ggml_cuda_kernel_launch): the row and its indices come from the kernels before
+    ggml_cuda_pdl_lc();
 
     TQ_CUDA_FOR_EACH_WARP(g, nblocks) {
         int64_t t = g;
@@ -124,7 +105,8 @@ k_tq_set_rows(const char * src0, const char * src1, char * dst, // no __restrict
 }
 
 // Dequantization to a contiguous output: block g of the output comes from block ib of row (i01, i02, i03)
-// of x (byte strides nb01..nb03), or from block g of x when it is contiguous. A warp takes TQ_CUDA_DEQ_BLOCKS
+// of x (byte strides nb01..nb03), or from block g of x when it is contiguous; index_t uint3 divides by
+// fastdiv (below 2^31 blocks), else by int64_t. A warp takes TQ_CUDA_DEQ_BLOCKS
 // consecutive blocks and loads them all before decoding: one block alone leaves a warp waiting on memory.
 #define TQ_CUDA_DEQ_BLOCKS 4
 template <int bits, bool contiguous, typename index_t, typename dst_t>
@@ -146,11 +128,11 @@ k_tq_dequantize(const char * __restrict__ x, dst_t * __restrict__ y, const int64
                 const block_t * b;
                 if constexpr (contiguous) {
                     b = (const block_t *) x + g;
-                } else if constexpr (std::is_same_v<index_t, tq_cuda_fastdiv>) {
+                } else if constexpr (std::is_same_v<index_t, uint3>) {
                     uint32_t t = (uint32_t) g;
-                    uint32_t q = tq_cuda_div(t, nbr);  const uint32_t ib  = t - q*nbr.d;  t = q;
-                    q          = tq_cuda_div(t, ne01); const uint32_t i01 = t - q*ne01.d; t = q;
-                    q          = tq_cuda_div(t, ne02); const uint32_t i02 = t - q*ne02.d;
+                    uint32_t q = fastdiv(t, nbr);  const uint32_t ib  = t - q*nbr.z;  t = q;
+                    q          = fastdiv(t, ne01); const uint32_t i01 = t - q*ne01.z; t = q;
+                    q          = fastdiv(t, ne02); const uint32_t i02 = t - q*ne02.z;
                     b = (const block_t *) (x + i01*nb01 + i02*nb02 + q*nb03) + ib;
                 } else {
                     index_t t = g;
@@ -278,7 +260,7 @@ static void tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1,
     if (nblocks == 0 || src1->ne[1] == 0 || src1->ne[2] == 0) {
         return;
     }
-    tq_cuda_launch(k_tq_set_rows<bits, src_t, idx_t>, tq_cuda_grid(nblocks), TQ_CUDA_THREADS, 0, stream,
+    ggml_cuda_kernel_launch(k_tq_set_rows<bits, src_t, idx_t>, {tq_cuda_grid(nblocks), dim3(TQ_CUDA_THREADS), 0, stream},
         (const char *) src0->data, (const char *) src1->data, (char *) dst->data,
         nblocks, nbr, src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
         src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],
@@ -413,9 +395,9 @@ static void tq_cuda_to_float_nc(const void * x, dst_t * y, int64_t ne00, int64_t
     const int64_t nb01 = s01*sizeof(block_t), nb02 = s02*sizeof(block_t), nb03 = s03*sizeof(block_t);
     const dim3 grid = tq_cuda_grid((nblocks + TQ_CUDA_DEQ_BLOCKS - 1)/TQ_CUDA_DEQ_BLOCKS);
     if (nblocks < INT32_MAX) {
-        k_tq_dequantize<bits, false, tq_cuda_fastdiv, dst_t><<<grid, TQ_CUDA_THREADS, 0, stream>>>(
-            (const char *) x, y, nblocks, tq_cuda_fastdiv_init((uint32_t) nbr), tq_cuda_fastdiv_init((uint32_t) ne01),
-            tq_cuda_fastdiv_init((uint32_t) ne02), nb01, nb02, nb03);
+        k_tq_dequantize<bits, false, uint3, dst_t><<<grid, TQ_CUDA_THREADS, 0, stream>>>(
+            (const char *) x, y, nblocks, init_fastdiv_values(nbr), init_fastdiv_values(ne01), init_fastdiv_values(ne02),
+            nb01, nb02, nb03);
     } else {
         k_tq_dequantize<bits, false, int64_t, dst_t><<<grid, TQ_CUDA_THREADS, 0, stream>>>(
             (const char *) x, y, nblocks, nbr, ne01, ne02, nb01, nb02, nb03);

@@ -1,15 +1,16 @@
 // ROPE + VIEW + SET_ROWS into a TQ4_0 / TQ3_0 cache in one kernel: the K write of a decode step, which
 // ggml-cuda fuses the same way for f16/f32 caches (rope.cu's row_indices / set_rows_stride). Unfused, the
-// roped row goes to memory as f32 and a second launch quantizes it; at depth 0 those two launches are a
-// tenth of a layer's time (ggml-tq/cuda/NOTES.md).
+// roped row goes to memory as f32 and a second launch quantizes it: at short context two launches of that
+// size are a visible part of a layer's time.
 //
 // Included by ggml-cuda's rope.cu, which supplies the angles (angle_t: cos and sin of rotation pair iw at
 // position pos, computed by its rope_yarn), so that the rotated values are the unfused rope's and the rope's
-// arithmetic stays in one place. The quantization is tq-cuda.cuh's, byte-identical to the CPU reference for
+// arithmetic stays in one place. The quantization is tq-common.cuh's, byte-identical to the CPU reference for
 // the same input.
 #pragma once
 
-#include "tq-cuda.cuh"
+#include "common.cuh"
+#include "tq-common.cuh"
 #include "tq-cuda.h"
 
 // rope's src0 [D, heads, tokens] (f32, strides in elements), its rotation window, and the cache rows
@@ -60,8 +61,8 @@ static __device__ __forceinline__ float tq_rope_element(const float * x, const i
 template <int bits, bool neox, typename angle_t>
 static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t angle) {
     typedef typename tq_cuda_type<bits>::block block_t;
-    tq_pdl_wait(); // launched early (tq_cuda_launch): K comes from the kernels before
-    tq_pdl_trigger();
+    ggml_cuda_pdl_sync(); // launched early (ggml_cuda_kernel_launch): K comes from the kernels before
+    ggml_cuda_pdl_lc();
     const int lane = threadIdx.x % 32;
     const int nbr  = r.D/QK_TQ;
     const int64_t w = ((int64_t) blockIdx.x*blockDim.x + threadIdx.x)/32;
@@ -90,7 +91,8 @@ static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_t
     }
     const int threads = 128;
     const dim3 grid((unsigned) ((nwarps*32 + threads - 1)/threads));
-#define TQ_ROPE_LAUNCH(bits, nx) tq_cuda_launch(k_tq_rope_set_rows<bits, nx, angle_t>, grid, threads, 0, stream, r, angle)
+    const ggml_cuda_kernel_launch_params launch(grid, dim3(threads), 0, stream);
+#define TQ_ROPE_LAUNCH(bits, nx) ggml_cuda_kernel_launch(k_tq_rope_set_rows<bits, nx, angle_t>, launch, r, angle)
     if (cache_type == GGML_TYPE_TQ4_0) {
         if (neox) { TQ_ROPE_LAUNCH(4, true); } else { TQ_ROPE_LAUNCH(4, false); }
     } else {

@@ -1,5 +1,6 @@
-// ggml-tq CUDA device helpers: header-only, included by tq-cuda.cu (cache writes, reads, conversions)
-// and by the flash-attention kernels.
+// ggml-tq CUDA device helpers, as ggml-cuda's common.cuh is for its kernels: the codebook tables, the 64-point
+// Walsh-Hadamard transform of a block held by a warp, and the quantization and dequantization of one block.
+// Included by tq-cuda.cu (cache writes, reads, conversions), tq-rope.cuh and the flash-attention kernels.
 //
 // Layout of a block in a warp: lane l holds elements l ("lo") and l + 32 ("hi") of a 64-value block.
 // The 64-point Walsh-Hadamard transform then runs its stages h = 1..16 across lanes (__shfl_xor_sync(h))
@@ -22,7 +23,6 @@
 
 #include "ggml-tq.h"
 #include "tq-codebook.h"
-#include "tq-pdl.cuh"
 
 #define TQ_CUDA_FULL_MASK 0xffffffffu
 
@@ -177,9 +177,7 @@ static __device__ __forceinline__ float tq_cuda_warp_max(float v) {
 // Sum of the 64 values in element order 0, 1, ..., 63 (lo of lanes 0..31, then hi), one rounding per
 // addition as in the reference's loop; every lane gets the result. A tree reduction would round
 // differently and change a quantized byte now and then. The values go through shared memory and every lane
-// adds all 64 (broadcast reads): the chain is 64 dependent additions. (With a shuffle before each addition,
-// SET_ROWS of one token took 5 us on the H100, results/cuda/2026-11-25/prof-d0.txt; with this one 4.9 us,
-// results/cuda/2026-11-26/logs/prof-tq4_0-d0.csv: the chain is not the sums alone.)
+// adds all 64 (broadcast reads): the chain is 64 dependent additions, with no shuffle between them.
 // Blocks of up to 32 warps, one-dimensional.
 static __device__ __forceinline__ float tq_cuda_warp_sum_ordered(float lo, float hi) {
     __shared__ float4 tq_cuda_sum_scratch[32][QK_TQ/4];

@@ -1,64 +1,25 @@
-// Flash-attention decode over TQ4_0 / TQ3_0 K and V that scores on the int8 tensor cores: the kernel ggml-cuda
-// runs for TQ K/V at head 128 and 256 when the cache layout allows (tq_fa_layout); tq-fattn.cu takes the rest.
-// Also built alone, without ggml-cuda, by bench/cuda/fattn_bench.cu (checks and timings).
+// Flash-attention decode over TQ4_0 / TQ3_0 K and V that scores on the int8 tensor cores: the kernel tq-fattn.cu
+// runs for TQ K/V at head 128 and 256 from TQ_FA_I8_MIN_KV keys on, when the cache layout allows
+// (tq_fa_i8_layout); tq-fattn-mma-f16.cuh takes the rest. bench/cuda/fattn_bench.cu builds it alone, without
+// ggml-cuda, for checks and timings.
 //
 // Its block structure: a block is the GQA groups of hb KV heads over one key range; whole token rows (a
-// token's heads side by side in the cache) stream through a ring of shared-memory tiles with cp.async; a
-// merge kernel combines the key ranges (flash-decoding). Its inner loop, and why: below ("v7").
-// ggml-tq/cuda/NOTES.md has the versions before it and their times.
+// token's heads side by side in the cache) stream through a ring of shared-memory tiles with cp.async;
+// tq_fattn_combine merges the key ranges (flash-decoding). Its inner loop, and why: below.
 #pragma once
 
-#define TQ_I8_SCORES_INT8 1 // fattn_bench: check against int8_reference
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "tq-fattn-common.cuh"
 
 #include <algorithm>
 #include <type_traits>
 
-#include "ggml.h"
-#include "ggml-tq.h"
-#include "tq-codebook.h"
-#include "tq-pdl.cuh"
-
-namespace tq_i8 {
-
-#define TQ_I8_WARPS   4   // warps per block at most: one per KV head and query group
-#define TQ_I8_TILE    16  // keys per mma tile: the k dimension of the P.V mma
-#ifndef TQ_I8_SUB
-#define TQ_I8_SUB     2   // mma tiles per iteration: one barrier, one softmax reduction, one rescale of O for both
-#endif
-#define TQ_I8_KT      (TQ_I8_SUB*TQ_I8_TILE) // keys per iteration and per shared-memory stage
-#define TQ_I8_MAX_G   8   // query heads per warp: rows 0..7 of the m16 tile
-#ifndef TQ_I8_MIN_TILES
+#define TQ_I8_WARPS     4  // warps per block at most: one per KV head and query group
+#define TQ_I8_TILE      16 // keys per mma tile: the k dimension of the P.V mma
+#define TQ_I8_SUB       2  // mma tiles per iteration: one barrier, one softmax reduction, one rescale of O for both
+#define TQ_I8_KT        (TQ_I8_SUB*TQ_I8_TILE) // keys per iteration and per shared-memory stage
 #define TQ_I8_MIN_TILES 2  // a block's key range is at least this many stages: few keys spread over more blocks
-#endif
-
-static __constant__ float tq_fa_signs[QK_TQ] = TQ_SIGNS_INIT;
-
-static constexpr unsigned TQ_I8_FULL = 0xffffffffu;
 
 // ---- helpers ----------------------------------------------------------------------------------------
-
-// The 64-point Walsh-Hadamard transform of one block held by a warp, lane l owning elements l and l+32.
-// Same stages and operand order as tq-ref.c's tq_fwht64.
-static __device__ __forceinline__ void tq_fa_fwht64(float & v0, float & v1) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int h = 1; h < 32; h <<= 1) {
-        const float p0 = __shfl_xor_sync(TQ_I8_FULL, v0, h);
-        const float p1 = __shfl_xor_sync(TQ_I8_FULL, v1, h);
-        if (lane & h) {
-            v0 = p0 - v0;
-            v1 = p1 - v1;
-        } else {
-            v0 = v0 + p0;
-            v1 = v1 + p1;
-        }
-    }
-    const float a = v0;
-    v0 = a + v1;
-    v1 = a - v1;
-}
 
 static __device__ __forceinline__ void tq_fa_cp_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -74,25 +35,9 @@ template <int N> static __device__ __forceinline__ void tq_fa_cp_wait() {
 
 // ---- parameters ----------------------------------------------------------------------------------------
 
-// What both decode kernels (this one and tq-fattn.cu's) take from a FLASH_ATTN_EXT node: the tensors, the
-// softmax's scale, ALiBi and softcap, the shape (G query heads per warp, in n_groups groups per KV head) and
-// the byte strides.
-struct tq_fa_attn {
-    const char * Q; const char * K; const char * V; const char * mask;
-    float scale, max_bias, m0, m1, logit_softcap;
-    uint32_t n_head_log2;
-    int n_q, n_head, n_kv, n_head_kv, gqa, G, n_groups;
-    int64_t nbq1, nbq2, nbq3;
-    int64_t nbk1, nbk2, nbk3;
-    int64_t nbv1, nbv2, nbv3;
-    int64_t nbm1, nbm3; int mask_ne3;
-};
-
-struct tq_fa_params : tq_fa_attn {
-    float * partials;                  // [z][head][block] (M, L) pairs, then the rows of O: tq_fa_o_offset
-    const float * sinks;               // per head, or null
-    float * dst;                       // [z][head][D]
-    int n_seq;
+// The node's (tq_fa_params), and how this kernel lays it out (tq_fa_i8_layout, tq_fa_i8_plan). A block's key
+// range is one part of tq_fattn_combine's layout.
+struct tq_fa_i8_params : tq_fa_params {
     int hb;                            // KV heads per block: a block's warps are its heads x groups
     int n_blocks, keys_per_block;      // key split: blocks per row, keys per block (a multiple of TQ_I8_KT)
     int cp_bytes;                      // cp.async size: 16, 8 or 4, what the addresses allow
@@ -101,23 +46,8 @@ struct tq_fa_params : tq_fa_attn {
     int smem;                          // dynamic shared memory of the decode kernel
 };
 
-static __device__ __forceinline__ float tq_fa_slope(const tq_fa_attn & p, int h) {
-    if (p.max_bias <= 0.0f) {
-        return 1.0f;
-    }
-    return h < (int) p.n_head_log2 ? powf(p.m0, h + 1) : powf(p.m1, 2*(h - (int) p.n_head_log2) + 1);
-}
-
 // The last step of a row, in a warp: O (rotated; lane l holds elements l and l+32 of block b in o_rot[b])
-// times 1/L, rotated back (the transform is its own inverse up to the 1/8 scale, then the signs).
-// One block of it: out[0..63] from elements v0 = lane, v1 = lane + 32.
-static __device__ __forceinline__ void tq_fa_write_block(float * out, float v0, float v1, float inv_L) {
-    const int lane = threadIdx.x & 31;
-    tq_fa_fwht64(v0, v1);
-    out[lane]      = v0*0.125f*tq_fa_signs[lane]*inv_L;
-    out[lane + 32] = v1*0.125f*tq_fa_signs[lane + 32]*inv_L;
-}
-
+// times 1/L, rotated back.
 template <int D>
 static __device__ __forceinline__ void tq_fa_write_row(float * out, const float (&o_rot)[D/QK_TQ][2], float inv_L) {
 #pragma unroll
@@ -151,15 +81,15 @@ static __device__ __forceinline__ void tq_fa_cp_to(uint32_t d, const void * src,
 #define TQ_I8_MASK_BYTES ((2*TQ_I8_KT + 4 + 15)/16*16) // KT halves from the 4-byte word below the first
 
 // Stages of the ring: STAGES - 1 in flight while one is scored. Head 256 with 32-key stages keeps 2, so that
-// three blocks still fit an SM's shared memory (the occupancy its registers are cut for, TQ_I8_MINB).
+// three blocks still fit an SM's shared memory (the occupancy its registers are cut for, TQ_FA_I8_MINB).
 static constexpr __host__ __device__ int tq_fa_stages(int D) {
     return TQ_I8_KT > 16 && D > 128 ? 2 : 3;
 }
 
-// ---- v7: int8 tensor cores for S, V^T P^T for O ------------------------------------------------------
+// ---- the inner loop: int8 tensor cores for S, V^T P^T for O ---------------------------------------------
 //
-// Per warp and 16-key tile the work is the lookups of 2 x 16 x D indices; v6 spent about 1300 instructions on
-// it (a shuffle per index, then the per-index glue). Here:
+// Per warp and 16-key tile the work is the lookups of 2 x 16 x D indices: with a shuffle per index and the
+// per-index glue, about 1300 instructions. Here:
 //   - a byte permute looks up 4 indices at once in a table held in registers (TQ4_0: 16 bytes, tq_fa_lut16,
 //     11 instructions per 8 indices; TQ3_0: 8 bytes, tq_fa_lut8, 6 per 8), the table int8: K's centroids times
 //     a scale near 127/max|c|; Q quantized to int8 per block of 64, so S = K Q^T runs on the int8 tensor cores
@@ -175,7 +105,7 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 // TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
 //
 // Takes: head 128 or 256 (blocks in pairs), TQ4_0 or TQ3_0 K and V (any pair), rows 4-byte aligned, heads side
-// by side in a key's row (tq_fa_layout says which); anything else stays with tq-fattn.cu's kernel.
+// by side in a key's row (tq_fa_i8_layout says which); anything else stays with tq-fattn-mma-f16.cuh.
 
 static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
     uint32_t d;
@@ -260,30 +190,6 @@ static __device__ __forceinline__ uint32_t tq_fa_word_even(const uint8_t * pair,
 static __device__ __forceinline__ void tq_fa_even_word(int widx, int & off, uint32_t & sel) {
     off = widx < 7 ? 4*(widx + 1) : 0;
     sel = widx < 7 ? 0x3210u : 0x5432u;
-}
-
-// D(16x8, s32) += A(16x32, s8) * B(32x8, s8)
-static __device__ __forceinline__ void tq_fa_mma_s8(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    (void) c; (void) a0; (void) a1; (void) a2; (void) a3; (void) b0; (void) b1;
-    __trap();
-#endif
-}
-
-// D(16x8, f32) += A(16x16, f16) * B(16x8, f16)
-static __device__ __forceinline__ void tq_fa_mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    (void) c; (void) a0; (void) a1; (void) a2; (void) a3; (void) b0; (void) b1;
-    __trap();
-#endif
 }
 
 // the transpose of an 8x8 f16 matrix in the mma fragment layout (lane 4i + j holds row i, columns 2j, 2j+1)
@@ -448,7 +354,7 @@ static __device__ __forceinline__ uint32_t tq_fa_unbias(uint32_t x) {
 // The last step of a row from its (M, L, O) over all keys (M in natural-log units): the sink, 1/L, rotated back.
 // o: lane's elements lane and lane + 32 of each 64-block.
 template <int D>
-static __device__ __forceinline__ void tq_fa_finish_row(const tq_fa_params & p, int z, int hq, float M, float L, float (&o)[D/QK_TQ][2]) {
+static __device__ __forceinline__ void tq_fa_finish_row(const tq_fa_i8_params & p, int z, int hq, float M, float L, float (&o)[D/QK_TQ][2]) {
     if (p.sinks && M != -INFINITY) {
         const float sink = p.sinks[hq];
         const float Mn = fmaxf(M, sink);
@@ -463,20 +369,14 @@ static __device__ __forceinline__ void tq_fa_finish_row(const tq_fa_params & p, 
     tq_fa_write_row<D>(p.dst + ((int64_t) z*p.n_head + hq)*D, o, L == 0.0f ? 0.0f : 1.0f/L);
 }
 
-// The partial results of a key split, n = rows x heads x blocks of them: (M, L) pairs, then from a 16-byte
-// boundary the rows of O (D floats each, rotated), so that the merge reads O in float4.
-static __host__ __device__ __forceinline__ int64_t tq_fa_o_offset(int64_t n) {
-    return (2*n + 3)/4*4;
-}
-
 // grid: x = key range (block), y = group of hb KV heads, z = query row + n_q * sequence. Warp w of the block
 // takes KV head blockIdx.y*hb + w/n_groups, query heads of group w%n_groups: G columns of the n8 tile.
 template <int D, ggml_type type_K, ggml_type type_V, int MINB>
 __launch_bounds__(TQ_I8_WARPS*32, MINB)
-static __global__ void tq_fattn_decode(const tq_fa_params p) {
-    static_assert(D % (2*QK_TQ) == 0, "v7 takes blocks in pairs");
-    tq_pdl_wait(); // launched early (tq_cuda_launch_fn): Q, K and V come from the kernels before
-    tq_pdl_trigger();
+static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
+    static_assert(D % (2*QK_TQ) == 0, "the kernel takes blocks in pairs");
+    ggml_cuda_pdl_sync(); // launched early (ggml_cuda_kernel_launch): Q, K and V come from the kernels before
+    ggml_cuda_pdl_lc();
     typedef tq_i8_fmt<type_K> fK;
     typedef tq_i8_fmt<type_V> fV;
     constexpr int NB = D/QK_TQ, NP = NB/2;
@@ -503,16 +403,16 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     const int n_tiles = (k_end - k_begin + TQ_I8_KT - 1)/TQ_I8_KT; // iterations of KT keys
     constexpr int STAGES = tq_fa_stages(D);
 
-    // rows start on a word here (tq_fa_layout)
+    // rows start on a word here (tq_fa_i8_layout)
     const char * Ks = p.K + kv0*p.nbk2 + seq*p.nbk3;
     const char * Vs = p.V + kv0*p.nbv2 + seq*p.nbv3;
-    const int endK = p.hb*row_K, endV = p.hb*row_V; // multiples of the copy size (tq_fa_layout)
+    const int endK = p.hb*row_K, endV = p.hb*row_V; // multiples of the copy size (tq_fa_i8_layout)
     const char * mrow = p.mask ? p.mask + iq*p.nbm1 + (seq % p.mask_ne3)*p.nbm3 : nullptr;
     const int offM = (int) ((uintptr_t) mrow & 3);
     const int stage_bytes = TQ_I8_KT*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES;
 
     // Copies tile `tile` into stage `st`: warp w copies rows w, w + nwarps, ... of K and V. A row pair (the
-    // block's heads of K, then of V) is nch chunks of cb = 16 or 8 bytes (tq_fa_layout: at most 32*SLOTS);
+    // block's heads of K, then of V) is nch chunks of cb = 16 or 8 bytes (tq_fa_i8_layout: at most 32*SLOTS);
     // lane l copies chunks l, l + 32, ...: where each goes is worked out once here, a copy then costs an
     // address and a cp.async. Keys at or past k_end are zero-filled without a read.
     constexpr int SLOTS = TQ_I8_SLOTS(D);
@@ -545,7 +445,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 #pragma unroll
             for (int sl = 0; sl < SLOTS; ++sl) {
                 if (on_s[sl]) {
-                    tq_fa_cp_to(stage + dst_s[sl] + r*stride_s[sl], src_s[sl] + kr*nb1_s[sl], cbytes, n); // < 2^32: tq_fa_layout
+                    tq_fa_cp_to(stage + dst_s[sl] + r*stride_s[sl], src_s[sl] + kr*nb1_s[sl], cbytes, n); // < 2^32: tq_fa_i8_layout
                 }
             }
         }
@@ -576,10 +476,10 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     // B operand of S. Lane (g, t) holds column g at the dims of its K words (block b, word 2t + j, halves
     // 0/1 -> b0/b1). The lane that rotates element e of a block writes its int8 straight to that place:
     // elements lane and lane + 32 share a word (qs byte lane holds both), two bytes side by side.
-    __shared__ __align__(16) uint32_t q8_s[TQ_I8_WARPS][TQ_I8_MAX_G][NB][2][2][2][2]; // [col][b][t/2][t%2][j][half]
-    __shared__ float qsc_s[TQ_I8_WARPS][TQ_I8_MAX_G][NB];
+    __shared__ __align__(16) uint32_t q8_s[TQ_I8_WARPS][TQ_FA_MAX_G][NB][2][2][2][2]; // [col][b][t/2][t%2][j][half]
+    __shared__ float qsc_s[TQ_I8_WARPS][TQ_FA_MAX_G][NB];
     const float q_scale = p.logit_softcap != 0.0f ? p.scale/p.logit_softcap : p.scale;
-    if (lane < TQ_I8_MAX_G*NB) {
+    if (lane < TQ_FA_MAX_G*NB) {
         qsc_s[warp][lane/NB][lane%NB] = 0.0f; // columns past G score 0 (their int8 Q is never set)
     }
     __syncwarp(); // before lane 0 sets the scales of columns below G
@@ -595,7 +495,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     // past G repeat column 0 and leave their scale 0, so their int8 Q is never used.
     constexpr int QG = NB == 2 ? 4 : 2; // 8 rotations at once (D = 256: 4 would need more registers than MINB allows)
 #pragma unroll
-    for (int gg0 = 0; gg0 < TQ_I8_MAX_G; gg0 += QG) {
+    for (int gg0 = 0; gg0 < TQ_FA_MAX_G; gg0 += QG) {
         if (gg0 >= p.G) {
             break;
         }
@@ -614,7 +514,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         for (int u = 0; u < QG; ++u) {
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                tq_fa_fwht64(qv[u][b][0], qv[u][b][1]);
+                tq_cuda_fwht64_warp(qv[u][b][0], qv[u][b][1], lane);
             }
         }
 #pragma unroll
@@ -626,7 +526,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
                 float amax = fmaxf(fabsf(v0), fabsf(v1));
 #pragma unroll
                 for (int off = 16; off > 0; off >>= 1) {
-                    amax = fmaxf(amax, __shfl_xor_sync(TQ_I8_FULL, amax, off));
+                    amax = fmaxf(amax, __shfl_xor_sync(TQ_CUDA_FULL_MASK, amax, off));
                 }
                 const float inv = amax > 0.0f ? 127.0f/amax : 0.0f;
                 const uint32_t pair = ((uint32_t) __float2int_rn(v0*inv) & 0xffu) | ((uint32_t) __float2int_rn(v1*inv) & 0xffu) << 8;
@@ -656,7 +556,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     float slope_l2[2];
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-        slope_l2[c] = 2*t + c < p.G ? tq_fa_slope(p, head0 + 2*t + c)*LOG2E : 0.0f;
+        slope_l2[c] = 2*t + c < p.G ? get_alibi_slope(p.max_bias, head0 + 2*t + c, p.n_head_log2, p.m0, p.m1)*LOG2E : 0.0f;
     }
 
     // The tables, loaded from shared memory: a value that ptxas sees as the same in every lane it keeps in a
@@ -743,7 +643,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
                     int acc[4] = { 0, 0, 0, 0 };
 #pragma unroll
                     for (int j = 0; j < 2; ++j) {
-                        tq_fa_mma_s8(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                        tq_fa_mma(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
                     }
                     s[u][0] += (float) acc[0]*(dk[0][o]*qf[b][0]);
                     s[u][1] += (float) acc[1]*(dk[0][o]*qf[b][1]);
@@ -780,8 +680,8 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         }
 #pragma unroll
         for (int off = 4; off < 32; off <<= 1) {
-            mx[0] = fmaxf(mx[0], __shfl_xor_sync(TQ_I8_FULL, mx[0], off));
-            mx[1] = fmaxf(mx[1], __shfl_xor_sync(TQ_I8_FULL, mx[1], off));
+            mx[0] = fmaxf(mx[0], __shfl_xor_sync(TQ_CUDA_FULL_MASK, mx[0], off));
+            mx[1] = fmaxf(mx[1], __shfl_xor_sync(TQ_CUDA_FULL_MASK, mx[1], off));
         }
         float alpha[2], pe[TQ_I8_SUB][4];
 #pragma unroll
@@ -799,7 +699,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
             L[c] = L[c]*alpha[c] + sum;
             M[c] = Mn;
         }
-        const bool rescale = __any_sync(TQ_I8_FULL, alpha[0] != 1.0f || alpha[1] != 1.0f);
+        const bool rescale = __any_sync(TQ_CUDA_FULL_MASK, alpha[0] != 1.0f || alpha[1] != 1.0f);
 
         // ---- O^T += V^T P^T, tile by tile and block by block (P scaled by the block's d of each key)
 #pragma unroll
@@ -846,7 +746,7 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
                             O[b][j][2] *= alpha[0];
                             O[b][j][3] *= alpha[1];
                         }
-                        tq_fa_mma_f16(O[b][j], a0, a1, a2, a3, b0, b1);
+                        tq_fa_mma(O[b][j], a0, a1, a2, a3, b0, b1);
                     }
                 }
             }
@@ -859,13 +759,13 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
     for (int off = 4; off < 32; off <<= 1) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-            L[c] += __shfl_xor_sync(TQ_I8_FULL, L[c], off);
+            L[c] += __shfl_xor_sync(TQ_CUDA_FULL_MASK, L[c], off);
         }
     }
     const float inv_sV = 1.0f/fV::SK;
     // a column's row: the block's partial result in global memory, or with one block per row in shared memory
     // for the final write
-    float * orow = (float *) tq_fa_smem + warp*TQ_I8_MAX_G*(D + 2);
+    float * orow = (float *) tq_fa_smem + warp*TQ_FA_MAX_G*(D + 2);
     const bool rows_in_smem = p.n_blocks == 1;
     if (rows_in_smem) {
         __syncthreads(); // the stages are reused
@@ -876,18 +776,21 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
         if (col >= p.G) {
             continue;
         }
-        float * ml, * row; // M and L; O
+        const float Mn = M[c]*0.6931471805599453f; // natural-log units for the merge
+        float * row; // O
         if (!rows_in_smem) {
             const int64_t i = ((int64_t) blockIdx.z*p.n_head + head0 + col)*p.n_blocks + blockIdx.x;
-            ml  = p.partials + 2*i;
-            row = p.partials + tq_fa_o_offset((int64_t) gridDim.z*p.n_head*p.n_blocks) + i*D;
+            if (g == 0) {
+                p.meta[i] = make_float2(Mn, L[c]);
+            }
+            row = p.parts + i*D;
         } else {
-            ml  = orow + col*(D + 2);
+            float * ml = orow + col*(D + 2);
+            if (g == 0) {
+                ml[0] = Mn;
+                ml[1] = L[c];
+            }
             row = ml + 2;
-        }
-        if (g == 0) {
-            ml[0] = M[c]*0.6931471805599453f; // natural-log units for the merge
-            ml[1] = L[c];
         }
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
@@ -915,178 +818,59 @@ static __global__ void tq_fattn_decode(const tq_fa_params p) {
 }
 
 
-// Merges the blocks of one (query row, head) for one 64-element block of the output, adds the sink, rotates
-// back and normalizes. The blocks' weights exp(M_b - M) go to shared memory; then 16 threads read an O row's 64
-// elements as float4 and the block's 256 threads sum 16 shares of the key blocks: every load independent (no
-// chain), 1 KB in flight per warp. Grid: heads x D/64 x rows (a block per 64 elements: more SMs read at once).
-#define TQ_I8_COMBINE_THREADS 256
-#define TQ_I8_COMBINE_MAX     1024 // blocks per row the weights' shared memory holds (max_blocks is capped to it)
-
-// No __restrict__: launched early (tq-pdl.cuh), and a restrict pointer's loads may be moved above the wait
-// (ggml-cuda drops it under PDL for the same reason, common.cuh GGML_CUDA_RESTRICT)
-template <int D>
-__launch_bounds__(TQ_I8_COMBINE_THREADS)
-static __global__ void tq_fattn_combine(const float * partials, const float * sinks,
-                                        float * dst, const int n_head, const int n_split) {
-    tq_pdl_wait(); // the partials come from the decode kernel
-    tq_pdl_trigger();
-    constexpr int NT = TQ_I8_COMBINE_THREADS, Q4 = QK_TQ/4, PARTS = NT/Q4;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int h = blockIdx.x, b = blockIdx.y;
-    const int z = blockIdx.z; // query row + n_q * sequence: dst rows are ordered (z, head)
-    const int64_t row = ((int64_t) z*n_head + h)*n_split;
-    const float2 * ml = (const float2 *) partials + row;
-    const float4 * o  = (const float4 *) (partials + tq_fa_o_offset((int64_t) gridDim.z*n_head*n_split) + row*D + b*QK_TQ);
-
-    __shared__ float2 s_ml[TQ_I8_COMBINE_MAX]; // (M, L) of each block, then (weight, L)
-    __shared__ float  s_red[NT/32];
-    __shared__ float4 s_o[PARTS][Q4];
-
-    // M: the largest block maximum (and the sink)
-    float m = -INFINITY;
-    for (int s = tid; s < n_split; s += NT) {
-        const float2 v = ml[s];
-        s_ml[s] = v;
-        m = fmaxf(m, v.x);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        m = fmaxf(m, __shfl_xor_sync(TQ_I8_FULL, m, off));
-    }
-    if (lane == 0) {
-        s_red[warp] = m;
-    }
-    __syncthreads();
-    float M = sinks ? sinks[h] : -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NT/32; ++w) {
-        M = fmaxf(M, s_red[w]);
-    }
-    __syncthreads(); // s_red is reused
-    // weights and L (a thread rewrites only the entries it wrote)
-    float l = 0.0f;
-    for (int s = tid; s < n_split; s += NT) {
-        const float2 v = s_ml[s];
-        const float w = M == -INFINITY ? 0.0f : expf(v.x - M); // an empty block has M = -inf: weight 0
-        s_ml[s].x = w;
-        l += w*v.y;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        l += __shfl_xor_sync(TQ_I8_FULL, l, off);
-    }
-    if (lane == 0) {
-        s_red[warp] = l;
-    }
-    __syncthreads();
-    // O: elements 4e..4e+3, blocks part, part + PARTS, ...
-    {
-        const int e = tid % Q4, part = tid / Q4;
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-        for (int s = part; s < n_split; s += PARTS) {
-            const float  w = s_ml[s].x;
-            const float4 v = o[(int64_t) s*(D/4) + e];
-            acc.x += w*v.x; acc.y += w*v.y; acc.z += w*v.z; acc.w += w*v.w;
-        }
-        s_o[part][e] = acc;
-    }
-    __syncthreads();
-    if (warp != 0) {
-        return;
-    }
-    float L = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NT/32; ++w) {
-        L += s_red[w];
-    }
-    if (sinks && M != -INFINITY) {
-        L += expf(sinks[h] - M);
-    }
-    float v0 = 0.0f, v1 = 0.0f;
-#pragma unroll
-    for (int q = 0; q < PARTS; ++q) {
-        v0 += ((const float *) s_o[q])[lane];
-        v1 += ((const float *) s_o[q])[lane + 32];
-    }
-    tq_fa_write_block(dst + ((int64_t) z*n_head + h)*D + b*QK_TQ, v0, v1, L == 0.0f ? 0.0f : 1.0f/L);
-}
-
 // ---- host side -----------------------------------------------------------------------------------------
 
-// One instantiation of the decode kernel.
-struct tq_fa_kernel {
-    const void * fn;
-};
+// Blocks per SM the kernel is compiled for (__launch_bounds__): 3 leaves 125 registers, no spills (ptxas), and
+// was the fastest of 2, 3 and 4 at 32k keys.
+#define TQ_FA_I8_MINB 3
 
 #define TQ_I8_MAX_SMEM (160*1024)
 
+typedef void (*tq_fa_i8_kernel_t)(const tq_fa_i8_params);
+
 template <int D, ggml_type type_K, ggml_type type_V, int MINB>
-static tq_fa_kernel tq_fa_get() {
-    const void * fn = (const void *) tq_fattn_decode<D, type_K, type_V, MINB>;
-    static bool smem_set[64] = {};  // per device; without it a block gets 48 KB, static memory included
-    int dev = 0;
-    cudaGetDevice(&dev);
+static tq_fa_i8_kernel_t tq_fa_i8_get() {
+    const tq_fa_i8_kernel_t k = tq_fattn_mma_i8<D, type_K, type_V, MINB>;
+    static bool smem_set[GGML_CUDA_MAX_DEVICES] = {}; // without it a block gets 48 KB, static memory included
+    const int dev = ggml_cuda_get_device();
     if (!smem_set[dev]) {
-        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, TQ_I8_MAX_SMEM);
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, TQ_I8_MAX_SMEM);
         smem_set[dev] = true;
     }
-    return { fn };
+    return k;
 }
 
-// Blocks per SM the kernel is compiled for (__launch_bounds__): 3 leaves 125 registers, no spills (ptxas), and
-// was the fastest of 2, 3, 4 at 32k (results/cuda/2026-11-25-i8). fattn_bench builds all three (TQ_I8_ALL_MINB)
-// to compare them; ggml-cuda builds 3 only, a quarter of the compile time.
-#define TQ_I8_MINB 3
-
-template <int D, ggml_type type_K, ggml_type type_V>
-static tq_fa_kernel tq_fa_get_minb(int minb) {
-#ifdef TQ_I8_ALL_MINB
-    switch (minb) {
-        case 2:  return tq_fa_get<D, type_K, type_V, 2>();
-        case 4:  return tq_fa_get<D, type_K, type_V, 4>();
-        default: break;
-    }
-#endif
-    (void) minb;
-    return tq_fa_get<D, type_K, type_V, TQ_I8_MINB>();
-}
-
-template <int D>
-static tq_fa_kernel tq_fa_get_types(ggml_type tk, ggml_type tv, int minb) {
+template <int D, int MINB>
+static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
     if (tk == GGML_TYPE_TQ4_0) {
-        return tv == GGML_TYPE_TQ4_0 ? tq_fa_get_minb<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(minb)
-                                     : tq_fa_get_minb<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0>(minb);
+        return tv == GGML_TYPE_TQ4_0 ? tq_fa_i8_get<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, MINB>()
+                                     : tq_fa_i8_get<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, MINB>();
     }
-    return tv == GGML_TYPE_TQ4_0 ? tq_fa_get_minb<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0>(minb)
-                                 : tq_fa_get_minb<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0>(minb);
+    return tv == GGML_TYPE_TQ4_0 ? tq_fa_i8_get<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, MINB>()
+                                 : tq_fa_i8_get<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, MINB>();
 }
 
-static bool tq_fa_is_tq(ggml_type t) {
-    return t == GGML_TYPE_TQ4_0 || t == GGML_TYPE_TQ3_0;
-}
-
-// The kernel for head size D and TQ types tk, tv (either TQ4_0 or TQ3_0); minb: blocks per SM (TQ_I8_MINB
-// unless built with TQ_I8_ALL_MINB). Heads 128 and 256 only: anything else gets no kernel (and tq_fa_layout
-// refuses it).
-static tq_fa_kernel tq_fa_select(int D, ggml_type tk, ggml_type tv, int minb) {
-    if (!tq_fa_is_tq(tk) || !tq_fa_is_tq(tv) || (D != 128 && D != 256)) {
-        return { nullptr };
+// The kernel for head size D and TQ types tk, tv (TQ4_0 or TQ3_0 each), compiled for MINB blocks per SM; heads
+// 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
+template <int MINB = TQ_FA_I8_MINB>
+static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
+    if (!ggml_tq_cuda_is_tq_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
+        return nullptr;
     }
-    return D == 128 ? tq_fa_get_types<128>(tk, tv, minb) : tq_fa_get_types<256>(tk, tv, minb);
+    return D == 128 ? tq_fa_i8_get_types<128, MINB>(tk, tv) : tq_fa_i8_get_types<256, MINB>(tk, tv);
 }
 
 static int tq_fa_row_bytes(ggml_type t, int D) {
     return D/QK_TQ*(int) (t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0));
 }
 
-// Heads per block and the copy layout, from the tensors' addresses and strides (p's fields up to nbv3 set).
+// Heads per block and the copy layout, from the tensors' addresses and strides (p's tq_fa_params set).
 // Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
 // head's rows not 4-byte aligned, or heads not side by side in a key's row.
-static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
-    if (p.n_groups > TQ_I8_WARPS || !tq_fa_is_tq(tk) || !tq_fa_is_tq(tv) || D % (2*QK_TQ) != 0 ||
+static bool tq_fa_i8_layout(tq_fa_i8_params & p, int D, ggml_type tk, ggml_type tv) {
+    if (p.n_groups > TQ_I8_WARPS || !ggml_tq_cuda_is_tq_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
         (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
-        return false; // v7: TQ types, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
+        return false; // TQ types, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
     }
     const int row_K = tq_fa_row_bytes(tk, D), row_V = tq_fa_row_bytes(tv, D);
     if (p.nbk2 != row_K || p.nbv2 != row_V || p.nbk1 % 4 != 0 || p.nbv1 % 4 != 0 ||
@@ -1114,10 +898,10 @@ static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
     }
     if (p.cp_bytes < 8 || (p.hb*row_K) % p.cp_bytes != 0 || (p.hb*row_V) % p.cp_bytes != 0 ||
         p.hb*(row_K + row_V)/p.cp_bytes > 32*TQ_I8_SLOTS(D)) {
-        return false; // v7 copies whole rows in chunks of 16 or 8 bytes, at most TQ_I8_SLOTS per lane
+        return false; // whole rows are copied in chunks of 16 or 8 bytes, at most TQ_I8_SLOTS per lane
     }
     if ((uint64_t) p.n_kv*std::max(p.nbk1, p.nbv1) >= (1ull << 32)) {
-        return false; // v7's key offsets are 32-bit
+        return false; // the kernel's key offsets are 32-bit
     }
     // a row of the stage: up to 2 bytes of offset, the heads, rounded to the copy size; its stride 16 bytes
     // mod 32 (4 mod 8 words): the K fragment reads of 8 consecutive rows and the V reads of 4 even rows
@@ -1131,51 +915,38 @@ static bool tq_fa_layout(tq_fa_params & p, int D, ggml_type tk, ggml_type tv) {
     p.stride_K = stride(p.span_K);
     p.stride_V = stride(p.span_V);
     const int ring = tq_fa_stages(D)*(TQ_I8_KT*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES);
-    const int orows = TQ_I8_WARPS*TQ_I8_MAX_G*(D + 2)*(int) sizeof(float);
+    const int orows = TQ_I8_WARPS*TQ_FA_MAX_G*(D + 2)*(int) sizeof(float);
     p.smem = std::max(ring, orows);
     return p.smem <= TQ_I8_MAX_SMEM;
 }
 
 // Blocks of kernel k the whole GPU holds at once.
-static int tq_fa_slots(const tq_fa_kernel & k, const tq_fa_params & p, int nsm) {
+static int tq_fa_i8_slots(tq_fa_i8_kernel_t k, const tq_fa_i8_params & p, int nsm) {
     int per_sm = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.fn, p.hb*p.n_groups*32, p.smem);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, p.hb*p.n_groups*32, p.smem);
     return std::max(1, per_sm)*nsm;
 }
 
-// The key split (flash-decoding), after tq_fa_layout: one wave of blocks (all resident at once; a second,
+// The key split (flash-decoding), after tq_fa_i8_layout: one wave of blocks (all resident at once; a second,
 // partial wave would double the time), each block at least TQ_I8_MIN_TILES tiles, at most max_blocks per
 // row (their partial results, G*(D+2) floats per head, go through L2 and back).
-static void tq_fa_plan(tq_fa_params & p, int slots, int max_blocks) {
-    const int rows     = p.n_head_kv/p.hb*p.n_q*p.n_seq;                   // blocks that share nothing
-    const int min_keys = TQ_I8_MIN_TILES*TQ_I8_KT;                 // per block
+static void tq_fa_i8_plan(tq_fa_i8_params & p, int slots, int max_blocks) {
+    const int rows     = p.n_head_kv/p.hb*p.n_q*p.n_seq;  // blocks that share nothing
+    const int min_keys = TQ_I8_MIN_TILES*TQ_I8_KT;        // per block
     int n_blocks = std::min(std::max(1, slots/rows), std::max(1, p.n_kv/min_keys));
-    n_blocks = std::max(1, std::min(n_blocks, std::min(max_blocks, TQ_I8_COMBINE_MAX)));
+    n_blocks = std::max(1, std::min(n_blocks, std::min(max_blocks, TQ_FA_COMBINE_MAX_PARTS)));
     int kpb = (p.n_kv + n_blocks - 1)/n_blocks;
     kpb = (kpb + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
     p.keys_per_block = kpb;
     p.n_blocks = (p.n_kv + kpb - 1)/kpb;
 }
 
-// Floats of the partial results of a plan (p.partials; none with one block per row).
-static size_t tq_fa_partials_floats(const tq_fa_params & p, int D) {
-    const int64_t n = (int64_t) p.n_q*p.n_seq*p.n_head*p.n_blocks;
-    return p.n_blocks > 1 ? (size_t) (tq_fa_o_offset(n) + n*D) : 0;
-}
-
-// Runs kernel k (and the merge of its blocks when there are several per row) for a plan of tq_fa_plan.
-static void tq_fa_launch(const tq_fa_params & p, const tq_fa_kernel & k, int D, cudaStream_t stream) {
+// Runs kernel k for a plan of tq_fa_i8_plan: with several blocks per row into p.parts and p.meta (n_blocks
+// rows per query row and head), then their merge; with one, straight into p.dst.
+static void tq_fa_i8_launch(const tq_fa_i8_params & p, tq_fa_i8_kernel_t k, int D, cudaStream_t stream) {
     const dim3 grid(p.n_blocks, p.n_head_kv/p.hb, p.n_q*p.n_seq);
-    tq_fa_params pk = p; // cudaLaunchKernel takes the arguments' addresses as void *
-    void * args[] = { &pk };
-    tq_cuda_launch_fn(k.fn, grid, dim3(p.hb*p.n_groups*32), args, p.smem, stream);
+    ggml_cuda_kernel_launch(k, {grid, dim3(p.hb*p.n_groups*32), p.smem, stream}, p);
     if (p.n_blocks > 1) {
-        const dim3 grid_c(p.n_head, D/QK_TQ, p.n_q*p.n_seq);
-        switch (D) {
-            case 128: tq_cuda_launch(tq_fattn_combine<128>, grid_c, TQ_I8_COMBINE_THREADS, 0, stream, p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
-            default:  tq_cuda_launch(tq_fattn_combine<256>, grid_c, TQ_I8_COMBINE_THREADS, 0, stream, p.partials, p.sinks, p.dst, p.n_head, p.n_blocks); break;
-        }
+        tq_fa_combine(p, D, p.n_blocks, stream);
     }
 }
-
-} // namespace tq_i8
