@@ -3,17 +3,15 @@
 # (dev/gpu/pack_llama.sh). Keeps its build in /tmp/tq, which survives while the machine is warm.
 #   dev/gpu/cuda_device.sh build     unpack + CUDA build (sm_90) of the tools; incremental when the source is unchanged;
 #                                  binaries of dev/gpu/build_cuda_here.sh instead where they match the sources
-#   dev/gpu/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (also with the FA kernels' size switches moved),
+#   dev/gpu/cuda_device.sh test      test-backend-ops -b CUDA0 for the TQ ops (FLASH_ATTN_EXT also with GGML_TQ_FA_I8=0),
 #                                  the CUDA unit test, memory bandwidth
 #   dev/gpu/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
 #   dev/gpu/cuda_device.sh fabench   the int8 decode kernel alone (bench/cuda/fattn_bench): check against the C reference,
 #                                  then time it at 256..65536 keys
 #   dev/gpu/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
 #   dev/gpu/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
-#   dev/gpu/cuda_device.sh testfa    the FLASH_ATTN_EXT cases again with the occupancy the bench uses
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
-#   dev/gpu/cuda_device.sh minb      decode-kernel occupancy (GGML_TQ_FA_MINB 2/3/4) at 32k context; the bench uses the best
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
@@ -45,12 +43,6 @@ unpack() {
 # the C reference (tq-ref.c) as an object, compiled as ggml-tq.cmake compiles it
 ref_object() {
     gcc -O2 -std=c11 -ffp-contract=off -c -Iggml-tq/include -Iggml-tq/src ggml-tq/src/tq-ref.c -o $W/tq-ref.o
-}
-
-# GGML_TQ_FA_MINB for the llama.cpp runs: the caller's, else the step minb's pick if it ran in this machine's
-# life, else 4, the kernel's default (tq-fattn.cu)
-minb() {
-    echo "${GGML_TQ_FA_MINB:-$(cat $W/best_minb 2>/dev/null || echo 4)}"
 }
 
 # Binaries that dev/gpu/build_cuda_here.sh built on the GPU-less machine (.carry/cuda-bin.tar.xz) spare the cold
@@ -116,9 +108,9 @@ step_test() {
         $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
-    # the int8 kernel also below GGML_TQ_FA_I8_MIN_KV keys (tq-fattn.cu's general kernel takes those): its short cases too
-    GGML_TQ_FA_I8_MIN_KV=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-i8all.log 2>&1 || rc=1
-    printf '%-16s %s\n' "FA (min kv 0)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-i8all.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-i8all.log)"
+    # the f16 decode kernel (tq-fattn-mma-f16.cuh) also where the int8 one takes the case
+    GGML_TQ_FA_I8=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-noi8.log 2>&1 || rc=1
+    printf '%-16s %s\n' "FA (no int8)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-noi8.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-noi8.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
     return $rc
@@ -144,7 +136,8 @@ step_fabench() {
     unpack
     log "fattn_bench: build"
     ref_object
-    # FAB_VARIANTS: compile-time variants to compare ("-DNAME=1 ..." each, "base" for none)
+    # FAB_VARIANTS: compile-time variants to compare ("-DNAME=1 ..." each, "base" for none; -DFAB_ALL_MINB=1 adds
+    # the kernel for 2 and 4 blocks per SM, FAB_MINB="2 3 4" times them)
     local rc=0 v
     for v in ${FAB_VARIANTS:-base}; do
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
@@ -165,8 +158,8 @@ step_faprof() {
     # ncu's view of the decode kernel at 32k keys (the fattn_bench build of step_fabench): throughput of each
     # unit, warp stalls, instruction mix; the third launch (warm caches and clocks)
     local v=${FAB_VARIANTS:-base}; v=${v%% *}
-    log "ncu: tq_fattn_decode, ${FAB_TYPE:-tq4_0}, 32768 keys, minb ${FAB_MINB:-3} ($v)"
-    ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:tq_fattn_decode \
+    log "ncu: tq_fattn_mma_i8, ${FAB_TYPE:-tq4_0}, 32768 keys, minb ${FAB_MINB:-3} ($v)"
+    ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:tq_fattn_mma_i8 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis \
         --section MemoryWorkloadAnalysis \
@@ -178,17 +171,10 @@ step_sass() {
     # where the int8 decode kernel's instructions go: SASS opcode counts (head 128, TQ4_0 K and V,
     # MINB 3), whole kernel and the main loop (the basic blocks between the first and the last HMMA)
     local v=${FAB_VARIANTS:-base}; v=${v%% *}
-    log "SASS of tq_fattn_decode<128, tq4_0, tq4_0, 3> ($v)"
-    cuobjdump -sass -fun '_ZN5tq_i815tq_fattn_decodeILi128EL9ggml_type43ELS1_43ELi3EEEvNS_12tq_fa_paramsE' "$W/fattn_bench-$v" \
+    log "SASS of tq_fattn_mma_i8<128, tq4_0, tq4_0, 3> ($v)"
+    cuobjdump -sass -fun '_Z15tq_fattn_mma_i8ILi128EL9ggml_type43ELS0_43ELi3EEv15tq_fa_i8_params' "$W/fattn_bench-$v" \
         > $OUT/sass-decode-128-tq4.txt 2>&1 || { tail -5 $OUT/sass-decode-128-tq4.txt; return 1; }
     python3 dev/gpu/cuda_sass.py $OUT/sass-decode-128-tq4.txt
-}
-
-step_testfa() {
-    export GGML_TQ_FA_MINB=$(minb)
-    log "test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT (TQ cases), GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
-    $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log 2>&1
-    grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-minb$GGML_TQ_FA_MINB.log
 }
 
 step_model() {
@@ -201,32 +187,17 @@ step_model() {
     ls -la $W/r8b-q4_0.gguf
 }
 
-step_minb() {
-    local best=3 best_ts=0
-    for mb in 2 3 4; do
-        GGML_TQ_FA_MINB=$mb $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d 32768 -r 2 -ctk tq4_0 -ctv tq4_0 \
-            -o json > $OUT/minb-$mb.json 2> $OUT/minb-$mb.err
-        local ts; ts=$(python3 -c "import json; print(json.load(open('$OUT/minb-$mb.json'))[0]['avg_ts'])")
-        echo "GGML_TQ_FA_MINB=$mb  tq4_0 tg128 @ d32768: $ts t/s"
-        if python3 -c "import sys; sys.exit(0 if $ts > $best_ts else 1)"; then best=$mb; best_ts=$ts; fi
-    done
-    echo $best > $W/best_minb
-    echo "best GGML_TQ_FA_MINB=$best"
-}
-
 step_perf() {
-    log "attention kernels alone at 32k context (test-backend-ops perf), GGML_TQ_FA_MINB=$(minb)"
-    GGML_TQ_FA_MINB=$(minb) $B/test-backend-ops perf -b CUDA0 \
+    log "attention kernels alone at 32k context (test-backend-ops perf)"
+    $B/test-backend-ops perf -b CUDA0 \
         -o FLASH_ATTN_EXT -p 'hsk=128,hsv=128,nh=8,nr23=\[4,1\],kv=32768,nb=1,' > $OUT/tbo-perf.log 2>&1 || true
     grep -E "us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+),.*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+ [KMG]B)\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us\/run \4\/run \5/'
 }
 
 step_bench() {
-    export GGML_TQ_FA_MINB=$(minb)
-    echo "GGML_TQ_FA_MINB=$GGML_TQ_FA_MINB"
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
     # a type written tq4_0-noi8 runs tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0): the general
-    # kernel of tq-fattn.cu, for comparison in the same run
+    # kernel (tq-fattn-mma-f16.cuh), for comparison in the same run
     for t in $types; do
         local ct=${t%-noi8} i8=1
         [ "$ct" != "$t" ] && i8=0
