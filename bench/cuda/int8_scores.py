@@ -1,9 +1,9 @@
 """How much error would scoring on the int8 tensor cores add to the decode kernel?
 
 K's codebook as int8 (scale 127/max|c|) and the rotated query as int8 per 64-block (absmax, like upstream's
-q8_1), against the f16 scoring the GPU kernel does now and against TQ's own error. Random Gaussian keys
+q8_1), against scoring in f16 and against TQ's own error. Random Gaussian keys
 (8 channels 4x larger) and queries, head 128, scores q.k/sqrt(D); errors are rms over the scores' rms.
-Also the centroid scale the kernel uses (TQ_I8_SK in ggml-tq/cuda/tq-fattn-i8.cuh): of the scales that keep
+Also the centroid scale the kernel uses (SK of each type's traits in ggml-tq/cuda/tq-fattn-mma-i8.cuh): of the scales that keep
 every centroid within int8, the one with the least rounding error, weighted by how often each centroid is hit
 (a coordinate of a rotated unit vector is close to N(0, 1/64)).
 Usage: .venv/bin/python bench/cuda/int8_scores.py   (what it found: docs/cuda.md)
