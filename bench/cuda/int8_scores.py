@@ -23,8 +23,9 @@ def best_scale(c):
     return float(s), err(s), err(127.0/np.abs(c).max())
 
 
-s4, e4, e127 = best_scale(t.centroids(4).astype(np.float64))
-print(f"tq4_0 centroid scale: {s4:.4f} (hit-weighted rms rounding error {e4:.4f}; 127/max|c| gives {e127:.4f})")
+for name, bits in (("tq4_0", 4), ("tq3_0", 3)):
+    s, e, e127 = best_scale(t.centroids(bits).astype(np.float64))
+    print(f"{name} centroid scale: {s:.4f} (hit-weighted rms rounding error {e:.4f}; 127/max|c| gives {e127:.4f})")
 rng = np.random.default_rng(0)
 D, N, NQ = 128, 4096, 32
 K = rng.standard_normal((N, D)).astype(np.float32)
@@ -39,10 +40,10 @@ for name, bits in (("tq4_0", 4), ("tq3_0", 3)):
     exact = (Q @ K.T) / np.sqrt(D)                                           # unquantized keys
     kq = (c[idx] * d[:, :, None]).reshape(N, D)                              # rotated-domain keys as stored
     ref = (Qr @ kq.T) / np.sqrt(D)                                           # f32 scoring of the TQ keys (CPU)
-    # f16 scoring (GPU now): Q rotated in f16, codebook values in f16, f32 accumulation
+    # f16 scoring: Q rotated in f16, codebook values in f16, f32 accumulation
     f16 = (Qr.astype(np.float16).astype(np.float32) @ (c.astype(np.float16).astype(np.float32)[idx] * d[:, :, None]).reshape(N, D).T) / np.sqrt(D)
-    # int8: codebook scaled by 127/max|c|, Q per 64-block absmax to int8, integer dot per block times scales
-    sc = best_scale(c.astype(np.float64))[0] if bits == 4 else 127.0 / np.abs(c).max(); c8 = np.round(c * sc)
+    # int8: codebook scaled by its best scale, Q per 64-block absmax to int8, integer dot per block times scales
+    sc = best_scale(c.astype(np.float64))[0]; c8 = np.round(c * sc)
     Qb = Qr.reshape(NQ, D // 64, 64); qs = np.abs(Qb).max(-1, keepdims=True) / 127.0
     Q8 = np.round(Qb / qs)
     dots = np.einsum("qbj,nbj->qnb", Q8, c8[idx])                            # exact integers
