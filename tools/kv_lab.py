@@ -1,0 +1,515 @@
+#!/usr/bin/env python3
+"""KV-cache codec lab: real Q/K/V rows from a model, candidate codecs scored offline in torch.
+
+  .venv/bin/python tools/kv_lab.py dump --model smollm2     # -> build/lab/smollm2.npz (a minute)
+  .venv/bin/python tools/kv_lab.py dump --model gemma3
+  .venv/bin/python tools/kv_lab.py score --model smollm2    # ranking table (mean over layers)
+  .venv/bin/python tools/kv_lab.py score --model gemma3 --only tq4_0,q4_0 --per-layer
+
+dump: runs the model (llama.cpp through llama-cpp-python on the patched library, f16 cache, flash
+attention) over the first --chunks chunks of --ctx tokens of the text tools/quality.py uses, cut as
+llama-perplexity cuts them (each chunk starts with BOS where the vocabulary adds one). An eval callback
+(llama_context_params.cb_eval) copies the last tensor of each layer named "Qcur-<il>", "Kcur-<il>",
+"Vcur-<il>": the rows after RoPE and QK-norm, as they enter attention. It also checks that the K and V
+rows equal what the cache writes receive (the SET_ROWS nodes' sources), reads the softmax scale from the
+FLASH_ATTN_EXT node (times the query scaling between Qcur and the node, Gemma-3's f_attention_scale),
+and each layer's attention window from its KQ mask (sliding-window layers).
+
+score: per layer and KV head, for each candidate codec: relative MSE of K and of V, RMS error of the
+scaled scores q.k against the real queries, KL divergence of the attention weights, and the relative
+error of the attention output with K alone, V alone and both quantized (causal softmax, GQA, the
+dumped windows). The reference is exact f32 attention. Queries are every --q-stride-th position.
+--kld takes quality.py's JSON and prints the real KLD beside the rows it measured.
+"""
+import argparse
+import ctypes
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))   # ggml_tq.lab / reference from the tree (no compiled part needed)
+sys.path.insert(0, str(ROOT / "tools"))
+
+import quality  # noqa: E402  (corpus and model paths: the same text and files as the KLD runs)
+
+LAB = ROOT / "build" / "lab"
+NAME_RE = re.compile(r"^(Qcur|Kcur|Vcur)-(\d+)$")
+
+
+# ------------------------------------------------------------------------------------------------ dump
+
+class GgmlTensor(ctypes.Structure):
+    # struct ggml_tensor of ggml.h (GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10,
+    # GGML_MAX_NAME 64); the layout is checked against ggml_get_name() at run time
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64)]
+
+
+class Capture:
+    """The eval callback's state for one graph evaluation (one ubatch = one chunk)."""
+
+    def __init__(self, ggml):
+        self.g = ggml
+        self.last = {}          # "Kcur-3" -> array of the last tensor of that name
+        self.cache_src = []     # sources of SET_ROWS nodes, in order
+        self.fattn = []         # (q array, op_params scale, softcap, allowed keys per query row)
+        self.layout_ok = None
+
+    def array(self, p):
+        t = GgmlTensor.from_address(p)
+        if self.layout_ok is None:
+            self.layout_ok = ctypes.cast(self.g.ggml_get_name(p), ctypes.c_void_p).value == p + GgmlTensor.name.offset
+            if not self.layout_ok:
+                raise SystemExit("struct ggml_tensor layout does not match this libggml")
+        dt = {0: np.float32, 1: np.float16}.get(t.type)
+        if dt is None:
+            raise SystemExit(f"tensor {t.name.decode()}: type {t.type} not f32/f16")
+        n = self.g.ggml_nbytes(p)
+        raw = np.empty(n, dtype=np.uint8)
+        self.g.ggml_backend_tensor_get(p, raw.ctypes.data, 0, n)
+        ne, nb = list(t.ne), list(t.nb)
+        return np.lib.stride_tricks.as_strided(raw.view(dt),
+                                               shape=ne[::-1], strides=nb[::-1]).astype(np.float32)
+
+    def __call__(self, p, ask, _user):
+        t = GgmlTensor.from_address(p)
+        name = t.name.decode(errors="replace")
+        op = self.g.ggml_op_name(t.op).decode()
+        want = bool(NAME_RE.match(name)) or op in ("SET_ROWS", "FLASH_ATTN_EXT")
+        if ask:
+            return want
+        if NAME_RE.match(name):
+            self.last[name] = self.array(p)
+        elif op == "SET_ROWS":
+            self.cache_src.append(self.array(t.src[0]))
+        elif op == "FLASH_ATTN_EXT":
+            q = self.array(t.src[0])                      # (1, H, T, D) after the permute
+            mask = self.array(t.src[3])                   # (1, 1, T_pad, n_kv)
+            allowed = np.isfinite(mask[0, 0]).sum(-1)
+            scale = ctypes.c_float.from_buffer_copy(ctypes.c_int32(t.op_params[0])).value
+            cap = ctypes.c_float.from_buffer_copy(ctypes.c_int32(t.op_params[2])).value
+            self.fattn.append((q[0].transpose(1, 0, 2), scale, cap, allowed))
+        return True
+
+
+def load_libs():
+    from ggml_tq.llama import library_dir, load_llama_cpp
+    llama_cpp = load_llama_cpp()
+    g = ctypes.CDLL(str(library_dir() / "libggml-base.so"))
+    g.ggml_get_name.argtypes = [ctypes.c_void_p]
+    g.ggml_get_name.restype = ctypes.c_void_p
+    g.ggml_nbytes.restype = ctypes.c_size_t
+    g.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    g.ggml_op_name.restype = ctypes.c_char_p
+    g.ggml_op_name.argtypes = [ctypes.c_int]
+    g.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    return llama_cpp, g
+
+
+def tokenize(llama_cpp, vocab, text, add_special):
+    b = text.encode()
+    n_max = len(b) + 16
+    toks = (llama_cpp.llama_token * n_max)()
+    n = llama_cpp.llama_tokenize(vocab, b, len(b), toks, n_max, add_special, False)
+    if n < 0:
+        raise SystemExit(f"llama_tokenize failed ({n})")
+    return list(toks[:n])
+
+
+def dump(a):
+    llama_cpp, g = load_libs()
+    mpath = quality.model_path(a.model, a.model_path)
+    info = quality.corpus(a.cache_dir)
+    quiet = llama_cpp.llama_log_callback(lambda level, text, user: None)
+    if not a.verbose:
+        llama_cpp.llama_log_set(quiet, None)
+    llama_cpp.llama_backend_init()
+    mp = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(mpath).encode(), mp)
+    if not model:
+        raise SystemExit(f"cannot load {mpath}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_layer = llama_cpp.llama_model_n_layer(model)
+    n_head, n_head_kv = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
+
+    cap = Capture(g)
+    cb = llama_cpp.ggml_backend_sched_eval_callback(cap)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = a.ctx
+    cp.n_threads = cp.n_threads_batch = a.threads
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    cp.type_k = cp.type_v = 1  # f16
+    cp.cb_eval = cb
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    if not ctx:
+        raise SystemExit("cannot create the context")
+
+    # llama-perplexity: tokenize the whole text with add_special, cut chunks of n_ctx, first token = BOS.
+    # A prefix of the text gives the same first tokens (cut at a line end, well past what is needed).
+    text = Path(info["path"]).read_text(errors="replace")
+    need = a.chunks * a.ctx
+    cut = text.rfind("\n", 0, need * 8) + 1
+    toks = tokenize(llama_cpp, vocab, text[:cut], True)
+    if len(toks) < need:
+        raise SystemExit(f"only {len(toks)} tokens in the first {cut} characters, need {need}")
+    add_bos = llama_cpp.llama_vocab_get_add_bos(vocab)
+    bos = llama_cpp.llama_vocab_bos(vocab)
+
+    out = {}
+    checks = {"k_rows_cached": 0, "v_rows_cached": 0, "layers": n_layer * a.chunks}
+    scales, windows, caps = [None] * n_layer, [0] * n_layer, [0.0] * n_layer
+    mem = llama_cpp.llama_get_memory(ctx)
+    t0 = time.time()
+    for c in range(a.chunks):
+        chunk = toks[c * a.ctx:(c + 1) * a.ctx]
+        if add_bos:
+            chunk[0] = bos
+        arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+        cap.last.clear(); cap.cache_src.clear(); cap.fattn.clear()
+        llama_cpp.llama_memory_clear(mem, True)
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk))) != 0:
+            raise SystemExit("llama_decode failed")
+        if len(cap.fattn) != n_layer:
+            raise SystemExit(f"{len(cap.fattn)} FLASH_ATTN_EXT nodes for {n_layer} layers")
+        srcs = cap.cache_src
+        for il in range(n_layer):
+            q, k, v = (cap.last[f"{n}-{il}"][0] for n in ("Qcur", "Kcur", "Vcur"))   # (T, heads, D)
+            T = q.shape[0]
+            # the rows the cache writes receive: 2-D (T, heads*D) views of Kcur / Vcur
+            flat = [s.reshape(-1) for s in srcs]
+            checks["k_rows_cached"] += any(f.size == k.size and np.array_equal(f, k.reshape(-1)) for f in flat)
+            checks["v_rows_cached"] += any(f.size == v.size and np.array_equal(f, v.reshape(-1)) for f in flat)
+            qf, scale, softcap, allowed = cap.fattn[il]
+            qf = qf[:T]
+            ratio = float((qf * q).sum() / (q * q).sum())   # query scaling between Qcur and attention
+            if not np.allclose(qf, q * ratio, rtol=1e-3, atol=1e-5 * np.abs(q).max()):
+                raise SystemExit(f"layer {il}: attention's Q is not a multiple of Qcur-{il}")
+            s = scale * ratio
+            if scales[il] is not None and abs(scales[il] - s) > 1e-6 * s:
+                raise SystemExit(f"layer {il}: softmax scale changed between chunks")
+            scales[il], caps[il] = s, softcap
+            last = int(allowed[T - 1])
+            windows[il] = last if last < T else 0
+            for n, x in (("q", q), ("k", k), ("v", v)):
+                out.setdefault(f"{n}{il}", []).append(x)
+        print(f"chunk {c + 1}/{a.chunks}: {time.time() - t0:.1f}s", flush=True)
+    if checks["k_rows_cached"] != checks["layers"] or checks["v_rows_cached"] != checks["layers"]:
+        raise SystemExit(f"K/V rows differ from what the cache writes receive: {checks}")
+    meta = {"model": a.model, "model_path": quality.rel(mpath), "n_layer": n_layer, "n_head": n_head,
+            "n_head_kv": n_head_kv, "head_dim": int(out["k0"][0].shape[-1]), "ctx": a.ctx, "chunks": a.chunks,
+            "scale": scales, "window": windows, "softcap": caps, "checks": checks,
+            "corpus_sha256": info["sha256"], "add_bos": bool(add_bos)}
+    LAB.mkdir(parents=True, exist_ok=True)
+    path = Path(a.out or LAB / f"{a.model}.npz")
+    np.savez(path, meta=json.dumps(meta), **{k: np.stack(v) for k, v in out.items()})
+    print(f"wrote {quality.rel(path)}: {n_layer} layers x {a.chunks} chunks x {a.ctx} tokens, "
+          f"heads {n_head}/{n_head_kv}, head_dim {meta['head_dim']}; windows {sorted(set(windows))}; "
+          f"scale {scales[0]:.5f}; K/V rows equal the cache writes' sources in {checks['k_rows_cached']}/"
+          f"{checks['layers']} layer-chunks")
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+
+
+# ------------------------------------------------------------------------------------------------ codecs
+
+def codecs(head):
+    """name -> (bits, fn(x, role, ctx) -> decoded x, query transform or None). role is "k" or "v"."""
+    from ggml_tq import lab
+
+    def upstream(t, rot=True):
+        def f(x, role, ctx):
+            n = lab.k_rot_size(head) if role == "k" else 64
+            if not rot:
+                return lab.UPSTREAM[t](x)
+            return lab.upstream_rot(lab.UPSTREAM[t](lab.upstream_rot(x, n)), n)
+
+        def fq(q):
+            n = lab.k_rot_size(head)
+            if not rot or t == "f16":
+                return lab.Q_VEC_DOT[t](q)
+            return lab.upstream_rot(lab.Q_VEC_DOT[t](lab.upstream_rot(q, n)), n)
+        return lab.BITS[t], f, fq
+
+    memo = {}   # per layer (cleared by the caller): index choices shared by variants
+
+    def tq(bits, rot="block", scale="norm", grid=(1.0,), up=False, block=64, shipped=False, center=False):
+        def f(x, role, ctx):
+            # a fixed per-channel mean m taken out and added back: softmax ignores q.m, a common shift of the
+            # scores, and the weights sum to 1, so P(v - m) + m: only m would have to be stored
+            if center:
+                m = ctx["mean_" + role]
+                return _tq(x - m, role) + m
+            return _tq(x, role)
+
+        def _tq(x, role):
+            n = (lab.k_rot_size(head) if role == "k" else 64) if up else None
+            if n:
+                x = lab.upstream_rot(x, n)
+            if shipped:
+                y = lab.tq_shipped(x, bits)
+            else:
+                y = lab.tq(x, bits, head, rot, scale, grid, block, memo=memo.setdefault((role, up, center), {}))
+            return lab.upstream_rot(y, n) if n else y
+        return lab.tq_bits(bits, block), f, None
+
+    def split(n_out, b_out, b_in):
+        rest = head - n_out
+        bits = (n_out * b_out + 16 + rest * b_in + 16 * rest / (rest & -rest)) / head
+        return bits, lambda x, role, ctx: lab.outlier_split(x, head, ctx["outlier_mask_" + role][n_out], b_out, b_in), None
+
+    W, S = lab.GRID, lab.GRID_SMALL
+    c = {t: upstream(t, rot=t != "f16") for t in ("f16", "q8_0", "q5_1", "iq4_nl", "q4_0")}
+    c["q4_0 norot"] = upstream("q4_0", rot=False)
+    for b in (4, 3):
+        n = f"tq{b}_0"
+        c[n] = tq(b, shipped=True)
+        c[n + " +rot"] = tq(b, shipped=True, up=True)
+        c[n + " ls"] = tq(b, scale="ls")
+        c[n + " search"] = tq(b, grid=W)
+        c[n + " search-ls"] = tq(b, scale="ls", grid=W)
+        c[n + " search7"] = tq(b, grid=S)
+        c[n + " +rot search"] = tq(b, grid=W, up=True)
+        c[n + " +rot search-ls"] = tq(b, scale="ls", grid=W, up=True)
+        c[n + " headrot"] = tq(b, rot="head")
+        c[n + " headrot search"] = tq(b, rot="head", grid=W)
+        c[n + " headrot search-ls"] = tq(b, rot="head", scale="ls", grid=W)
+        c[n + " centered"] = tq(b, shipped=True, center=True)
+        c[n + " centered search"] = tq(b, grid=W, center=True)
+        if head > 64:
+            c[n + " headblock"] = tq(b, rot="head", block=head)
+            c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
+    c["tq2_0"] = tq(2)
+    c["tq2_0 search"] = tq(2, grid=W)
+    c["tq2_0 headrot search"] = tq(2, rot="head", grid=W)
+    q = head // 4
+    c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
+    c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
+    c[f"split {q}@3+{head - q}@2"] = split(q, 3, 2)
+    return c, memo
+
+
+# candidates: (label, K codec, V codec, quality.py row name or None)
+def candidates(names):
+    base = [("f16", "f16", "f16"), ("q8_0", "q8_0", "q8_0"), ("q5_1", "q5_1", "q5_1"),
+            ("iq4_nl", "iq4_nl", "iq4_nl"), ("q4_0", "q4_0", "q4_0"), ("q4_0 norot", "q4_0 norot", "q4_0 norot")]
+    out = [(n, k, v) for n, k, v in base]
+    for b in (4, 3):
+        t = f"tq{b}_0"
+        for suffix in ("", " +rot", " ls", " search", " search-ls", " search7", " +rot search", " +rot search-ls",
+                       " headrot", " headrot search", " headrot search-ls", " headblock", " headblock search",
+                       " centered", " centered search"):
+            if t + suffix in names:
+                out.append((t + suffix, t + suffix, t + suffix))
+    # mixes: K at 4 bits with V at 3 or 2; 3-bit keys with tricks
+    out += [("tq4_0/tq3_0", "tq4_0", "tq3_0"), ("tq4_0/tq3_0 +rot search", "tq4_0 +rot search", "tq3_0 +rot search"),
+            ("tq4_0/tq2_0", "tq4_0", "tq2_0"), ("tq4_0 search/tq2_0 search", "tq4_0 search", "tq2_0 search"),
+            ("tq4_0 +rot search/tq2_0 search", "tq4_0 +rot search", "tq2_0 search"),
+            ("tq4_0 headrot search/tq2_0 headrot search", "tq4_0 headrot search", "tq2_0 headrot search"),
+            ("tq3_0 +rot search/tq3_0 search", "tq3_0 +rot search", "tq3_0 search")]
+    for n in names:
+        if n.startswith("split"):
+            out.append((f"{n} K/tq3_0 search V", n, "tq3_0 search"))
+    return [x for x in out if x[1] in names and x[2] in names]
+
+
+# the default screen; --all scores every candidate above
+MAIN = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "q4_0 norot"] + [
+    f"tq{b}_0{s}" for b in (4, 3) for s in ("", " +rot", " ls", " search", " search-ls", " +rot search",
+                                            " headrot search")] + [
+    "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0 search/tq2_0 search", "tq4_0 +rot search/tq2_0 search"]
+
+
+ROWS = {"f16": "f16", "q8_0": "q8_0", "q5_1": "q5_1", "iq4_nl": "iq4_nl", "q4_0": "q4_0", "q4_0 norot": "q4_0 norot",
+        "tq4_0": "tq4_0", "tq3_0": "tq3_0", "tq4_0 +rot": "tq4_0 +rot", "tq3_0 +rot": "tq3_0 +rot",
+        "tq4_0/tq3_0": "tq4_0/tq3_0"}
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+def score(a):
+    import torch
+    torch.set_num_threads(a.threads)
+    path = Path(a.dump or LAB / f"{a.model}.npz")
+    z = np.load(path)
+    meta = json.loads(str(z["meta"]))
+    head, H, Hkv = meta["head_dim"], meta["n_head"], meta["n_head_kv"]
+    g = H // Hkv
+    allc, memo = codecs(head)
+    cands = candidates(set(allc))
+    want = [w.strip() for w in a.only.split(",")] if a.only else None if a.all else MAIN
+    if want:
+        cands = [c for c in cands if c[0] in want]
+    kn = sorted({c[1] for c in cands}, key=list(allc).index)
+    vn = sorted({c[2] for c in cands}, key=list(allc).index)
+    kld = load_kld(a, meta["model"])
+    layers = range(meta["n_layer"]) if not a.layers else [int(x) for x in a.layers.split(",")]
+    C = meta["chunks"] if a.chunks is None else min(a.chunks, meta["chunks"])
+    acc = {}   # (kind, name, metric) -> list over layers of values
+    t0 = time.time()
+    for il in layers:
+        Q = torch.from_numpy(z[f"q{il}"][:C])    # (C, T, H, D)
+        K = torch.from_numpy(z[f"k{il}"][:C])    # (C, T, Hkv, D)
+        V = torch.from_numpy(z[f"v{il}"][:C])
+        T = Q.shape[1]
+        scale, window = meta["scale"][il], meta["window"][il]
+        memo.clear()
+        # calibration for the ideas that need per-channel statistics: the first chunk
+        ctx = {}
+        for role, X in (("k", K), ("v", V)):
+            X0 = X[0].reshape(T, -1)
+            ctx["mean_" + role] = X0.mean(0)
+            rms = X[0].pow(2).mean(0)                       # (Hkv, D)
+            order = rms.argsort(-1, descending=True)
+            ctx["outlier_mask_" + role] = {}
+            for n_out in (head // 4,):
+                m = torch.zeros(Hkv, head, dtype=torch.bool)
+                m.scatter_(1, order[:, :n_out], True)
+                ctx["outlier_mask_" + role][n_out] = m
+        qpos = torch.arange(a.q_stride - 1, T, a.q_stride)
+        kpos = torch.arange(T)
+        allowed = kpos[None, :] <= qpos[:, None]
+        if window:
+            allowed &= (qpos[:, None] - kpos[None, :]) < window
+        neg = torch.where(allowed, 0.0, float("-inf"))
+
+        def attend(q, k):   # q (C, Tq, H, D), k (C, T, Hkv, D) -> log-probs (C, H, Tq, T)
+            kk = k.repeat_interleave(g, dim=2)
+            s = torch.einsum("cqhd,ckhd->chqk", q, kk) * scale
+            return s, torch.log_softmax(s + neg, dim=-1)
+
+        def out(p, v):   # attention weights (C, H, Tq, T) -> (C, H, Tq, Dv)
+            return torch.einsum("chqk,ckhd->chqd", p, v.repeat_interleave(g, dim=2))
+
+        def rel(a_, b_, dims):
+            return ((a_ - b_) ** 2).sum(dims) / (b_ ** 2).sum(dims)
+
+        Qs = Q[:, qpos]
+        s0, lp0 = attend(Qs, K)
+        p0 = lp0.exp()
+        o0 = out(p0, V)
+        P = {}
+        for n in kn:
+            bits, f, fq = allc[n]
+            Kq = f(K.reshape(-1, Hkv * head), "k", ctx).reshape(K.shape)
+            Qq = Qs if fq is None else fq(Qs.reshape(-1, H * head)).reshape(Qs.shape)
+            s1, lp1 = attend(Qq, Kq)
+            P[n] = lp1.exp()
+            rec = acc.setdefault(("k", n), {})
+            rec.setdefault("mse", []).append(rel(Kq, K, (0, 1, 3)).mean().item())
+            ds = torch.where(allowed, s1 - s0, 0.0)
+            rec.setdefault("score_rms", []).append((ds.pow(2).sum((0, 2, 3)) / allowed.sum() / C).sqrt().mean().item())
+            kl = torch.where(allowed, p0 * (lp0 - lp1), 0.0).sum(-1)
+            rec.setdefault("attn_kl", []).append(kl.mean().item())
+            rec.setdefault("out", []).append(rel(out(P[n], V), o0, (0, 2, 3)).mean().item())
+        Vq = {}
+        for n in vn:
+            bits, f, _ = allc[n]
+            Vq[n] = f(V.reshape(-1, Hkv * head), "v", ctx).reshape(V.shape)
+            rec = acc.setdefault(("v", n), {})
+            rec.setdefault("mse", []).append(rel(Vq[n], V, (0, 1, 3)).mean().item())
+            rec.setdefault("out", []).append(rel(out(p0, Vq[n]), o0, (0, 2, 3)).mean().item())
+        for label, kc, vc in cands:
+            rec = acc.setdefault(("kv", label), {})
+            rec.setdefault("out", []).append(rel(out(P[kc], Vq[vc]), o0, (0, 2, 3)).mean().item())
+        if a.verbose:
+            print(f"layer {il}: {time.time() - t0:.1f}s", flush=True)
+    dt = time.time() - t0
+
+    def m(kind, n, metric):
+        return float(np.mean(acc[(kind, n)][metric]))
+
+    rows = []
+    for label, kc, vc in cands:
+        bits = (allc[kc][0] + allc[vc][0]) / 2
+        rows.append({"name": label, "k": kc, "v": vc, "bits": bits,
+                     "k_mse": m("k", kc, "mse"), "score_rms": m("k", kc, "score_rms"), "attn_kl": m("k", kc, "attn_kl"),
+                     "out_k": m("k", kc, "out"), "v_mse": m("v", vc, "mse"), "out_v": m("v", vc, "out"),
+                     "out_kv": m("kv", label, "out"), "kld": kld.get(ROWS.get(label, label))})
+    rows.sort(key=lambda r: r["out_kv"])
+    f16_out = next((r["out_kv"] for r in rows if r["name"] == "f16"), None)
+    print(f"\n## {meta['model']}: head_dim {head}, heads {H}/{Hkv}, {len(layers)} layers, {C} chunk(s) x {T} tokens, "
+          f"queries every {a.q_stride}; windows {sorted(set(meta['window']))}; scored in {dt:.1f}s\n")
+    print("Errors relative to exact f32 attention, mean over layers (and KV heads). out = |o'-o|^2/|o|^2 of the "
+          "attention output; score rms = scaled q.k error; attn KL = KL(p||p') of the attention weights.\n")
+    print("| candidate (K/V) | bits | K rel MSE | score rms | attn KL | out K-only | V rel MSE | out V-only | out K+V | real KLD |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['bits']:.3g} | {r['k_mse']:.2e} | {r['score_rms']:.4f} | {r['attn_kl']:.2e} | "
+              f"{r['out_k']:.2e} | {r['v_mse']:.2e} | {r['out_v']:.2e} | {r['out_kv']:.2e} | "
+              f"{'' if r['kld'] is None else format(r['kld'], '.4f')} |")
+    if a.per_layer:
+        for kind, n in sorted(acc):
+            if kind == "k":
+                print(f"per layer, {n} K-only out: " + " ".join(f"{x:.1e}" for x in acc[(kind, n)]["out"]))
+    fit(rows)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"meta": meta, "q_stride": a.q_stride, "chunks": C, "rows": rows}, indent=1))
+    return rows
+
+
+def fit(rows):
+    """How well the lab's K+V output error predicts the real KLD: log-log fit over the rows that have both."""
+    pts = [(r["out_kv"], r["kld"]) for r in rows if r.get("kld") and r["out_kv"] > 0 and r["name"] != "f16"]
+    if len(pts) < 3:
+        return
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    slope, icpt = np.polyfit(x, y, 1)
+    pred = slope * x + icpt
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+    print(f"\nKLD ~ {math.exp(icpt):.3g} * out_kv^{slope:.2f} over {len(pts)} rows: R^2 {r2:.3f} (log-log), "
+          f"Spearman {rank:.3f}")
+    for r in rows:
+        if r["out_kv"] > 0 and r["name"] != "f16":
+            r["kld_pred"] = math.exp(icpt) * r["out_kv"] ** slope
+
+
+def load_kld(a, model):
+    paths = [Path(a.kld)] if a.kld else [ROOT / "results" / "cpu" / f"quality-{model}.json",
+                                          ROOT / "results" / f"quality-{model}.json"]
+    for p in paths:
+        if p.exists():
+            js = json.loads(p.read_text())
+            return {r["name"]: r.get("kld") for r in js.get("rows", [])}
+    return {}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump", help="run the model, save Q/K/V per layer")
+    d.add_argument("--model", choices=quality.MODELS, default="smollm2")
+    d.add_argument("--model-path")
+    d.add_argument("--ctx", type=int, default=1024)
+    d.add_argument("--chunks", type=int, default=2)
+    d.add_argument("-t", "--threads", type=int, default=2)
+    d.add_argument("--cache-dir", default="~/.cache/ggml-tq")
+    d.add_argument("--out")
+    d.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log")
+    s = sub.add_parser("score", help="score candidate codecs on a dump")
+    s.add_argument("--model", default="smollm2")
+    s.add_argument("--dump", help="npz (default build/lab/<model>.npz)")
+    s.add_argument("--only", help="comma list of candidate labels")
+    s.add_argument("--all", action="store_true", help="every candidate (default: the main screen)")
+    s.add_argument("--layers", help="comma list of layers (default all)")
+    s.add_argument("--chunks", type=int)
+    s.add_argument("--q-stride", type=int, default=8)
+    s.add_argument("--kld", help="quality.py JSON with real KLD (default results/[cpu/]quality-<model>.json)")
+    s.add_argument("--json", help="write the rows here")
+    s.add_argument("--per-layer", action="store_true")
+    s.add_argument("-t", "--threads", type=int, default=2)
+    s.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args()
+    dump(a) if a.cmd == "dump" else score(a)
+
+
+if __name__ == "__main__":
+    main()
