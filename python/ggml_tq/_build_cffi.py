@@ -3,7 +3,7 @@
 Run by setuptools through setup.py's cffi_modules, or by hand: `python python/ggml_tq/_build_cffi.py`
 (builds it under build/cffi/, for debugging the build). The declarations are read from ggml-tq/include/ggml-tq.h
 (cdef_from_header): block structs left out, Python passes blocks as raw byte buffers (void *) and the C
-compiler converts them to the struct pointers. tests/test_cffi_header.py checks the result against the
+compiler converts them to the struct pointers. tests/test_types.py checks the result against the
 compiler's own reading of the header.
 """
 import os
