@@ -828,13 +828,27 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
 
 typedef void (*tq_fa_i8_kernel_t)(const tq_fa_i8_params);
 
+// Dynamic shared memory a block of the kernel may have on the current device: TQ_I8_MAX_SMEM where the device
+// allows that much (Hopper, A100: 227 and 163 KB), its opt-in limit where it allows less (about 99 KB on the
+// consumer Ampere/Ada parts), so that tq_fa_i8_layout refuses a plan the launch could not take.
+static int tq_fa_i8_max_smem() {
+    static int limit[GGML_CUDA_MAX_DEVICES] = {};
+    const int dev = ggml_cuda_get_device();
+    if (limit[dev] == 0) {
+        int optin = 0;
+        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        limit[dev] = std::min(optin, TQ_I8_MAX_SMEM);
+    }
+    return limit[dev];
+}
+
 template <int D, ggml_type type_K, ggml_type type_V, int MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_get() {
     const tq_fa_i8_kernel_t k = tq_fattn_mma_i8<D, type_K, type_V, MINB>;
     static bool smem_set[GGML_CUDA_MAX_DEVICES] = {}; // without it a block gets 48 KB, static memory included
     const int dev = ggml_cuda_get_device();
     if (!smem_set[dev]) {
-        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, TQ_I8_MAX_SMEM);
+        CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, tq_fa_i8_max_smem()));
         smem_set[dev] = true;
     }
     return k;
@@ -917,7 +931,7 @@ static bool tq_fa_i8_layout(tq_fa_i8_params & p, int D, ggml_type tk, ggml_type 
     const int ring = tq_fa_stages(D)*(TQ_I8_KT*(p.stride_K + p.stride_V) + TQ_I8_MASK_BYTES);
     const int orows = TQ_I8_WARPS*TQ_FA_MAX_G*(D + 2)*(int) sizeof(float);
     p.smem = std::max(ring, orows);
-    return p.smem <= TQ_I8_MAX_SMEM;
+    return p.smem <= tq_fa_i8_max_smem();
 }
 
 // Blocks of kernel k the whole GPU holds at once.
