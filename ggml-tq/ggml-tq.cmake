@@ -13,9 +13,9 @@ set(GGML_TQ_CPU_SOURCES
 # No automatic FMA contraction: the byte layout of a quantized block must not depend on the compiler's
 # choice (torch reference, cffi build and SIMD kernels round every product separately).
 set_source_files_properties(${GGML_TQ_REF_SOURCES} ${GGML_TQ_CPU_SOURCES} PROPERTIES COMPILE_OPTIONS -ffp-contract=off)
-# CUDA kernels, compiled into ggml-cuda: tq-cuda.cu (cache writes, reads, conversions) and the flash-attention
-# kernels; tq-cuda.cuh is the device-side header they share, tq-pdl.cuh their early launch, tq-rope.cuh the
-# rope + K write that ggml-cuda's rope.cu instantiates.
+# CUDA kernels, compiled into ggml-cuda: tq-cuda.cu (cache writes, reads, conversions) and tq-fattn.cu (the
+# flash-attention decode kernels, one header each); tq-common.cuh is the device-side code they share, tq-rope.cuh
+# the rope + K write that ggml-cuda's rope.cu instantiates.
 file(GLOB GGML_TQ_CUDA_SOURCES ${GGML_TQ_DIR}/cuda/*.cu)
 set(GGML_TQ_CUDA_INCLUDE_DIRS ${GGML_TQ_DIR}/cuda ${GGML_TQ_DIR}/include ${GGML_TQ_DIR}/src)
 # Cache writes and conversions produce the reference's bytes and floats: ggml-cuda compiles with -use_fast_math,

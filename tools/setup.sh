@@ -28,7 +28,7 @@ if [ "$(cat $stamp 2>/dev/null)" != "$deps" ]; then
 fi
 
 # --- ggml_tq (cffi extension compiled from ggml-tq/) -----------------------------------------------
-tq_hash=$(cat ggml-tq/include/*.h ggml-tq/src/*.c ggml-tq/src/*.h python/ggml_tq/*.py pyproject.toml | sha256sum | cut -d' ' -f1)
+tq_hash=$(cat ggml-tq/include/*.h ggml-tq/src/*.c ggml-tq/src/*.h ggml-tq/src/arch/*.c python/ggml_tq/*.py pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.ggml-tq-pkg 2>/dev/null)" != "$tq_hash" ]; then
     log "installing ggml_tq"
     $py -m pip install -q --no-build-isolation .

@@ -149,7 +149,7 @@ static __device__ __forceinline__ void tq_cuda_fwht64_warp(float & lo, float & h
     hi = __fsub_rn(a, hi);
 }
 
-// y = H D x / 8 (tq_rotate_row for one block): a query rotated into the blocks' domain
+// y = H D x / 8 (tq_rotate_row_ref for one block): a query rotated into the blocks' domain
 static __device__ __forceinline__ void tq_cuda_rotate_warp(float & lo, float & hi, int lane) {
     lo = tq_cuda_apply_sign(lo, lane);
     hi = tq_cuda_apply_sign(hi, lane + 32);
@@ -224,7 +224,7 @@ static __device__ __forceinline__ void tq_cuda_rotated_block_warp(const typename
     hi = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ihi));
 }
 
-// dequantize_row_tq4_0 / dequantize_row_tq3_0 for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
+// dequantize_row_tq4_0_ref / dequantize_row_tq3_0_ref for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
 // and scale: lo = x'[lane], hi = x'[lane + 32]. Kernels that load several blocks before decoding them call this.
 static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ihi, tq_half d, int lane,
                                                                  float codebook_lane, float & lo, float & hi) {
@@ -236,7 +236,7 @@ static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ih
     hi = tq_cuda_apply_sign(__fmul_rn(hi, ds), lane + 32);
 }
 
-// dequantize_row_tq4_0 / dequantize_row_tq3_0 for one block, bit-identical: lo = x'[lane], hi = x'[lane + 32].
+// dequantize_row_tq4_0_ref / dequantize_row_tq3_0_ref for one block, bit-identical: lo = x'[lane], hi = x'[lane + 32].
 template <int bits>
 static __device__ __forceinline__ void tq_dequantize_block_warp(const typename tq_cuda_type<bits>::block * b, int lane,
                                                                 float codebook_lane, float & lo, float & hi) {
