@@ -21,6 +21,11 @@ extern "C" {
 
 #define QK_TQ 64
 
+// The encoder's scale search: the gains tried on each block, in this order (the first of equal scores wins).
+// An initializer, so the CPU and CUDA encoders share one table.
+#define TQ_SEARCH_N 8
+#define TQ_SEARCH_GAINS_INIT { 1.0f, 0.9f, 1.05f, 1.1f, 1.15f, 1.2f, 1.3f, 1.4f }
+
 typedef uint16_t tq_half; // IEEE binary16 bits, the same storage as ggml_half
 
 // 4.25 bits per value: 16 4-bit indices per 8 bytes, index j in the low nibble of qs[j], j+32 in the high one
