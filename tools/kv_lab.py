@@ -240,7 +240,8 @@ def codecs(head):
 
     memo = {}   # per layer (cleared by the caller): index choices shared by variants
 
-    def tq(bits, rot="block", scale="norm", grid=(1.0,), up=False, block=64, shipped=False, center=False):
+    def tq(bits, rot="block", scale="norm", grid=(1.0,), up=False, block=64, shipped=False, center=False,
+           sym=False):
         def f(x, role, ctx):
             # a fixed per-channel mean m taken out and added back: softmax ignores q.m, a common shift of the
             # scores, and the weights sum to 1, so P(v - m) + m: only m would have to be stored
@@ -250,14 +251,26 @@ def codecs(head):
             return _tq(x, role)
 
         def _tq(x, role):
-            n = (lab.k_rot_size(head) if role == "k" else 64) if up else None
+            # up: upstream's rotation on top (plain H as LLAMA_ATTN_ROT_TQ=1 does, or sym: D H D), K over
+            # the largest power of two dividing the head, V over 64 (sym: over the head as well)
+            # hd: K only, R = B^T H_n D_n with B TQ's own 64-block rotation, so that TQ's blocks see H_n D_n x
+            if up == "hd":
+                if role == "v":
+                    return lab.tq_shipped(x, bits) if shipped else lab.tq(x, bits, head, rot, scale, grid, block)
+                n = lab.k_rot_size(head)
+                r = lab.block_unrotate(lab.upstream_rot(x * lab.random_signs(n).repeat(x.shape[-1] // n), n))
+                y = lab.tq_shipped(r, bits) if shipped else lab.tq(r, bits, head, rot, scale, grid, block,
+                                                                 memo=memo.setdefault((role, up, center), {}))
+                return lab.upstream_rot(lab.block_rotate(y), n) * lab.random_signs(n).repeat(x.shape[-1] // n)
+            n = (lab.k_rot_size(head) if role == "k" or sym else 64) if up else None
+            rot_fn = lab.sym_rot if sym else lab.upstream_rot
             if n:
-                x = lab.upstream_rot(x, n)
+                x = rot_fn(x, n)
             if shipped:
                 y = lab.tq_shipped(x, bits)
             else:
-                y = lab.tq(x, bits, head, rot, scale, grid, block, memo=memo.setdefault((role, up, center), {}))
-            return lab.upstream_rot(y, n) if n else y
+                y = lab.tq(x, bits, head, rot, scale, grid, block, memo=memo.setdefault((role, up, center, sym), {}))
+            return rot_fn(y, n) if n else y
         return lab.tq_bits(bits, block), f, None
 
     def split(n_out, b_out, b_in):
@@ -278,6 +291,10 @@ def codecs(head):
         c[n + " search7"] = tq(b, grid=S)
         c[n + " +rot search"] = tq(b, grid=W, up=True)
         c[n + " +rot search-ls"] = tq(b, scale="ls", grid=W, up=True)
+        c[n + " +symrot"] = tq(b, shipped=True, up=True, sym=True)
+        c[n + " +symrot search"] = tq(b, grid=W, up=True, sym=True)
+        c[n + " +hdrot"] = tq(b, shipped=True, up="hd")
+        c[n + " +hdrot search"] = tq(b, grid=W, up="hd")
         c[n + " headrot"] = tq(b, rot="head")
         c[n + " headrot search"] = tq(b, rot="head", grid=W)
         c[n + " headrot search-ls"] = tq(b, rot="head", scale="ls", grid=W)
@@ -304,6 +321,7 @@ def candidates(names):
     for b in (4, 3):
         t = f"tq{b}_0"
         for suffix in ("", " +rot", " ls", " search", " search-ls", " search7", " +rot search", " +rot search-ls",
+                       " +symrot", " +symrot search", " +hdrot", " +hdrot search",
                        " headrot", " headrot search", " headrot search-ls", " headblock", " headblock search",
                        " centered", " centered search"):
             if t + suffix in names:
@@ -313,6 +331,11 @@ def candidates(names):
             ("tq4_0/tq2_0", "tq4_0", "tq2_0"), ("tq4_0 search/tq2_0 search", "tq4_0 search", "tq2_0 search"),
             ("tq4_0 +rot search/tq2_0 search", "tq4_0 +rot search", "tq2_0 search"),
             ("tq4_0 headrot search/tq2_0 headrot search", "tq4_0 headrot search", "tq2_0 headrot search"),
+            ("tq4_0 +symrot search/tq2_0 search", "tq4_0 +symrot search", "tq2_0 search"),
+            ("tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search", "tq2_0 search"),
+            ("tq4_0 +hdrot search/tq3_0 search", "tq4_0 +hdrot search", "tq3_0 search"),
+            ("tq3_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search", "tq3_0 search"),
+            ("tq4_0 +symrot search/tq3_0 +symrot search", "tq4_0 +symrot search", "tq3_0 +symrot search"),
             ("tq3_0 +rot search/tq3_0 search", "tq3_0 +rot search", "tq3_0 search")]
     for n in names:
         if n.startswith("split"):
@@ -323,8 +346,9 @@ def candidates(names):
 # the default screen; --all scores every candidate above
 MAIN = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "q4_0 norot"] + [
     f"tq{b}_0{s}" for b in (4, 3) for s in ("", " +rot", " ls", " search", " search-ls", " +rot search",
-                                            " headrot search")] + [
-    "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0 search/tq2_0 search", "tq4_0 +rot search/tq2_0 search"]
+                                            " +hdrot", " +hdrot search", " headrot search")] + [
+    "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0 search/tq2_0 search", "tq4_0 +rot search/tq2_0 search",
+    "tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search/tq3_0 search"]
 
 
 ROWS = {"f16": "f16", "q8_0": "q8_0", "q5_1": "q5_1", "iq4_nl": "iq4_nl", "q4_0": "q4_0", "q4_0 norot": "q4_0 norot",

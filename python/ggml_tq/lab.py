@@ -68,6 +68,13 @@ def random_signs(n: int, seed: int = 0x13) -> torch.Tensor:
     return torch.tensor([-1.0 if b else 1.0 for b in bits[:n]], dtype=torch.float32)
 
 
+def sym_rot(x: torch.Tensor, n: int) -> torch.Tensor:
+    """D H D on each n-value piece: randomized, yet symmetric and its own inverse like H, so it can stand in
+    for upstream's matrix wherever llama.cpp assumes rot^2 = I (output rotated back, K shift)."""
+    d = random_signs(n).repeat(x.shape[-1] // n)
+    return upstream_rot(x * d, n) * d
+
+
 def head_rot(x: torch.Tensor, head: int) -> torch.Tensor:
     """Randomized Hadamard over whole heads: H_head (D x), orthonormal."""
     return upstream_rot(x * random_signs(head).repeat(x.shape[-1] // head), head)
