@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import ggml_tq as G
+from ggml_tq import _types as T
 from ggml_tq import reference as R
 
 TYPES = ("tq4_0", "tq3_0")
@@ -68,10 +69,10 @@ def test_block_norm_above_fp16_max_names_row(mod):
     x[2, 64:] *= 70000.0 / np.linalg.norm(x[2, 64:])
     with pytest.raises(ValueError, match=r"row 2: block 1 .*65504"):
         mod.quantize(x, "tq4_0")
-    x[2, 64:] *= 62000.0 / 70000.0   # under the limit (|c| = 0.975 here: scale 63600): accepted, same norm
+    x[2, 64:] *= 55000.0 / 70000.0   # under the limit (|c| = 0.896 here: scale 61400): accepted, same norm
     if mod is G:
         y = G.dequantize(G.quantize(x, "tq4_0"), "tq4_0", 128)
-        assert abs(np.linalg.norm(y[2, 64:]) / 62000.0 - 1) < 2e-3
+        assert abs(np.linalg.norm(y[2, 64:]) / 55000.0 - 1) < 2e-3
 
 
 def test_scale_that_would_saturate_is_rejected():
@@ -134,6 +135,70 @@ def test_norm_correction_keeps_block_norms(t):
     nx = np.linalg.norm(x.reshape(-1, 64), axis=1)
     ny = np.linalg.norm(y.reshape(-1, 64).astype(np.float64), axis=1)
     assert np.abs(ny / nx - 1).max() < 1e-3    # fp16 scale: relative error <= 2^-11
+
+
+# ---- the encoder's scale search ------------------------------------------------------------------
+
+def _block_rel_mse(x, y):
+    xb = x.reshape(-1, 64).astype(np.float64)
+    return float(np.mean(np.sum((xb - y.reshape(-1, 64)) ** 2, axis=1) / np.sum(xb ** 2, axis=1)))
+
+
+def test_search_gains_match_header():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "ggml-tq" / "include" / "ggml-tq.h").read_text()
+    init = re.search(r"#define TQ_SEARCH_GAINS_INIT \{([^}]*)\}", text).group(1)
+    gains = tuple(float(v.strip().rstrip("f")) for v in init.split(","))
+    assert gains == R.SEARCH_GAINS
+    assert int(re.search(r"#define TQ_SEARCH_N (\d+)", text).group(1)) == len(gains)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("family", ["gaussian", "student_t3"])
+def test_search_lowers_block_mse(t, family):
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((512, 128)) if family == "gaussian" else rng.standard_t(3, (512, 128))).astype(np.float32)
+    searched = _block_rel_mse(x, G.dequantize(G.quantize(x, t), t, 128))
+    plain = _block_rel_mse(x, G.dequantize(R.quantize(x, t, gains=(1.0,)).numpy(), t, 128))
+    assert searched < 0.97 * plain, (searched, plain)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_search_picks_a_gain_other_than_one(t):
+    # z = c/|c| for a centroid vector c with |c| ~ 1.3: z's nearest centroids (gain 1) are not c's,
+    # those of z*1.1 .. z*1.3 are, and their cosine with z is 1, the largest possible
+    ti = T.type_info(t)
+    bits = ti.bits
+    hi, mid, n_hi = (14, 11, 16) if bits == 4 else (7, 5, 18)
+    rng = np.random.default_rng(3)
+    level = np.full(64, mid)
+    level[rng.choice(64, n_hi, replace=False)] = hi
+    neg = rng.random(64) < 0.5
+    idx = np.where(neg, (1 << bits) - 1 - level, level)       # the codebooks are symmetric
+    c = R.centroids(bits).numpy().astype(np.float64)[idx]
+    x = G.unrotate((c / np.linalg.norm(c)).astype(np.float32))
+    q = G.quantize(x, t)
+    np.testing.assert_array_equal(T.unpack_indices(q, ti)[0, 0], idx)
+    assert (T.unpack_indices(R.quantize(x, t, gains=(1.0,)).numpy(), ti)[0, 0] != idx).any()
+    np.testing.assert_array_equal(R.quantize(x, t).numpy(), q)
+    np.testing.assert_array_equal(G.quantize(x, t, impl="cpu"), q)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_search_keeps_the_first_of_equal_scores(t):
+    # a spike rotates to z = +-1/8 everywhere: at every gain all 64 coordinates take the same centroid
+    # magnitude c, and the score c/sqrt(c*c) is exactly 1.0 for each, so gain 1.0, the first, is kept
+    # though gains 1.1 .. 1.4 pick the next centroid out
+    ti = T.type_info(t)
+    x = np.zeros(64, np.float32)
+    x[5] = 3.0
+    first = T.unpack_indices(R.quantize(x, t, gains=(1.0,)).numpy(), ti)
+    last = T.unpack_indices(R.quantize(x, t, gains=(1.4,)).numpy(), ti)
+    assert (first != last).all()
+    for impl in ("ref", "cpu"):
+        np.testing.assert_array_equal(T.unpack_indices(G.quantize(x, t, impl=impl), ti), first)
+    np.testing.assert_array_equal(R.quantize(x, t).numpy(), G.quantize(x, t))
 
 
 def test_rotation_is_orthonormal_and_inverted():

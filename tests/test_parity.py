@@ -125,12 +125,14 @@ def test_compare_bytes_accepts_a_genuine_index_tie(t):
 # ---- statistics and the CLI ----------------------------------------------------------------------
 
 def test_norm_correction_halves_bias():
-    stats = {(s["type"], s["norm_mode"]): s for s in P.statistics(seed=1)}
+    stats = {(s["type"], s["norm_mode"], s["search"]): s for s in P.statistics(seed=1)}
     for t in TYPES:
-        corr, raw = stats[t, "corrected"], stats[t, "raw"]
+        corr, plain, raw = stats[t, "corrected", True], stats[t, "corrected", False], stats[t, "raw", False]
         assert corr["mse"] <= P.MSE_MAX[t]
         assert abs(corr["bias"]) < 0.65 * abs(raw["bias"])
-        assert abs(corr["norm_ratio"] - 1) < 1e-3 and raw["norm_ratio"] < 1
+        assert abs(corr["norm_ratio"] - 1) < 1e-3 and abs(plain["norm_ratio"] - 1) < 1e-3 and raw["norm_ratio"] < 1
+        # the scale search lowers the error at the same scale rule
+        assert corr["mse"] < 0.95 * plain["mse"] and corr["ip_rmse"] < plain["ip_rmse"]
 
 
 def test_cli_table_and_json():

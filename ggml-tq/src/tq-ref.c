@@ -123,6 +123,19 @@ void tq_unrotate_row_ref(const float * x, float * y, int64_t k) {
 
 // ---- quantize -----------------------------------------------------------------------------------
 
+static const float tq_search_gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
+
+// v[0] + .. + v[63] in a fixed pairing: halves added until one value is left (v is overwritten).
+// The order of SIMD and CUDA reductions, so every implementation scores the gains alike to the bit.
+static float tq_tree_sum64(float * v) {
+    for (int h = QK_TQ/2; h > 0; h >>= 1) {
+        for (int j = 0; j < h; ++j) {
+            v[j] = v[j] + v[j + h];
+        }
+    }
+    return v[0];
+}
+
 // Rotates and normalizes one block and picks each coordinate's centroid index.
 // Returns the scale d to store (0 for an all-zero block, whose indices are then all 0).
 static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
@@ -155,15 +168,38 @@ static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
     const float norm     = sqrtf(sumsq);
     const float inv_norm = 1.0f/norm;
 
+    float z[QK_TQ];
+    for (int j = 0; j < QK_TQ; ++j) {
+        z[j] = y[j]*inv_norm;
+    }
+
+    // Scale search: the indices of z*gain for each gain; keep those whose centroid vector c is closest
+    // in angle to z (largest z.c/|c|), the first of equal scores. The nearest centroid of each
+    // coordinate alone (gain 1) is not the best direction for the whole block (docs/design.md).
+    float best = 0.0f;
+    for (int g = 0; g < TQ_SEARCH_N; ++g) {
+        uint8_t gidx[QK_TQ];
+        float   p[QK_TQ], q[QK_TQ];
+        for (int j = 0; j < QK_TQ; ++j) {
+            const float w = z[j]*tq_search_gains[g];
+            int i = 0;
+            while (i < nb && boundaries[i] < w) { // ties go to the lower centroid
+                ++i;
+            }
+            gidx[j] = (uint8_t) i;
+            p[j] = z[j]*centroids[i];
+            q[j] = centroids[i]*centroids[i];
+        }
+        const float score = tq_tree_sum64(p)/sqrtf(tq_tree_sum64(q));
+        if (g == 0 || score > best) {
+            best = score;
+            memcpy(idx, gidx, QK_TQ);
+        }
+    }
+
     float csumsq = 0.0f;
     for (int j = 0; j < QK_TQ; ++j) {
-        const float z = y[j]*inv_norm;
-        int i = 0;
-        while (i < nb && boundaries[i] < z) { // ties go to the lower centroid
-            ++i;
-        }
-        idx[j] = (uint8_t) i;
-        csumsq += centroids[i]*centroids[i];
+        csumsq += centroids[idx[j]]*centroids[idx[j]];
     }
     return amax*(norm/sqrtf(csumsq));
 }

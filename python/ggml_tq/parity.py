@@ -8,8 +8,9 @@
    Reported: the fraction of identical bytes; every differing index or scale is classified as a
    rounding tie or not (see TIE_EPS); then both sides dequantize the SAME bytes and the difference
    is measured.
-2. Statistics (d = 128, Gaussian directions, held-out Gaussian queries), for the norm_mode the
-   format uses ("corrected": d = |x|/|c|) and for "raw" (d = |x|): the MSE of unit vectors, the
+2. Statistics (d = 128, Gaussian directions, held-out Gaussian queries), for the format (scale search,
+   norm_mode "corrected": d = |x|/|c|), the same without the search (gain 1 only: nearest centroids),
+   and TurboQuant as published (nearest centroids, "raw": d = |x|): the MSE of unit vectors, the
    inner-product error RMSE of (q.x' - q.x)/(|q||x|) and its bias, the regression slope of q.x'
    on q.x through the origin (1 = unbiased).
 
@@ -41,6 +42,12 @@ MAX_NON_TIE_MISMATCHES = 0
 # it is 1 ulp off, or when its block has tied indices and each side's scale is within 1 ulp of
 # |x|/|c| computed in float64 from that side's indices.
 TIE_EPS = 1e-5
+# The scale search keeps the gain whose centroid vector c has the largest cosine z.c/|c|: two
+# evaluations may keep different gains, hence many different indices, when those cosines are equal
+# up to rounding. Such a block is a tie when the float64 cosines of both sides' choices differ by
+# at most SCORE_EPS: float32 scores err by ~64 ulps of 1 (64-term sums), ~4e-6; choices that a
+# bug makes differ by 1e-3 and more.
+SCORE_EPS = 1e-5
 # Dequantizing the same bytes: |difference| / (the row's max |value|). The op order is identical,
 # so the expected value is 0 exactly; 2^-20 (~8 float32 ulps) leaves room for one fused or
 # reordered rounding in an optimized kernel and nothing more.
@@ -51,7 +58,7 @@ DEQUANT_REL_TOL = 2.0 ** -20
 # which 4096 samples (standard error ~2e-5) meet with a wide margin unless the codec is broken.
 MSE_MAX = {"tq4_0": 0.0100, "tq3_0": 0.0360}
 # "corrected" is what the format stores because it halves the inner-product bias of "raw":
-# checked as |1 - slope(corrected)| < |1 - slope(raw)|.
+# checked as |1 - slope(corrected)| < |1 - slope(raw)|, the format against TurboQuant as published.
 
 HEAD_DIMS = (64, 128, 256)
 FAMILIES = ("gaussian", "student_t3", "outlier_channels", "zero_rows", "tiny_norm", "huge_norm")
@@ -105,7 +112,8 @@ def _fp16_bits64(d: np.ndarray) -> np.ndarray:
 
 
 def compare_bytes(x: np.ndarray, qa: np.ndarray, qb: np.ndarray, type: T.TypeLike) -> Dict[str, float]:
-    """Compares two encodings qa, qb of the float32 rows x, classifying each difference as a rounding tie or not.
+    """Compares two encodings qa, qb of the float32 rows x, classifying each difference as a rounding tie or not
+    (an index within TIE_EPS of a boundary, or a block whose two choices score alike within SCORE_EPS).
 
     Returns counts: bytes, bytes_identical (and _frac), blocks, index_mismatches, index_ties,
     scale_mismatches, scale_ties, non_tie (= mismatches that are not ties; must be 0).
@@ -128,6 +136,11 @@ def compare_bytes(x: np.ndarray, qa: np.ndarray, qb: np.ndarray, type: T.TypeLik
         bnd = np.asarray(_boundaries32(t.bits), dtype=np.float64)
         dist = np.min(np.abs(z[:, :, None] - bnd[None, None, :]), axis=2)
         idx_tie[blk] = idx_diff[blk] & (np.abs(ia[blk] - ib[blk]) == 1) & (dist <= TIE_EPS)
+        c = np.asarray(_centroids32(t.bits), dtype=np.float64)
+        ca, cb = c[ia[blk]], c[ib[blk]]
+        cos_a = np.sum(z * ca, axis=1) / np.sqrt(np.sum(ca * ca, axis=1))
+        cos_b = np.sum(z * cb, axis=1) / np.sqrt(np.sum(cb * cb, axis=1))
+        idx_tie[blk] |= idx_diff[blk] & (np.abs(cos_a - cos_b) <= SCORE_EPS)[:, None]
 
     scale_diff = da != db
     scale_tie = scale_diff & (np.abs(da - db) <= 1)
@@ -249,7 +262,9 @@ def ip_stats(x: np.ndarray, xq: np.ndarray, queries: np.ndarray) -> Dict[str, fl
 
 
 def statistics(seed: int) -> List[Dict[str, float]]:
-    """MSE, inner-product RMSE and bias at d = STATS_D for norm_mode corrected (C library) and raw (torch)."""
+    """MSE, inner-product RMSE and bias at d = STATS_D of three encoders: the format (C library: scale search,
+    norm_mode corrected), the same without the scale search (torch, gain 1 only) and TurboQuant as published
+    (torch: gain 1 only, norm_mode raw)."""
     import torch
 
     import ggml_tq as G
@@ -260,15 +275,15 @@ def statistics(seed: int) -> List[Dict[str, float]]:
     queries = rng.standard_normal((STATS_QUERIES, STATS_D))                   # held out
     out = []
     for name in T.TYPES:
-        for mode in ("corrected", "raw"):
-            if mode == "corrected":
+        for mode, search in (("corrected", True), ("corrected", False), ("raw", False)):
+            if search:
                 xq = G.dequantize(G.quantize(x, name), name, STATS_D)
             else:
-                idx, d, _ = R.quantize_indices(x, name, torch.float32, norm_mode="raw")
+                idx, d, _ = R.quantize_indices(x, name, torch.float32, norm_mode=mode, gains=(1.0,))
                 xq = R.dequantize(R.pack(idx, R.fp16_bits(d), name).numpy(), name, STATS_D).numpy()
             err = np.sum((x.astype(np.float64) - xq) ** 2, axis=1)
-            row = {"type": name, "norm_mode": mode, "d": STATS_D, "keys": STATS_KEYS, "queries": STATS_QUERIES,
-                   "mse": float(err.mean()),
+            row = {"type": name, "norm_mode": mode, "search": search, "d": STATS_D, "keys": STATS_KEYS,
+                   "queries": STATS_QUERIES, "mse": float(err.mean()),
                    "norm_ratio": float(np.mean(np.linalg.norm(xq.astype(np.float64), axis=1)))}
             row.update(ip_stats(x, xq, queries))
             out.append(row)
@@ -309,7 +324,7 @@ def run(rows: int = 256, seed: int = 0, lib_path: Optional[str] = None) -> dict:
                         violations.append(f"{name} zero_rows d={d}: all-zero rows do not decode to zeros")
     stats = statistics(seed)
     for name in T.TYPES:
-        corr = next(s for s in stats if s["type"] == name and s["norm_mode"] == "corrected")
+        corr = next(s for s in stats if s["type"] == name and s["norm_mode"] == "corrected" and s["search"])
         raw = next(s for s in stats if s["type"] == name and s["norm_mode"] == "raw")
         if not corr["mse"] <= MSE_MAX[name]:
             violations.append(f"{name}: unit-vector MSE {corr['mse']:.5f} > {MSE_MAX[name]}")
@@ -317,7 +332,7 @@ def run(rows: int = 256, seed: int = 0, lib_path: Optional[str] = None) -> dict:
             violations.append(f"{name}: norm correction does not reduce the inner-product bias "
                               f"({corr['bias']:+.5f} vs raw {raw['bias']:+.5f})")
     return {
-        "tolerances": {"max_non_tie_mismatches": MAX_NON_TIE_MISMATCHES, "tie_eps": TIE_EPS,
+        "tolerances": {"max_non_tie_mismatches": MAX_NON_TIE_MISMATCHES, "tie_eps": TIE_EPS, "score_eps": SCORE_EPS,
                        "dequant_rel_tol": DEQUANT_REL_TOL, "mse_max": MSE_MAX},
         "cpu_variant": G.cpu_variant(),
         "rows": rows, "seed": seed,
@@ -348,8 +363,8 @@ def _summary(parity: List[dict]) -> List[dict]:
 def format_table(rep: dict) -> str:
     lines = [f"ggml_tq parity: C reference (tq-ref.c) vs torch reference, fast kernels ({rep['cpu_variant']}) "
              f"and any --lib; {rep['rows']} rows per family and d, seed {rep['seed']}",
-             f"tolerances: non-tie mismatches <= {MAX_NON_TIE_MISMATCHES}, tie = within {TIE_EPS:g} of a boundary "
-             f"or 1 fp16 ulp; same-bytes dequant rel diff <= {DEQUANT_REL_TOL:.3g}; "
+             f"tolerances: non-tie mismatches <= {MAX_NON_TIE_MISMATCHES}, tie = within {TIE_EPS:g} of a boundary, "
+             f"gains scoring within {SCORE_EPS:g} or 1 fp16 ulp; same-bytes dequant rel diff <= {DEQUANT_REL_TOL:.3g}; "
              f"MSE <= {MSE_MAX['tq4_0']} (tq4_0), {MSE_MAX['tq3_0']} (tq3_0)",
              ""]
     sw = max([4] + [len(r["side"]) for r in rep["parity"]])
@@ -364,10 +379,11 @@ def format_table(rep: dict) -> str:
     s0 = rep["stats"][0]
     lines += ["", f"statistics: d={s0['d']}, {s0['keys']} Gaussian unit keys, {s0['queries']} held-out Gaussian queries "
               f"(slope of q.x' on q.x: 1 = unbiased)"]
-    hdr = f"{'type':6} {'norm_mode':10} {'mse':>9} {'ip_rmse':>9} {'slope':>9} {'bias':>9} {'|x_q|':>8}"
+    hdr = f"{'type':6} {'norm_mode':10} {'search':6} {'mse':>9} {'ip_rmse':>9} {'slope':>9} {'bias':>9} {'|x_q|':>8}"
     lines += [hdr, "-" * len(hdr)]
     for s in rep["stats"]:
-        lines.append(f"{s['type']:6} {s['norm_mode']:10} {s['mse']:9.6f} {s['ip_rmse']:9.6f} {s['slope']:9.6f} "
+        lines.append(f"{s['type']:6} {s['norm_mode']:10} {'yes' if s['search'] else 'no':6} "
+                     f"{s['mse']:9.6f} {s['ip_rmse']:9.6f} {s['slope']:9.6f} "
                      f"{s['bias']:+9.6f} {s['norm_ratio']:8.5f}")
     lines.append("")
     if rep["violations"]:

@@ -10,7 +10,10 @@ Quantizing a 64-value block x (tq-ref.c: tq_quantize_block):
     y    = FWHT64(x * (1/amax) * sign) * 0.125   (butterfly stages h = 1, 2, 4, .., 32: a+b, a-b)
     norm = sqrt(sum_j y_j^2)                  (summed j = 0..63 in order; sqrt correctly rounded)
     z    = y * (1/norm)
-    idx  = number of boundaries strictly below z_j
+    scale search, for each gain t of SEARCH_GAINS (in order):
+        idx_t = number of boundaries strictly below z_j*t,  c = centroid[idx_t]
+        score_t = tree_sum(z*c) / sqrt(tree_sum(c*c))   (tree_sum: halves added, h = 32, 16, .., 1)
+    idx  = idx_t of the largest score (strictly larger: the first of equal scores wins)
     d    = amax * (norm / sqrt(sum_j c[idx_j]^2))   norm_mode="corrected" (the format)
          = amax * norm                              norm_mode="raw" (measurement only: not the format)
     d is stored as fp16, round to nearest even, saturating at 65504.
@@ -42,6 +45,9 @@ from ._types import (  # noqa: F401  (type_info re-exported: same names as ggml_
 from ._types import as_rows as _as_rows
 
 NormMode = Literal["corrected", "raw"]
+
+# the encoder's scale search gains, in order (ggml-tq.h: TQ_SEARCH_GAINS_INIT)
+SEARCH_GAINS = (1.0, 0.9, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4)
 
 __all__ = ["quantize", "dequantize", "type_info", "rotate", "unrotate", "dot_rotated",
            "centroids", "boundaries", "signs", "fwht64"]
@@ -157,10 +163,39 @@ def _seq_sum_sq(v: torch.Tensor) -> torch.Tensor:
     return s
 
 
+def _tree_sum64(v: torch.Tensor) -> torch.Tensor:
+    """tq_tree_sum64 over the last axis (64): v[j] + v[j + h] for h = 32, 16, 8, 4, 2, 1."""
+    h = QK_TQ // 2
+    while h:
+        v = v[..., :h] + v[..., h:2 * h]
+        h //= 2
+    return v[..., 0]
+
+
+def search_indices(z: torch.Tensor, bits: int, gains=SEARCH_GAINS) -> torch.Tensor:
+    """The encoder's scale search (tq_quantize_block) on normalized rotated blocks z (..., 64) -> int64 indices.
+
+    All gains at once: the indices of z*t for each gain t, scored by the cosine z.c/|c| of their
+    centroids c; the first gain of the largest score wins. gains=(1.0,) is plain nearest-centroid coding.
+    """
+    g = torch.tensor(gains, dtype=torch.float32).to(z.dtype)     # the float32 table, as in C
+    w = z[..., None, :] * g[:, None]                               # (..., gains, 64)
+    idx = torch.searchsorted(boundaries(bits, z.dtype), w)         # boundaries strictly below: ties go down
+    c = centroids(bits, z.dtype)[idx]
+    score = _tree_sum64(z[..., None, :] * c) / _sqrt(_tree_sum64(c * c))
+    best, pick = score[..., 0], torch.zeros(score.shape[:-1], dtype=torch.int64)
+    for k in range(1, len(gains)):
+        better = score[..., k] > best
+        best = torch.where(better, score[..., k], best)
+        pick = torch.where(better, torch.full_like(pick, k), pick)
+    return torch.gather(idx, -2, pick[..., None, None].expand(*pick.shape, 1, QK_TQ))[..., 0, :]
+
+
 def quantize_indices(x, type: TypeLike, dtype: torch.dtype = torch.float32,
-                     norm_mode: NormMode = "corrected") -> tuple:
+                     norm_mode: NormMode = "corrected", gains=SEARCH_GAINS) -> tuple:
     """The unpacked codes of x: ((rows, nblocks, 64) int64 indices, (rows, nblocks) scale d before fp16
-    rounding, (rows, nblocks) normalized rotated blocks z). No input validation beyond shapes."""
+    rounding, (rows, nblocks) normalized rotated blocks z). No input validation beyond shapes.
+    gains: the scale search's gains (search_indices); the format's are SEARCH_GAINS."""
     t = type_info(type)
     if norm_mode not in ("corrected", "raw"):
         raise ValueError(f"norm_mode must be 'corrected' or 'raw', got {norm_mode!r}")
@@ -173,7 +208,7 @@ def quantize_indices(x, type: TypeLike, dtype: torch.dtype = torch.float32,
     norm = _sqrt(_seq_sum_sq(y))
     inv_norm = one / torch.where(zero, one, norm)
     z = y * inv_norm[..., None]
-    idx = (boundaries(t.bits, dtype) < z[..., None]).sum(dim=-1)   # ties go to the lower centroid
+    idx = search_indices(z, t.bits, gains)
     idx = torch.where(zero[..., None], torch.zeros_like(idx), idx)
     if norm_mode == "corrected":
         c = centroids(t.bits, dtype)[idx]
@@ -226,7 +261,7 @@ def unpack(q: torch.Tensor, type: TypeLike) -> tuple:
 
 
 def quantize(x, type: TypeLike, dtype: torch.dtype = torch.float32,
-             norm_mode: NormMode = "corrected") -> torch.Tensor:
+             norm_mode: NormMode = "corrected", gains=SEARCH_GAINS) -> torch.Tensor:
     """Quantize rows of x ((rows, n) or (n,), numpy or torch) -> (rows, n/64 * type_size) torch.uint8.
 
     Validation as ggml_tq.quantize: ValueError on NaN/Inf or a block norm above 65504 (naming the row)
@@ -238,7 +273,7 @@ def quantize(x, type: TypeLike, dtype: torch.dtype = torch.float32,
     a = xt.numpy()
     check_finite(a)
     check_norms(a)
-    idx, d, _ = quantize_indices(xt, t, dtype, norm_mode)
+    idx, d, _ = quantize_indices(xt, t, dtype, norm_mode, gains)
     return pack(idx, fp16_bits(d), t)
 
 
