@@ -34,10 +34,6 @@
 #define TQ_CUDA_I8(a, i)  TQ_CUDA_I4(a, i), TQ_CUDA_I4(a, i + 4)
 static __constant__ float tq_cuda_centroids_4bit[16]  = { TQ_CUDA_I8(tq_centroids_4bit, 0), TQ_CUDA_I8(tq_centroids_4bit, 8) };
 static __constant__ float tq_cuda_centroids_3bit[8]   = { TQ_CUDA_I8(tq_centroids_3bit, 0) };
-static __constant__ float tq_cuda_boundaries_4bit[15] = { TQ_CUDA_I8(tq_boundaries_4bit, 0), TQ_CUDA_I4(tq_boundaries_4bit, 8),
-                                                          tq_boundaries_4bit[12], tq_boundaries_4bit[13], tq_boundaries_4bit[14] };
-static __constant__ float tq_cuda_boundaries_3bit[7]  = { TQ_CUDA_I4(tq_boundaries_3bit, 0),
-                                                          tq_boundaries_3bit[4], tq_boundaries_3bit[5], tq_boundaries_3bit[6] };
 #undef TQ_CUDA_I4
 #undef TQ_CUDA_I8
 
@@ -46,12 +42,10 @@ template <int bits> struct tq_cuda_type;
 template <> struct tq_cuda_type<4> {
     typedef block_tq4_0 block;
     static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_4bit[i]; }
-    static __device__ __forceinline__ float boundary (int i) { return tq_cuda_boundaries_4bit[i]; }
 };
 template <> struct tq_cuda_type<3> {
     typedef block_tq3_0 block;
     static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_3bit[i]; }
-    static __device__ __forceinline__ float boundary (int i) { return tq_cuda_boundaries_3bit[i]; }
 };
 
 // ---- scalar helpers -----------------------------------------------------------------------------
@@ -109,16 +103,46 @@ static __device__ __forceinline__ int tq3_0_cuda_index(const block_tq3_0 * b, in
     return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
 }
 
-// The centroid index of a rotated, normalized coordinate z: the number of boundaries strictly below z
-// (ties go to the lower centroid; NaN gives 0), compared against warp-uniform constants.
+// Decision boundary k of the codebook, a compile-time constant (tq-codebook.h): symmetric about an exact 0.
+template <int bits>
+static constexpr __host__ __device__ float tq_cuda_boundary(int k) {
+    constexpr float b4[15] = TQ_BOUNDARIES_4BIT_INIT;
+    constexpr float b3[7]  = TQ_BOUNDARIES_3BIT_INIT;
+    return bits == 4 ? b4[k] : b3[k];
+}
+template <int bits>
+static constexpr __host__ __device__ bool tq_cuda_boundaries_symmetric() {
+    constexpr int n = (1 << bits) - 1;
+    for (int k = 0; k < n; ++k) {
+        if (tq_cuda_boundary<bits>(k) != -tq_cuda_boundary<bits>(n - 1 - k) ||
+            (k > n/2 && !(tq_cuda_boundary<bits>(k) > tq_cuda_boundary<bits>(k - 1)))) {
+            return false;
+        }
+    }
+    return tq_cuda_boundary<bits>(n/2) == 0.0f;
+}
+
+// The centroid index of a rotated, normalized coordinate z: the number of boundaries strictly below z, ties to
+// the lower centroid, NaN to 0. The scale search counts 16 per lane, so this counts in integers against the
+// 2^(bits-1) - 1 positive boundaries a_k alone (the others are -a_k and 0), without predicates:
+//   z > 0 (+inf included):  index = half + 1 + #{a_k <  z}
+//   otherwise (0, -0, NaN): index = half     - #{a_k <= |z|}
+// #{a_k <= |z|} is #{a_k < |z| + 1 ulp}, NaN's magnitude plus one is above every a_k (index 0), and a_k < m for
+// floats >= 0 is their bit patterns' order: the sign bit of bits(a_k) - m, with no overflow for m <= 2^31.
+// Exact for every input, subnormals too, whatever the flush-to-zero mode of the including file.
 template <int bits>
 static __device__ __forceinline__ int tq_cuda_nearest_index(float z) {
-    int i = 0;
+    static_assert(tq_cuda_boundaries_symmetric<bits>(), "the index count needs boundaries symmetric about 0");
+    constexpr int half = (1 << (bits - 1)) - 1;
+    const uint32_t zb    = __float_as_uint(z);
+    const bool     upper = zb - 1u < 0x7f800000u; // z > 0, as bits: +0 wraps, NaN and negatives are above
+    const uint32_t m     = (zb & 0x7fffffffu) + (upper ? 0u : 1u);
+    int n = 0;
 #pragma unroll
-    for (int k = 0; k < (1 << bits) - 1; ++k) {
-        i += tq_cuda_type<bits>::boundary(k) < z;
+    for (int k = 0; k < half; ++k) {
+        n += (__float_as_uint(tq_cuda_boundary<bits>(half + 1 + k)) - m) >> 31;
     }
-    return i;
+    return upper ? half + 1 + n : half - n;
 }
 
 // ---- warp helpers: lane l holds elements l (lo) and l + 32 (hi) -----------------------------------
@@ -275,6 +299,50 @@ static __device__ __forceinline__ void tq_cuda_store_block(block_tq3_0 * y, int 
     }
 }
 
+// The encoder's scale search (tq-ref.c, docs/design.md): the indices of the block magnified by each gain t of
+// TQ_SEARCH_GAINS_INIT, kept for the largest cosine dot(z, c)/sqrt(cc) (strictly larger: the first of equal
+// scores wins). z = (z[lane], z[lane + 32]); returns the kept indices and their centroids, the same in every
+// respect as tq-ref.c's search: both sums are its tree_sum64, whose stage h = 32 adds a lane's two elements
+// and whose stages 16 .. 1 pair lanes l and l ^ h, the operands of the reference's pairs (a + b == b + a).
+// The gains are independent: their lookups and their 16 reductions interleave, 5 shuffle levels deep in all.
+template <int bits>
+static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, float zhi, float codebook_lane,
+                                                                   int & ilo, int & ihi, float & clo, float & chi) {
+    constexpr float gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
+    int   glo[TQ_SEARCH_N], ghi[TQ_SEARCH_N];   // registers: every loop below is unrolled
+    float gclo[TQ_SEARCH_N], gchi[TQ_SEARCH_N];
+    float dot[TQ_SEARCH_N], cc[TQ_SEARCH_N];
+#pragma unroll
+    for (int g = 0; g < TQ_SEARCH_N; ++g) {
+        glo[g]  = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zlo : __fmul_rn(zlo, gains[g]));
+        ghi[g]  = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zhi : __fmul_rn(zhi, gains[g]));
+        gclo[g] = tq_cuda_codebook_lookup(codebook_lane, glo[g]);
+        gchi[g] = tq_cuda_codebook_lookup(codebook_lane, ghi[g]);
+        dot[g]  = __fadd_rn(__fmul_rn(zlo, gclo[g]), __fmul_rn(zhi, gchi[g]));
+        cc[g]   = __fadd_rn(__fmul_rn(gclo[g], gclo[g]), __fmul_rn(gchi[g], gchi[g]));
+    }
+#pragma unroll
+    for (int h = 16; h > 0; h >>= 1) {
+#pragma unroll
+        for (int g = 0; g < TQ_SEARCH_N; ++g) {
+            dot[g] = __fadd_rn(dot[g], __shfl_xor_sync(TQ_CUDA_FULL_MASK, dot[g], h));
+            cc[g]  = __fadd_rn(cc[g],  __shfl_xor_sync(TQ_CUDA_FULL_MASK, cc[g],  h));
+        }
+    }
+    float best = __fdiv_rn(dot[0], __fsqrt_rn(cc[0]));
+    ilo = glo[0];  ihi = ghi[0];
+    clo = gclo[0]; chi = gchi[0];
+#pragma unroll
+    for (int g = 1; g < TQ_SEARCH_N; ++g) {
+        const float score = __fdiv_rn(dot[g], __fsqrt_rn(cc[g])); // the same in every lane
+        if (score > best) {
+            best = score;
+            ilo = glo[g];  ihi = ghi[g];
+            clo = gclo[g]; chi = gchi[g];
+        }
+    }
+}
+
 // quantize_row_tq4_0_ref / quantize_row_tq3_0_ref for one block, byte-identical:
 // lo = x[lane], hi = x[lane + 32]; writes *y. codebook_lane: tq_cuda_codebook_lane<bits>(lane).
 template <int bits>
@@ -297,12 +365,11 @@ static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi
     const float norm     = __fsqrt_rn(tq_cuda_warp_sum_ordered(__fmul_rn(lo, lo), __fmul_rn(hi, hi)));
     const float inv_norm = __frcp_rn(norm);
 
-    const int ilo = tq_cuda_nearest_index<bits>(__fmul_rn(lo, inv_norm));
-    const int ihi = tq_cuda_nearest_index<bits>(__fmul_rn(hi, inv_norm));
+    int ilo, ihi;
+    float clo, chi;
+    tq_cuda_search_indices_warp<bits>(__fmul_rn(lo, inv_norm), __fmul_rn(hi, inv_norm), codebook_lane, ilo, ihi, clo, chi);
 
     // d = |x| / |c|: the reconstruction keeps x's norm
-    const float clo    = tq_cuda_codebook_lookup(codebook_lane, ilo);
-    const float chi    = tq_cuda_codebook_lookup(codebook_lane, ihi);
     const float csumsq = tq_cuda_warp_sum_ordered(__fmul_rn(clo, clo), __fmul_rn(chi, chi));
     const float d      = __fmul_rn(amax, __fdiv_rn(norm, __fsqrt_rn(csumsq)));
 

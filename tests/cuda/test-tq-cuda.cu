@@ -1,6 +1,7 @@
 // CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit:
-//   - device helpers (tq-common.cuh): warp quantize -> the reference's bytes, warp dequantize -> the reference's
-//     floats, rotate / unrotate -> tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h;
+//   - device helpers (tq-common.cuh): warp quantize -> the reference's bytes (with blocks where the scale search
+//     keeps a gain other than 1), warp dequantize -> the reference's floats, rotate / unrotate ->
+//     tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h, the centroid index of every float;
 //   - ggml ops (tq-cuda.cu, through hand-made ggml_tensor structs): SET_ROWS from f32/f16 with i32/i64 indices
 //     and broadcasting, GET_ROWS to f32/f16, CPY f32/f16 -> TQ and TQ -> f32/f16 through permuted views,
 //     the contiguous and non-contiguous conversions to f32/f16 that flash attention uses.
@@ -244,19 +245,85 @@ static int grid_for_warps(int nwarps) { return (nwarps + 7)/8; }
 // ---- tests -------------------------------------------------------------------------------------------
 
 static void test_tables() {
-    float c4[16], c3[8], b4[15], b3[7];
+    float c4[16], c3[8];
     CUDA_CHECK(cudaMemcpyFromSymbol(c4, tq_cuda_centroids_4bit, sizeof(c4)));
     CUDA_CHECK(cudaMemcpyFromSymbol(c3, tq_cuda_centroids_3bit, sizeof(c3)));
-    CUDA_CHECK(cudaMemcpyFromSymbol(b4, tq_cuda_boundaries_4bit, sizeof(b4)));
-    CUDA_CHECK(cudaMemcpyFromSymbol(b3, tq_cuda_boundaries_3bit, sizeof(b3)));
-    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) &&
-          !memcmp(b4, tq_boundaries_4bit, sizeof(b4)) && !memcmp(b3, tq_boundaries_3bit, sizeof(b3)),
+    bool boundaries_ok = true;
+    for (int k = 0; k < 15; ++k) boundaries_ok &= tq_cuda_boundary<4>(k) == tq_boundaries_4bit[k];
+    for (int k = 0; k < 7;  ++k) boundaries_ok &= tq_cuda_boundary<3>(k) == tq_boundaries_3bit[k];
+    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) && boundaries_ok,
           "device codebooks and boundaries == tq-codebook.h");
     bool signs_ok = true;
     for (int j = 0; j < QK_TQ; ++j) {
         signs_ok &= (((TQ_SIGN_MASK >> j) & 1) != 0) == (tq_signs[j] < 0.0f);
     }
     check(signs_ok, "TQ_SIGN_MASK == tq_signs");
+}
+
+// tq_cuda_nearest_index (integer arithmetic on the positive boundaries) against what it stands for, the number
+// of boundaries strictly below z in IEEE comparisons, for every 32-bit pattern: zeros, subnormals, infinities, NaNs.
+template <int bits>
+static __global__ void k_nearest_index_all(unsigned long long * n_bad, unsigned int * first_bad) {
+    unsigned long long bad = 0;
+    for (uint64_t u = (uint64_t) blockIdx.x*blockDim.x + threadIdx.x; u < (1ull << 32); u += (uint64_t) gridDim.x*blockDim.x) {
+        const float z = __uint_as_float((uint32_t) u);
+        int want = 0;
+#pragma unroll
+        for (int k = 0; k < (1 << bits) - 1; ++k) {
+            want += tq_cuda_boundary<bits>(k) < z;
+        }
+        if (tq_cuda_nearest_index<bits>(z) != want) {
+            bad++;
+            atomicMin(first_bad, (unsigned int) u);
+        }
+    }
+    if (bad) {
+        atomicAdd(n_bad, bad);
+    }
+}
+
+template <int bits>
+static void test_nearest_index() {
+    dbuf d_bad(sizeof(unsigned long long)), d_first(sizeof(unsigned int));
+    CUDA_CHECK(cudaMemset(d_bad.ptr, 0, d_bad.size));
+    CUDA_CHECK(cudaMemset(d_first.ptr, 0xff, d_first.size));
+    k_nearest_index_all<bits><<<4096, 256>>>((unsigned long long *) d_bad.ptr, (unsigned int *) d_first.ptr);
+    CUDA_CHECK(cudaGetLastError());
+    const unsigned long long n_bad = d_bad.get<unsigned long long>()[0];
+    if (n_bad) {
+        printf("     %llu floats differ, the first 0x%08x\n", n_bad, d_first.get<unsigned int>()[0]);
+    }
+    check(n_bad == 0, "tq_cuda_nearest_index<%d> == boundaries below, all 2^32 floats", bits);
+}
+
+// The reference's centroid index j of a block, and the indices the encoder picks without its scale search
+// (gain 1 alone), from the reference's own steps: a block where they differ kept another gain.
+static int ref_index(ggml_type t, const uint8_t * block, int j) {
+    if (t == GGML_TYPE_TQ4_0) {
+        const block_tq4_0 * b = (const block_tq4_0 *) block;
+        return j < QK_TQ/2 ? b->qs[j] & 0xf : b->qs[j - QK_TQ/2] >> 4;
+    }
+    const block_tq3_0 * b = (const block_tq3_0 *) block;
+    return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+}
+
+static void gain1_indices(ggml_type t, const float * x, int * idx) {
+    const float * boundaries = t == GGML_TYPE_TQ4_0 ? tq_boundaries_4bit : tq_boundaries_3bit;
+    const int     nb         = t == GGML_TYPE_TQ4_0 ? 15 : 7;
+    float amax = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float inv_amax = 1.0f/amax;
+    float xs[QK_TQ], y[QK_TQ];
+    for (int j = 0; j < QK_TQ; ++j) xs[j] = x[j]*inv_amax;
+    tq_rotate_row_ref(xs, y, QK_TQ); // H D (x/amax) / 8, the encoder's roundings
+    float sumsq = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) sumsq += y[j]*y[j];
+    const float inv_norm = 1.0f/std::sqrt(sumsq);
+    for (int j = 0; j < QK_TQ; ++j) {
+        const float z = y[j]*inv_norm;
+        idx[j] = 0;
+        while (idx[j] < nb && boundaries[idx[j]] < z) idx[j]++;
+    }
 }
 
 template <int bits>
@@ -280,6 +347,15 @@ static void test_block_helpers(std::mt19937 & rng, ggml_type type) {
         }
         check(ok, "%s tq_quantize_block_warp == quantize_row_%s_ref bytes, %s blocks", name, name, kind_names[k]);
     }
+    int n_normal = 0, n_searched = 0; // kind 0: Gaussian blocks, where gains other than 1 win now and then
+    for (int b = 0; b < nblocks; b += n_kinds, ++n_normal) {
+        int idx[QK_TQ];
+        gain1_indices(type, x.data() + b*QK_TQ, idx);
+        bool same = true;
+        for (int j = 0; j < QK_TQ; ++j) same &= idx[j] == ref_index(type, want.data() + b*sizeof(block_t), j);
+        n_searched += !same;
+    }
+    check(n_searched > 0, "%s: the scale search keeps a gain other than 1 in %d of %d normal blocks", name, n_searched, n_normal);
 
     // dequantize the reference's blocks and random bytes
     for (int src = 0; src < 2; ++src) {
@@ -561,6 +637,8 @@ int main() {
 
     std::mt19937 rng(1234);
     test_tables();
+    test_nearest_index<4>();
+    test_nearest_index<3>();
     test_block_helpers<4>(rng, GGML_TYPE_TQ4_0);
     test_block_helpers<3>(rng, GGML_TYPE_TQ3_0);
     test_rotation(rng);
