@@ -16,6 +16,8 @@
 //     j = 0..63, from 0, each square rounded before it is added (tq_seq_sums below);
 //   - the index of a coordinate is the number of boundaries strictly below it (ties go down): a
 //     branch-free search over the ascending boundaries gives that same count;
+//   - the scale search scores each gain with two tree sums (tq_tree_sum64): register halves added
+//     vertically, then the lanes in the same pairing, one IEEE division and square root per gain;
 //   - the scale goes through the reference's own tq_fp32_to_fp16.
 // tests/c/test-tq-kernels.c checks all of this (and --bench times it).
 #pragma once
@@ -44,6 +46,22 @@ TQ_INLINE tq_half tq_block_d(const void * blk) {
     tq_half d;
     memcpy(&d, blk, sizeof(d));
     return d;
+}
+
+// ---- the scale search (tq-ref.c: tq_quantize_block) ----------------------------------------------
+
+static const float tq_search_gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
+
+// The gain of the largest score, the first of equal ones. Branch-free: the winner depends on the
+// data, and a branch on it mispredicts.
+TQ_INLINE float tq_search_pick(const float * score) {
+    float best = score[0], gain = tq_search_gains[0];
+    for (int g = 1; g < TQ_SEARCH_N; ++g) {
+        const int better = score[g] > best;
+        best = better ? score[g] : best;
+        gain = better ? tq_search_gains[g] : gain;
+    }
+    return gain;
 }
 
 // ---- the SIMD quantizer's driver ----------------------------------------------------------------
@@ -85,7 +103,7 @@ static inline void tq_seq_sums(float * v, float * out, int n) {
 // One block's rotation: returns amax; when amax >= FLT_MIN writes y = H D (x/amax) / 8 and sq = y*y,
 // else sq = 0 (y 64-byte aligned).
 typedef float (*tq_prep_fn)(const float * x, float * y, float * sq);
-// One block's indices from its rotated coordinates y (times inv_norm), and csq[j] = c[idx_j]^2.
+// One block's indices from its rotated coordinates y (times inv_norm, then the scale search), and csq[j] = c[idx_j]^2.
 typedef void (*tq_index_fn)(const float * y, float inv_norm, void * blk, float * csq);
 
 #define TQ_QGROUP 8 // blocks rotated and summed together

@@ -161,12 +161,35 @@ static void model_block(const float * x, int bits, int fused, uint8_t * idx, tq_
         }
     }
     const float norm = sqrtf(sumsq), inv_norm = 1.0f/norm;
+    static const float gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
+    float z[QK_TQ], best = 0.0f;
+    for (int j = 0; j < QK_TQ; ++j) z[j] = y[j]*inv_norm;
+    for (int g = 0; g < TQ_SEARCH_N; ++g) { // the scale search, its sums as pairwise trees
+        uint8_t gi[QK_TQ];
+        float p[QK_TQ], q[QK_TQ];
+        for (int j = 0; j < QK_TQ; ++j) {
+            int i = 0;
+            while (i < nb && bnd[i] < z[j]*gains[g]) ++i;
+            gi[j] = (uint8_t) i;
+            volatile float pj = z[j]*cen[i], qj = cen[i]*cen[i]; // rounded, never fused into the sums
+            p[j] = pj;
+            q[j] = qj;
+        }
+        for (int h = QK_TQ/2; h > 0; h >>= 1) {
+            for (int j = 0; j < h; ++j) {
+                p[j] += p[j + h];
+                q[j] += q[j + h];
+            }
+        }
+        const float score = p[0]/sqrtf(q[0]);
+        if (g == 0 || score > best) {
+            best = score;
+            memcpy(idx, gi, QK_TQ);
+        }
+    }
     float csumsq = 0.0f;
     for (int j = 0; j < QK_TQ; ++j) {
-        const float z = y[j]*inv_norm;
-        int i = 0;
-        while (i < nb && bnd[i] < z) ++i;
-        idx[j] = (uint8_t) i;
+        const int i = idx[j];
         if (fused) {
             csumsq = fmaf(cen[i], cen[i], csumsq);
         } else {

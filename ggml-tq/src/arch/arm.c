@@ -131,14 +131,14 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
     return amax;
 }
 
-// 16 indices (number of boundaries strictly below z) from 16 coordinates
-TQ_INLINE uint8x16_t tq_count16(const float * y, float32x4_t in, const float * B, int nbnd) {
+// 16 indices (number of boundaries strictly below z*t) from 16 coordinates z
+TQ_INLINE uint8x16_t tq_count16(const float * z, float32x4_t t, const float * B, int nbnd) {
     uint32x4_t cnt[4];
     for (int g = 0; g < 4; ++g) {
-        const float32x4_t z = vmulq_f32(vld1q_f32(y + 4*g), in);
+        const float32x4_t w = vmulq_f32(vld1q_f32(z + 4*g), t);
         uint32x4_t c = vdupq_n_u32(0);
         for (int i = 0; i < nbnd; ++i) {
-            c = vsubq_u32(c, vcltq_f32(vdupq_n_f32(B[i]), z));
+            c = vsubq_u32(c, vcltq_f32(vdupq_n_f32(B[i]), w));
         }
         cnt[g] = c;
     }
@@ -154,12 +154,12 @@ TQ_INLINE void tq_store_sq16(const float32x4_t * c, float * csq) {
     }
 }
 
-TQ_INLINE void tq4_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+TQ_INLINE void tq4_index_block(const float * z, float gain, void * blk, float * csq) {
     block_tq4_0 * b = blk;
-    const float32x4_t in = vdupq_n_f32(inv_norm);
+    const float32x4_t t = vdupq_n_f32(gain);
     uint8x16_t idx[4];
     for (int i = 0; i < 4; ++i) {
-        idx[i] = tq_count16(y + 16*i, in, tq_boundaries_4bit, 15);
+        idx[i] = tq_count16(z + 16*i, t, tq_boundaries_4bit, 15);
         float32x4_t c[4];
         tq4_lookup(idx[i], c);
         tq_store_sq16(c, csq + 16*i);
@@ -168,13 +168,13 @@ TQ_INLINE void tq4_index_block(const float * y, float inv_norm, void * blk, floa
     vst1q_u8(b->qs + 16, vorrq_u8(idx[1], vshlq_n_u8(idx[3], 4)));
 }
 
-TQ_INLINE void tq3_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+TQ_INLINE void tq3_index_block(const float * z, float gain, void * blk, float * csq) {
     block_tq3_0 * b = blk;
-    const float32x4_t in = vdupq_n_f32(inv_norm);
+    const float32x4_t g = vdupq_n_f32(gain);
     const uint8x16_t m3 = vdupq_n_u8(3), m1 = vdupq_n_u8(1);
     uint8x16_t qs = vdupq_n_u8(0), h = vdupq_n_u8(0);
     for (int i = 0; i < 4; ++i) {
-        const uint8x16_t t = tq_count16(y + 16*i, in, tq_boundaries_3bit, 7);
+        const uint8x16_t t = tq_count16(z + 16*i, g, tq_boundaries_3bit, 7);
         float32x4_t c[4];
         tq3_lookup(t, c);
         tq_store_sq16(c, csq + 16*i);
@@ -185,8 +185,57 @@ TQ_INLINE void tq3_index_block(const float * y, float inv_norm, void * blk, floa
     vst1_u8(b->qh, vorr_u8(vget_low_u8(h), vshl_n_u8(vget_high_u8(h), 1)));
 }
 
-void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_index_block); }
-void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_index_block); }
+TQ_STATIC_ASSERT(TQ_SEARCH_N % 4 == 0, "the scores are computed 4 at a time");
+
+// the 64 values of v summed as tq_tree_sum64: register halves added, then lanes j + j+2 and j + j+1
+TQ_INLINE float tq_tree_sum(float32x4_t * v) {
+    for (int h = 8; h > 0; h >>= 1) {
+        for (int i = 0; i < h; ++i) {
+            v[i] = vaddq_f32(v[i], v[i + h]);
+        }
+    }
+    return vpadds_f32(vadd_f32(vget_low_f32(v[0]), vget_high_f32(v[0])));
+}
+
+typedef void (*tq_lookup_fn)(uint8x16_t idx, float32x4_t * c);
+typedef void (*tq_index_z_fn)(const float * z, float gain, void * blk, float * csq);
+
+// The scale search of tq-ref.c on the normalized coordinates z: the gain whose centroids score best
+// (first of equal scores), then its indices into blk and their squares into csq.
+TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, float * csq, int bits,
+                               tq_lookup_fn lookup, tq_index_z_fn index) {
+    const float * B  = bits == 4 ? tq_boundaries_4bit : tq_boundaries_3bit;
+    const int     nb = (1 << bits) - 1;
+    float z[QK_TQ];
+    for (int i = 0; i < 16; ++i) {
+        vst1q_f32(z + 4*i, vmulq_f32(vld1q_f32(y + 4*i), vdupq_n_f32(inv_norm)));
+    }
+    float dot[TQ_SEARCH_N], cc[TQ_SEARCH_N], score[TQ_SEARCH_N];
+    for (int g = 0; g < TQ_SEARCH_N; ++g) {
+        const float32x4_t t = vdupq_n_f32(tq_search_gains[g]);
+        float32x4_t p[16], q[16];
+        for (int i = 0; i < 4; ++i) {
+            lookup(tq_count16(z + 16*i, t, B, nb), p + 4*i);
+            for (int j = 4*i; j < 4*i + 4; ++j) {
+                q[j] = vmulq_f32(p[j], p[j]);
+                p[j] = vmulq_f32(vld1q_f32(z + 4*j), p[j]);
+            }
+        }
+        dot[g] = tq_tree_sum(p);
+        cc[g]  = tq_tree_sum(q);
+    }
+    // all scores at once: IEEE division and square root, as the reference's
+    for (int g = 0; g < TQ_SEARCH_N; g += 4) {
+        vst1q_f32(score + g, vdivq_f32(vld1q_f32(dot + g), vsqrtq_f32(vld1q_f32(cc + g))));
+    }
+    index(z, tq_search_pick(score), blk, csq);
+}
+
+TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 4, tq4_lookup, tq4_index_block); }
+TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 3, tq3_lookup, tq3_index_block); }
+
+void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
+void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
 // Written once for both block types: decode (inlined) gives a block's centroids, unscaled.

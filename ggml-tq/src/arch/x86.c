@@ -20,7 +20,13 @@ TQ_INLINE tq_vec tq_add(tq_vec a, tq_vec b)         { return _mm512_add_ps(a, b)
 TQ_INLINE tq_vec tq_mul(tq_vec a, tq_vec b)         { return _mm512_mul_ps(a, b); }
 TQ_INLINE tq_vec tq_fma(tq_vec a, tq_vec b, tq_vec c) { return _mm512_fmadd_ps(a, b, c); }
 TQ_INLINE tq_vec tq_max_abs(tq_vec m, tq_vec v)     { return _mm512_max_ps(m, _mm512_abs_ps(v)); }
-TQ_INLINE float  tq_hsum(tq_vec v)                  { return _mm512_reduce_add_ps(v); }
+TQ_INLINE float tq_hsum(tq_vec v) { // lanes j + j+8, then j + j+4, j + j+2, j + j+1: tq_tree_sum64's pairing
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
 TQ_INLINE float  tq_hmax(tq_vec v)                  { return _mm512_reduce_max_ps(v); }
 #else
 #define TQ_VL 8
@@ -34,7 +40,7 @@ TQ_INLINE tq_vec tq_fma(tq_vec a, tq_vec b, tq_vec c) { return _mm256_fmadd_ps(a
 TQ_INLINE tq_vec tq_max_abs(tq_vec m, tq_vec v) {
     return _mm256_max_ps(m, _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))));
 }
-TQ_INLINE float tq_hsum(tq_vec v) {
+TQ_INLINE float tq_hsum(tq_vec v) { // lanes j + j+4, then j + j+2, j + j+1: tq_tree_sum64's pairing
     __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
@@ -141,31 +147,40 @@ TQ_INLINE __m512i tq3_search(__m512 z, __m512 bnd) {
     return t;
 }
 
-TQ_INLINE void tq4_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+// the centroids of coordinates w (the scale search's scoring)
+TQ_INLINE __m512 tq4_code(__m512 w) {
+    return _mm512_permutexvar_ps(tq4_search(w, _mm512_maskz_loadu_ps(0x7fff, tq_boundaries_4bit)), _mm512_loadu_ps(tq_centroids_4bit));
+}
+
+TQ_INLINE __m512 tq3_code(__m512 w) {
+    return _mm512_permutexvar_ps(tq3_search(w, _mm512_maskz_loadu_ps(0x7f, tq_boundaries_3bit)), tq3_codebook());
+}
+
+TQ_INLINE void tq4_index_block(const __m512 * z, float gain, void * blk, float * csq) {
     block_tq4_0 * b = blk;
     const __m512 bnd = _mm512_maskz_loadu_ps(0x7fff, tq_boundaries_4bit);
     const __m512 cb  = _mm512_loadu_ps(tq_centroids_4bit);
     const __m512 cb2 = _mm512_mul_ps(cb, cb);
-    const __m512 in  = _mm512_set1_ps(inv_norm);
+    const __m512 t   = _mm512_set1_ps(gain);
     __m512i idx[4];
     for (int i = 0; i < 4; ++i) {
-        idx[i] = tq4_search(_mm512_mul_ps(_mm512_load_ps(y + 16*i), in), bnd);
+        idx[i] = tq4_search(_mm512_mul_ps(z[i], t), bnd);
         _mm512_store_ps(csq + 16*i, _mm512_permutexvar_ps(idx[i], cb2));
     }
     _mm_storeu_si128((__m128i *) b->qs,       _mm512_cvtepi32_epi8(_mm512_or_si512(idx[0], _mm512_slli_epi32(idx[2], 4))));
     _mm_storeu_si128((__m128i *)(b->qs + 16), _mm512_cvtepi32_epi8(_mm512_or_si512(idx[1], _mm512_slli_epi32(idx[3], 4))));
 }
 
-TQ_INLINE void tq3_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+TQ_INLINE void tq3_index_block(const __m512 * z, float gain, void * blk, float * csq) {
     block_tq3_0 * b = blk;
     const __m512 bnd = _mm512_maskz_loadu_ps(0x7f, tq_boundaries_3bit);
     const __m512 cb  = tq3_codebook();
     const __m512 cb2 = _mm512_mul_ps(cb, cb);
-    const __m512 in  = _mm512_set1_ps(inv_norm);
+    const __m512 g   = _mm512_set1_ps(gain);
     const __m512i m3 = _mm512_set1_epi32(3), m1 = _mm512_set1_epi32(1);
     __m512i qs = _mm512_setzero_si512(), qh = _mm512_setzero_si512();
     for (int i = 0; i < 4; ++i) {
-        const __m512i t = tq3_search(_mm512_mul_ps(_mm512_load_ps(y + 16*i), in), bnd);
+        const __m512i t = tq3_search(_mm512_mul_ps(z[i], g), bnd);
         _mm512_store_ps(csq + 16*i, _mm512_permutexvar_ps(t, cb2));
         qs = _mm512_or_si512(qs, _mm512_slli_epi32(_mm512_and_si512(t, m3), 2*i));
         qh = _mm512_or_si512(qh, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(t, 2), m1), 2*i));
@@ -282,14 +297,24 @@ TQ_INLINE __m256i tq3_search(__m256 z) {
     return _mm256_add_epi32(t, tq_bits(m, 1));
 }
 
-TQ_INLINE void tq4_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+// the centroids of coordinates w (the scale search's scoring)
+TQ_INLINE __m256 tq4_code(__m256 w) {
+    const __m256i i = tq4_search(w);
+    return tq_lookup16(_mm256_loadu_ps(tq_centroids_4bit), _mm256_loadu_ps(tq_centroids_4bit + 8), i, _mm256_slli_epi32(i, 28));
+}
+
+TQ_INLINE __m256 tq3_code(__m256 w) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(tq_centroids_3bit), tq3_search(w));
+}
+
+TQ_INLINE void tq4_index_block(const __m256 * z, float gain, void * blk, float * csq) {
     block_tq4_0 * b = blk;
     const __m256 lo = _mm256_loadu_ps(tq_centroids_4bit), hi = _mm256_loadu_ps(tq_centroids_4bit + 8);
     const __m256 lo2 = _mm256_mul_ps(lo, lo), hi2 = _mm256_mul_ps(hi, hi);
-    const __m256 in = _mm256_set1_ps(inv_norm);
+    const __m256 t = _mm256_set1_ps(gain);
     __m256i idx[8];
     for (int i = 0; i < 8; ++i) {
-        idx[i] = tq4_search(_mm256_mul_ps(_mm256_load_ps(y + 8*i), in));
+        idx[i] = tq4_search(_mm256_mul_ps(z[i], t));
         _mm256_store_ps(csq + 8*i, tq_lookup16(lo2, hi2, idx[i], _mm256_slli_epi32(idx[i], 28)));
     }
     for (int g = 0; g < 4; ++g) {
@@ -297,15 +322,15 @@ TQ_INLINE void tq4_index_block(const float * y, float inv_norm, void * blk, floa
     }
 }
 
-TQ_INLINE void tq3_index_block(const float * y, float inv_norm, void * blk, float * csq) {
+TQ_INLINE void tq3_index_block(const __m256 * z, float gain, void * blk, float * csq) {
     block_tq3_0 * b = blk;
     const __m256 cb = _mm256_loadu_ps(tq_centroids_3bit);
     const __m256 cb2 = _mm256_mul_ps(cb, cb);
-    const __m256 in = _mm256_set1_ps(inv_norm);
+    const __m256 g = _mm256_set1_ps(gain);
     const __m256i m3 = _mm256_set1_epi32(3), m1 = _mm256_set1_epi32(1);
     __m256i qa = _mm256_setzero_si256(), qb = _mm256_setzero_si256(), qh = _mm256_setzero_si256();
     for (int i = 0; i < 8; ++i) {
-        const __m256i t = tq3_search(_mm256_mul_ps(_mm256_load_ps(y + 8*i), in));
+        const __m256i t = tq3_search(_mm256_mul_ps(z[i], g));
         _mm256_store_ps(csq + 8*i, _mm256_permutevar8x32_ps(cb2, t));
         const __m256i lo = _mm256_slli_epi32(_mm256_and_si256(t, m3), 2*(i/2));
         if (i % 2 == 0) {
@@ -351,8 +376,50 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
     return amax;
 }
 
-void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_index_block); }
-void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_index_block); }
+TQ_STATIC_ASSERT(TQ_SEARCH_N == 8, "the scores are computed in one register of 8 floats");
+
+// the 64 values of v summed as tq_tree_sum64: register halves added, then tq_hsum's lane pairing
+TQ_INLINE float tq_tree_sum(tq_vec * v) {
+    for (int h = TQ_NV/2; h > 0; h >>= 1) {
+        for (int i = 0; i < h; ++i) {
+            v[i] = tq_add(v[i], v[i + h]);
+        }
+    }
+    return tq_hsum(v[0]);
+}
+
+typedef tq_vec (*tq_code_fn)(tq_vec w);
+typedef void (*tq_index_vec_fn)(const tq_vec * z, float gain, void * blk, float * csq);
+
+// The scale search of tq-ref.c on the normalized coordinates z: the gain whose centroids score best
+// (first of equal scores), then its indices into blk and their squares into csq.
+TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, float * csq, tq_code_fn code, tq_index_vec_fn index) {
+    tq_vec z[TQ_NV];
+    for (int i = 0; i < TQ_NV; ++i) {
+        z[i] = tq_mul(tq_load(y + TQ_VL*i), tq_set1(inv_norm));
+    }
+    _Alignas(32) float dot[TQ_SEARCH_N], cc[TQ_SEARCH_N], score[TQ_SEARCH_N];
+    for (int g = 0; g < TQ_SEARCH_N; ++g) {
+        const tq_vec t = tq_set1(tq_search_gains[g]);
+        tq_vec p[TQ_NV], q[TQ_NV];
+        for (int i = 0; i < TQ_NV; ++i) {
+            const tq_vec c = code(tq_mul(z[i], t));
+            p[i] = tq_mul(z[i], c);
+            q[i] = tq_mul(c, c);
+        }
+        dot[g] = tq_tree_sum(p);
+        cc[g]  = tq_tree_sum(q);
+    }
+    // all scores at once: IEEE division and square root, as the reference's
+    _mm256_store_ps(score, _mm256_div_ps(_mm256_load_ps(dot), _mm256_sqrt_ps(_mm256_load_ps(cc))));
+    index(z, tq_search_pick(score), blk, csq);
+}
+
+TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq4_code, tq4_index_block); }
+TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq3_code, tq3_index_block); }
+
+void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
+void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
 // Written once for both block types: decode (inlined) gives a block's centroids, unscaled.
