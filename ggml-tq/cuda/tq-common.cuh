@@ -300,47 +300,69 @@ static __device__ __forceinline__ void tq_cuda_store_block(block_tq3_0 * y, int 
 }
 
 // The encoder's scale search (tq-ref.c, docs/design.md): the indices of the block magnified by each gain t of
-// TQ_SEARCH_GAINS_INIT, kept for the largest cosine dot(z, c)/sqrt(cc) (strictly larger: the first of equal
-// scores wins). z = (z[lane], z[lane + 32]); returns the kept indices and their centroids, the same in every
-// respect as tq-ref.c's search: both sums are its tree_sum64, whose stage h = 32 adds a lane's two elements
-// and whose stages 16 .. 1 pair lanes l and l ^ h, the operands of the reference's pairs (a + b == b + a).
-// The gains are independent: their lookups and their 16 reductions interleave, 5 shuffle levels deep in all.
+// TQ_SEARCH_GAINS_INIT, kept for the largest cosine dot(z, c)/sqrt(cc), the first of equal scores.
+// z = (z[lane], z[lane + 32]); returns the kept indices and their centroids, the same as tq-ref.c's.
+//
+// Both sums of every gain are the reference's tree_sum64: its stage 32 adds a lane's two elements, its stages
+// 16 .. 1 add the partial sums of lanes l and l ^ h. The 16 sums (dot and cc of 8 gains) share their shuffles:
+// at stage h every lane keeps half of its sums, adds its partner's partial of those and sends it the other half,
+// so 8 + 4 + 2 + 1 + 1 shuffles instead of 80, every addition still one of the reference's pairs (a + b == b + a).
+// Lane l ends with sum l >> 1: gain l >> 2, cc where bit 1 is set. Each lane then scores its gain, once, and
+// three shuffle stages keep the first largest score: lanes with bit h set hold the later gains of a pair of
+// segments, the later wins only if strictly larger. The ordered tree gives the reference's sequential choice:
+// a score is NaN only for a NaN block, where all are and both keep gain 0.
 template <int bits>
-static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, float zhi, float codebook_lane,
+static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, float zhi, int lane, float codebook_lane,
                                                                    int & ilo, int & ihi, float & clo, float & chi) {
+    static_assert(TQ_SEARCH_N == 8, "the sums' layout: 2 sums of each gain over 32 lanes");
+    static_assert(bits <= 4, "indices of all gains packed 4 bits each");
     constexpr float gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
-    int   glo[TQ_SEARCH_N], ghi[TQ_SEARCH_N];   // registers: every loop below is unrolled
-    float gclo[TQ_SEARCH_N], gchi[TQ_SEARCH_N];
-    float dot[TQ_SEARCH_N], cc[TQ_SEARCH_N];
+    uint32_t plo = 0, phi = 0; // index of gain g in bits 4g .. 4g + 3
+    float v[2*TQ_SEARCH_N];    // v[2g] = dot, v[2g + 1] = cc, each lane's stage-32 sum; registers: loops unrolled
 #pragma unroll
     for (int g = 0; g < TQ_SEARCH_N; ++g) {
-        glo[g]  = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zlo : __fmul_rn(zlo, gains[g]));
-        ghi[g]  = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zhi : __fmul_rn(zhi, gains[g]));
-        gclo[g] = tq_cuda_codebook_lookup(codebook_lane, glo[g]);
-        gchi[g] = tq_cuda_codebook_lookup(codebook_lane, ghi[g]);
-        dot[g]  = __fadd_rn(__fmul_rn(zlo, gclo[g]), __fmul_rn(zhi, gchi[g]));
-        cc[g]   = __fadd_rn(__fmul_rn(gclo[g], gclo[g]), __fmul_rn(gchi[g], gchi[g]));
+        const int   jlo = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zlo : __fmul_rn(zlo, gains[g]));
+        const int   jhi = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zhi : __fmul_rn(zhi, gains[g]));
+        const float cl  = tq_cuda_codebook_lookup(codebook_lane, jlo);
+        const float ch  = tq_cuda_codebook_lookup(codebook_lane, jhi);
+        plo |= (uint32_t) jlo << 4*g;
+        phi |= (uint32_t) jhi << 4*g;
+        v[2*g]     = __fadd_rn(__fmul_rn(zlo, cl), __fmul_rn(zhi, ch));
+        v[2*g + 1] = __fadd_rn(__fmul_rn(cl, cl), __fmul_rn(ch, ch));
     }
 #pragma unroll
-    for (int h = 16; h > 0; h >>= 1) {
+    for (int stage = 0; stage < 4; ++stage) {
+        const int  h     = 16 >> stage;
+        const int  n     = TQ_SEARCH_N >> stage;
+        const bool upper = lane & h; // keeps sums n .. 2n - 1
 #pragma unroll
-        for (int g = 0; g < TQ_SEARCH_N; ++g) {
-            dot[g] = __fadd_rn(dot[g], __shfl_xor_sync(TQ_CUDA_FULL_MASK, dot[g], h));
-            cc[g]  = __fadd_rn(cc[g],  __shfl_xor_sync(TQ_CUDA_FULL_MASK, cc[g],  h));
+        for (int i = 0; i < TQ_SEARCH_N; ++i) { // a constant trip count: unrolled before the stages are
+            if (i < n) {
+                const float send = upper ? v[i] : v[i + n];
+                const float keep = upper ? v[i + n] : v[i];
+                v[i] = __fadd_rn(keep, __shfl_xor_sync(TQ_CUDA_FULL_MASK, send, h));
+            }
         }
     }
-    float best = __fdiv_rn(dot[0], __fsqrt_rn(cc[0]));
-    ilo = glo[0];  ihi = ghi[0];
-    clo = gclo[0]; chi = gchi[0];
+    const float sum   = __fadd_rn(v[0], __shfl_xor_sync(TQ_CUDA_FULL_MASK, v[0], 1));
+    const float other = __shfl_xor_sync(TQ_CUDA_FULL_MASK, sum, 2);
+    const bool  is_cc = lane & 2;
+    float score = __fdiv_rn(is_cc ? other : sum, __fsqrt_rn(is_cc ? sum : other));
+    int   g     = lane >> 2;
 #pragma unroll
-    for (int g = 1; g < TQ_SEARCH_N; ++g) {
-        const float score = __fdiv_rn(dot[g], __fsqrt_rn(cc[g])); // the same in every lane
-        if (score > best) {
-            best = score;
-            ilo = glo[g];  ihi = ghi[g];
-            clo = gclo[g]; chi = gchi[g];
-        }
+    for (int h = 4; h < 32; h <<= 1) {
+        const float ps    = __shfl_xor_sync(TQ_CUDA_FULL_MASK, score, h);
+        const int   pg    = __shfl_xor_sync(TQ_CUDA_FULL_MASK, g, h);
+        const bool  later = lane & h;
+        const float s0 = later ? ps : score, s1 = later ? score : ps;
+        const int   g0 = later ? pg : g,     g1 = later ? g : pg;
+        score = s1 > s0 ? s1 : s0;
+        g     = s1 > s0 ? g1 : g0;
     }
+    ilo = (plo >> 4*g) & 0xf;
+    ihi = (phi >> 4*g) & 0xf;
+    clo = tq_cuda_codebook_lookup(codebook_lane, ilo);
+    chi = tq_cuda_codebook_lookup(codebook_lane, ihi);
 }
 
 // quantize_row_tq4_0_ref / quantize_row_tq3_0_ref for one block, byte-identical:
@@ -367,7 +389,7 @@ static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi
 
     int ilo, ihi;
     float clo, chi;
-    tq_cuda_search_indices_warp<bits>(__fmul_rn(lo, inv_norm), __fmul_rn(hi, inv_norm), codebook_lane, ilo, ihi, clo, chi);
+    tq_cuda_search_indices_warp<bits>(__fmul_rn(lo, inv_norm), __fmul_rn(hi, inv_norm), lane, codebook_lane, ilo, ihi, clo, chi);
 
     // d = |x| / |c|: the reconstruction keeps x's norm
     const float csumsq = tq_cuda_warp_sum_ordered(__fmul_rn(clo, clo), __fmul_rn(chi, chi));
