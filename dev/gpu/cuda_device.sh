@@ -194,21 +194,30 @@ step_perf() {
     grep -E "us/run" $OUT/tbo-perf.log | sed -E 's/.*type_K=([a-z0-9_]+),.*: +([0-9]+) runs - +([0-9.]+) us\/run - +([0-9.]+ [KMG]B)\/run - +([0-9.]+ [KMGT]B\/s).*/\1 \3 us\/run \4\/run \5/'
 }
 
+# A cache as the bench steps name it: "T" or "K/V" types, then optional suffixes: "+rot" / "-norot" force
+# upstream's Hadamard rotation for TQ caches on / off (LLAMA_ATTN_ROT_TQ=1 / 0), "-noi8" turns the int8-scoring
+# decode kernel off (GGML_TQ_FA_I8=0). Prints "K V ENV..." for the caller; the file name is the spec with / as -.
+cache_args() {
+    local t=$1 env="GGML_TQ_FA_I8=1"
+    case $t in *-noi8*) env="GGML_TQ_FA_I8=0"; t=${t/-noi8/} ;; esac
+    case $t in *+rot*) env="$env LLAMA_ATTN_ROT_TQ=1"; t=${t/+rot/} ;; esac
+    case $t in *-norot*) env="$env LLAMA_ATTN_ROT_TQ=0"; t=${t/-norot/} ;; esac
+    echo "${t%/*} ${t#*/} $env"
+}
+
 step_bench() {
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
-    # a type written tq4_0-noi8 runs tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0): the general
-    # kernel (tq-fattn-mma-f16.cuh), for comparison in the same run
     for t in $types; do
-        local ct=${t%-noi8} i8=1
-        [ "$ct" != "$t" ] && i8=0
-        log "llama-bench $t"
-        GGML_TQ_FA_I8=$i8 $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $ct -ctv $ct -o json \
-            > $OUT/bench-$t.json 2> $OUT/bench-$t.err || { tail -20 $OUT/bench-$t.err; }
-        python3 - $OUT/bench-$t.json $t <<'PY'
+        local k v env f=bench-${t//\//-}
+        read -r k v env <<< "$(cache_args $t)"
+        log "llama-bench $t ($env)"
+        env $env $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
+            > $OUT/$f.json 2> $OUT/$f.err || { tail -20 $OUT/$f.err; }
+        python3 - $OUT/$f.json $t <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
     test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-    print(f"{sys.argv[2]:>8} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
+    print(f"{sys.argv[2]:>12} {test:>6} @ d{r['n_depth']:<6} {r['avg_ts']:9.1f} ± {r['stddev_ts']:.1f} t/s")
 PY
     done
 }
@@ -233,10 +242,11 @@ step_shapes() {
         fi
         log "shape $name: $layers layers, embd $embd, ff $ff, $heads heads, $kv KV heads (head $((embd / heads)), GQA $((heads / kv)))"
         for t in $types; do
-            local k=${t%/*} v=${t#*/}
-            $B/llama-bench -m $m -fa 1 -ngl 99 -p 0 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
-                > $OUT/shape.json 2> $OUT/shape-$name-${t/\//-}.err || tail -5 $OUT/shape-$name-${t/\//-}.err
-            cp $OUT/shape.json $OUT/shape-$name-${t/\//-}.json
+            local k v env f=shape-$name-${t//\//-}
+            read -r k v env <<< "$(cache_args $t)"
+            env $env $B/llama-bench -m $m -fa 1 -ngl 99 -p 0 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
+                > $OUT/shape.json 2> $OUT/$f.err || tail -5 $OUT/$f.err
+            cp $OUT/shape.json $OUT/$f.json
             python3 - $OUT/shape.json "$name" "$t" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
@@ -244,6 +254,23 @@ for r in json.load(open(sys.argv[1])):
 PY
         done
     done
+}
+
+# Long contexts on the 8B shape: tg128 at depth LONG_DEPTH (131072) for the TQ caches, and llama-cli at a
+# context of 1048576 tokens (the model's trained context overridden), which sizes the cache's tensors and
+# indexing for a million cells and must load and generate.
+step_long() {
+    local t
+    for t in ${LONG_TYPES:-tq4_0 tq3_0}; do
+        log "llama-bench $t tg128 @ d${LONG_DEPTH:-131072}"
+        $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d ${LONG_DEPTH:-131072} -r 1 -ctk $t -ctv $t -o json \
+            > $OUT/long-$t.json 2> $OUT/long-$t.err || tail -5 $OUT/long-$t.err
+        python3 -c "import json; r=json.load(open('$OUT/long-$t.json'))[0]; print('$t', 'tg128 @ d', r['n_depth'], round(r['avg_ts'], 1), 't/s')"
+    done
+    log "llama-cli -c 1048576 -ctk tq4_0 -ctv tq4_0"
+    $B/llama-cli -m $W/r8b-q4_0.gguf --override-kv llama.context_length=int:1048576 -c 1048576 -ngl 99 -fa on \
+        -ctk tq4_0 -ctv tq4_0 -st -p "t1 t2 t3" -n 16 < /dev/null > $OUT/cli-1m.log 2>&1
+    echo "llama-cli rc=$?"; grep -E "KV buffer size|llama_kv_cache: size|Generation|error" $OUT/cli-1m.log | head -6
 }
 
 step_prof() {
