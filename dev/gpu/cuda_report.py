@@ -19,8 +19,12 @@ from speed import PLOT_TYPES, decode_series, plot_decode  # noqa: E402  the CPU 
 
 run = Path(sys.argv[1])
 out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "results" / "cuda-h200"
-# tq4_0-noi8: tq4_0 with the int8-scoring decode kernel off (GGML_TQ_FA_I8=0), when the run has it
-types = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-noi8", "tq3_0"]
+# caches as cuda_device.sh names them (K-V for a mix; -norot / +rot: upstream's rotation forced off / on for TQ;
+# -noi8: the int8-scoring decode kernel off), in table order: those of the run, known ones first
+ORDER = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-norot", "tq4_0+rot", "tq4_0-noi8", "tq3_0", "tq3_0-norot",
+         "tq4_0-tq3_0", "tq4_0-tq3_0-norot"]
+found = sorted(f.name[len("bench-"):-len(".json")] for f in run.glob("bench-*.json"))
+types = [t for t in ORDER if t in found] + [t for t in found if t not in ORDER]
 bench, records = {}, []
 for t in types:
     f = run / f"bench-{t}.json"
@@ -53,12 +57,13 @@ md = [f"# KV-cache speed on CUDA (llama-bench): {dev.get('gpu_info', '?')}", "",
       "|---|" + "---:|" * len(cols)]
 for t in types:
     md.append(f"| {t} | " + " | ".join(f"{v(t, tt, dp):.1f}" if (t, tt, dp) in bench else "n/a" for tt, dp in cols) + " |")
-for num, den in (("tq4_0", "f16"), ("tq3_0", "f16"), ("tq4_0", "q4_0")):
+for num, den in (("tq4_0", "f16"), ("tq3_0", "f16"), ("tq4_0-tq3_0", "f16"), ("tq4_0", "q4_0")):
     if num in types and den in types:
         md.append(f"| **{num}/{den}** | " + " | ".join(f"{v(num, tt, dp) / v(den, tt, dp):.2f}x" for tt, dp in cols) + " |")
 md += ["", "![decode tokens/s against depth](speed.png)", "", "## Commands", "", "```",
        "dev/gpu/pack_llama.sh                                   # here: the patched llama.cpp source for the GPU machine",
-       f"BENCH_REPS={reps} BENCH_DEPTHS={','.join(map(str, depths))} dev/gpu/cuda_device.sh build model bench   # there",
+       f"BENCH_TYPES=\"{' '.join(t.replace('-tq', '/tq') for t in types)}\" BENCH_REPS={reps} "
+       f"BENCH_DEPTHS={','.join(map(str, depths))} dev/gpu/cuda_device.sh build model bench   # there",
        f".venv/bin/python dev/gpu/cuda_report.py RUN_DIR {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}",
        "```", ""]
 
@@ -82,6 +87,40 @@ if perf.exists():
             gbs = nbytes / (us * 1e-6) / 1e9
             md.append(f"| {t} | {us:.1f} | {nbytes / 1e6:.1f} MB | {gbs:.0f} | {gbs / read_gbs * 100:.0f}% |")
     md += ["", f"Device read bandwidth (dev/gpu/bw.cu): {read_gbs:.0f} GB/s.", ""]
+
+# decode across model shapes (step shapes): tg128 t/s per cache and depth, and the TQ caches against f16
+shape_recs = {}
+for f in sorted(run.glob("shape-*.json")):
+    shape_cache = f.name[len("shape-"):-len(".json")]
+    for r in json.load(open(f)):
+        shape_recs.setdefault(shape_cache, {})[r["n_depth"]] = (r["avg_ts"], r["stddev_ts"], r)
+if shape_recs:
+    split = {}   # file key -> (shape, cache): the longest cache name the key ends with
+    for k in shape_recs:
+        t = max((t for t in ORDER if k.endswith("-" + t)), key=len, default=None)
+        if t:
+            split[k] = (k[:-len(t) - 1], t)
+    shapes = list(dict.fromkeys(sh for sh, _ in split.values()))
+    caches = [t for t in ORDER if any(t == c for _, c in split.values())]
+    sdepths = sorted({d for v_ in shape_recs.values() for d in v_})
+    md += ["## Decode across model shapes (tg128 tokens/s)", "",
+           "Random models with real models' attention and FFN dimensions (dev/gpu/cuda_device.sh, SHAPE_LIST), "
+           "SHAPE_LAYERS (8) layers, Q4_0 weights, -fa 1 -ngl 99 -p 0 -n 128, "
+           "-r 2; ratio = cache / f16 at the same depth.", "",
+           "| shape | cache | " + " | ".join(f"d{d}" for d in sdepths) + " | " +
+           " | ".join(f"/f16 d{d}" for d in sdepths) + " |",
+           "|---|---|" + "---:|" * (2 * len(sdepths))]
+    for sh in shapes:
+        base = shape_recs.get(f"{sh}-f16", {})
+        for t in caches:
+            recs = shape_recs.get(f"{sh}-{t}")
+            if not recs:
+                continue
+            cells = [f"{recs[d][0]:.1f}" if d in recs else "n/a" for d in sdepths]
+            ratios = [f"{recs[d][0] / base[d][0]:.2f}x" if d in recs and d in base else "" for d in sdepths]
+            md.append(f"| {sh} | {t} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    md += ["", "```", f"SHAPE_TYPES=\"{' '.join(t.replace('-tq', '/tq') for t in caches)}\" "
+           f"SHAPE_DEPTHS={','.join(map(str, sdepths))} dev/gpu/cuda_device.sh build shapes   # there", "```", ""]
 
 out.mkdir(parents=True, exist_ok=True)
 (out / "speed.md").write_text("\n".join(md))
