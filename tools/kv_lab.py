@@ -241,7 +241,7 @@ def codecs(head):
     memo = {}   # per layer (cleared by the caller): index choices shared by variants
 
     def tq(bits, rot="block", scale="norm", grid=(1.0,), up=False, block=64, shipped=False, center=False,
-           sym=False):
+           sym=False, gains=None):
         def f(x, role, ctx):
             # a fixed per-channel mean m taken out and added back: softmax ignores q.m, a common shift of the
             # scores, and the weights sum to 1, so P(v - m) + m: only m would have to be stored
@@ -256,10 +256,10 @@ def codecs(head):
             # hd: K only, R = B^T H_n D_n with B TQ's own 64-block rotation, so that TQ's blocks see H_n D_n x
             if up == "hd":
                 if role == "v":
-                    return lab.tq_shipped(x, bits) if shipped else lab.tq(x, bits, head, rot, scale, grid, block)
+                    return lab.tq_shipped(x, bits, gains) if shipped else lab.tq(x, bits, head, rot, scale, grid, block)
                 n = lab.k_rot_size(head)
                 r = lab.block_unrotate(lab.upstream_rot(x * lab.random_signs(n).repeat(x.shape[-1] // n), n))
-                y = lab.tq_shipped(r, bits) if shipped else lab.tq(r, bits, head, rot, scale, grid, block,
+                y = lab.tq_shipped(r, bits, gains) if shipped else lab.tq(r, bits, head, rot, scale, grid, block,
                                                                  memo=memo.setdefault((role, up, center), {}))
                 return lab.upstream_rot(lab.block_rotate(y), n) * lab.random_signs(n).repeat(x.shape[-1] // n)
             n = (lab.k_rot_size(head) if role == "k" or sym else 64) if up else None
@@ -267,7 +267,7 @@ def codecs(head):
             if n:
                 x = rot_fn(x, n)
             if shipped:
-                y = lab.tq_shipped(x, bits)
+                y = lab.tq_shipped(x, bits, gains)
             else:
                 y = lab.tq(x, bits, head, rot, scale, grid, block, memo=memo.setdefault((role, up, center, sym), {}))
             return rot_fn(y, n) if n else y
@@ -285,6 +285,8 @@ def codecs(head):
         n = f"tq{b}_0"
         c[n] = tq(b, shipped=True)
         c[n + " +rot"] = tq(b, shipped=True, up=True)
+        c[n + " nosearch"] = tq(b, shipped=True, gains=(1.0,))
+        c[n + " nosearch +rot"] = tq(b, shipped=True, up=True, gains=(1.0,))
         c[n + " ls"] = tq(b, scale="ls")
         c[n + " search"] = tq(b, grid=W)
         c[n + " search-ls"] = tq(b, scale="ls", grid=W)
@@ -320,7 +322,7 @@ def candidates(names):
     out = [(n, k, v) for n, k, v in base]
     for b in (4, 3):
         t = f"tq{b}_0"
-        for suffix in ("", " +rot", " ls", " search", " search-ls", " search7", " +rot search", " +rot search-ls",
+        for suffix in ("", " +rot", " nosearch", " nosearch +rot", " ls", " search", " search-ls", " search7", " +rot search", " +rot search-ls",
                        " +symrot", " +symrot search", " +hdrot", " +hdrot search",
                        " headrot", " headrot search", " headrot search-ls", " headblock", " headblock search",
                        " centered", " centered search"):
@@ -336,7 +338,16 @@ def candidates(names):
             ("tq4_0 +hdrot search/tq3_0 search", "tq4_0 +hdrot search", "tq3_0 search"),
             ("tq3_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search", "tq3_0 search"),
             ("tq4_0 +symrot search/tq3_0 +symrot search", "tq4_0 +symrot search", "tq3_0 +symrot search"),
-            ("tq3_0 +rot search/tq3_0 search", "tq3_0 +rot search", "tq3_0 search")]
+            ("tq3_0 +rot search/tq3_0 search", "tq3_0 +rot search", "tq3_0 search"),
+            ("tq4_0/tq3_0 +rot", "tq4_0 +rot", "tq3_0 +rot"),
+            ("tq4_0/tq3_0 nosearch", "tq4_0 nosearch", "tq3_0 nosearch"),
+            ("tq4_0/tq3_0 nosearch +rot", "tq4_0 nosearch +rot", "tq3_0 nosearch +rot"),
+            ("tq4_0 +hdrot/tq3_0", "tq4_0 +hdrot", "tq3_0"), ("tq3_0 +hdrot/tq3_0", "tq3_0 +hdrot", "tq3_0"),
+            ("tq4_0 nosearch K/f16 V", "tq4_0 nosearch", "f16"), ("f16 K/tq4_0 nosearch V", "f16", "tq4_0 nosearch"),
+            ("tq4_0 nosearch K +rot/f16 V", "tq4_0 nosearch +rot", "f16"), ("tq4_0 +hdrot K/f16 V", "tq4_0 +hdrot", "f16"),
+            # which of K and V carries the loss
+            ("tq4_0 K/f16 V", "tq4_0", "f16"), ("f16 K/tq4_0 V", "f16", "tq4_0"), ("q4_0 K/f16 V", "q4_0", "f16"),
+            ("tq4_0 K +rot/f16 V", "tq4_0 +rot", "f16"), ("tq4_0 +hdrot search K/f16 V", "tq4_0 +hdrot search", "f16")]
     for n in names:
         if n.startswith("split"):
             out.append((f"{n} K/tq3_0 search V", n, "tq3_0 search"))
@@ -344,16 +355,19 @@ def candidates(names):
 
 
 # the default screen; --all scores every candidate above
+# "tq4_0" is the shipped encoder (with its scale search over reference.SEARCH_GAINS), "nosearch" the one before
+# it; "search" is the lab's 13-point grid (lab.GRID)
 MAIN = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "q4_0 norot"] + [
-    f"tq{b}_0{s}" for b in (4, 3) for s in ("", " +rot", " ls", " search", " search-ls", " +rot search",
-                                            " +hdrot", " +hdrot search", " headrot search")] + [
+    f"tq{b}_0{s}" for b in (4, 3) for s in ("", " +rot", " nosearch", " nosearch +rot", " search", " search-ls",
+                                            " +rot search", " +hdrot", " +hdrot search")] + [
+    "tq4_0/tq3_0 nosearch", "tq4_0/tq3_0 nosearch +rot", "tq4_0 +hdrot/tq3_0", "tq3_0 +hdrot/tq3_0",
+    "tq4_0 nosearch K/f16 V", "f16 K/tq4_0 nosearch V", "tq4_0 nosearch K +rot/f16 V", "tq4_0 +hdrot K/f16 V",
     "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0 search/tq2_0 search", "tq4_0 +rot search/tq2_0 search",
-    "tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search/tq3_0 search"]
+    "tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search/tq3_0 search",
+    "tq4_0/tq3_0 +rot", "tq4_0 K/f16 V", "f16 K/tq4_0 V", "q4_0 K/f16 V", "tq4_0 K +rot/f16 V",
+    "tq4_0 +hdrot search K/f16 V"]
 
 
-ROWS = {"f16": "f16", "q8_0": "q8_0", "q5_1": "q5_1", "iq4_nl": "iq4_nl", "q4_0": "q4_0", "q4_0 norot": "q4_0 norot",
-        "tq4_0": "tq4_0", "tq3_0": "tq3_0", "tq4_0 +rot": "tq4_0 +rot", "tq3_0 +rot": "tq3_0 +rot",
-        "tq4_0/tq3_0": "tq4_0/tq3_0"}
 
 
 # ------------------------------------------------------------------------------------------------ score
@@ -456,7 +470,7 @@ def score(a):
         rows.append({"name": label, "k": kc, "v": vc, "bits": bits,
                      "k_mse": m("k", kc, "mse"), "score_rms": m("k", kc, "score_rms"), "attn_kl": m("k", kc, "attn_kl"),
                      "out_k": m("k", kc, "out"), "v_mse": m("v", vc, "mse"), "out_v": m("v", vc, "out"),
-                     "out_kv": m("kv", label, "out"), "kld": kld.get(ROWS.get(label, label))})
+                     "out_kv": m("kv", label, "out"), "kld": kld.get(label)})
     rows.sort(key=lambda r: r["out_kv"])
     f16_out = next((r["out_kv"] for r in rows if r["name"] == "f16"), None)
     print(f"\n## {meta['model']}: head_dim {head}, heads {H}/{Hkv}, {len(layers)} layers, {C} chunk(s) x {T} tokens, "
@@ -479,31 +493,42 @@ def score(a):
     return rows
 
 
+# lab figures tried as predictors of the real KLD: the K+V output error, and the attention-weight KL of
+# the keys plus the V-only output error (values do not move the weights)
+PREDICTORS = {"out K+V": lambda r: r["out_kv"], "attn KL(K) + out(V)": lambda r: r["attn_kl"] + r["out_v"]}
+
+
 def fit(rows):
-    """How well the lab's K+V output error predicts the real KLD: log-log fit over the rows that have both."""
-    pts = [(r["out_kv"], r["kld"]) for r in rows if r.get("kld") and r["out_kv"] > 0 and r["name"] != "f16"]
-    if len(pts) < 3:
+    """How well lab figures predict the real KLD: log-log fits over the rows that have both."""
+    ok = [r for r in rows if r.get("kld") and r["kld"] > 0 and r["name"] != "f16"]
+    if len(ok) < 3:
         return
-    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    slope, icpt = np.polyfit(x, y, 1)
-    pred = slope * x + icpt
-    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
-    print(f"\nKLD ~ {math.exp(icpt):.3g} * out_kv^{slope:.2f} over {len(pts)} rows: R^2 {r2:.3f} (log-log), "
-          f"Spearman {rank:.3f}")
-    for r in rows:
-        if r["out_kv"] > 0 and r["name"] != "f16":
-            r["kld_pred"] = math.exp(icpt) * r["out_kv"] ** slope
+    print()
+    for name, f in PREDICTORS.items():
+        x, y = np.log([f(r) for r in ok]), np.log([r["kld"] for r in ok])
+        slope, icpt = np.polyfit(x, y, 1)
+        pred = slope * x + icpt
+        r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        rank = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+        print(f"KLD ~ {math.exp(icpt):.3g} * ({name})^{slope:.2f} over {len(ok)} rows: R^2 {r2:.3f} (log-log), "
+              f"Spearman {rank:.3f}, worst row off by x{math.exp(np.abs(y - pred).max()):.2f}")
+        for r in rows:
+            if f(r) > 0:
+                r.setdefault("kld_pred", {})[name] = math.exp(icpt) * f(r) ** slope
 
 
 def load_kld(a, model):
-    paths = [Path(a.kld)] if a.kld else [ROOT / "results" / "cpu" / f"quality-{model}.json",
-                                          ROOT / "results" / f"quality-{model}.json"]
+    """Real KLD by row name: quality.py's JSON, then --kld-row NAME=VALUE (measurements made elsewhere)."""
+    paths = [Path(a.kld)] if a.kld else [ROOT / "results" / "cpu" / f"quality-{model}.json"]
+    out = {}
     for p in paths:
         if p.exists():
-            js = json.loads(p.read_text())
-            return {r["name"]: r.get("kld") for r in js.get("rows", [])}
-    return {}
+            out = {r["name"]: r.get("kld") for r in json.loads(p.read_text()).get("rows", [])}
+            break
+    for kv in a.kld_row:
+        name, _, value = kv.rpartition("=")
+        out[name] = float(value)
+    return out
 
 
 def main():
@@ -527,6 +552,8 @@ def main():
     s.add_argument("--chunks", type=int)
     s.add_argument("--q-stride", type=int, default=8)
     s.add_argument("--kld", help="quality.py JSON with real KLD (default results/[cpu/]quality-<model>.json)")
+    s.add_argument("--kld-row", action="append", default=[], metavar="NAME=KLD",
+                   help="a real KLD for a candidate label (repeatable)")
     s.add_argument("--json", help="write the rows here")
     s.add_argument("--per-layer", action="store_true")
     s.add_argument("-t", "--threads", type=int, default=2)
