@@ -10,9 +10,10 @@
 Corpus: The Jargon File 4.4.7, Debian package jargon-text (fetched with `apt-get download`, cached in
 ~/.cache/ggml-tq/jargon/). Procedure: one llama-perplexity run with an f16 cache saves the base logits
 (--kl-divergence-base); then one run per cache type (-ctk T -ctv T -fa on --kl-divergence) measures the
-mean KLD, PPL(Q)/PPL(base) and "same top p" against them. Two extra rows measure the attention-rotation
-decisions: "tq4_0 +rot" (LLAMA_ATTN_ROT_TQ=1: upstream's Hadamard rotation kept on top of TQ's own) and
-"q4_0 norot" (LLAMA_ATTN_ROT_DISABLE=1). The rotation actually in force is read back from the log (-lv 4).
+mean KLD, PPL(Q)/PPL(base) and "same top p" against them. Extra rows measure the attention-rotation
+decisions: "tq4_0 +rot" keeps upstream's Hadamard rotation on top of TQ's own (LLAMA_ATTN_ROT_TQ=1; off by
+default for TQ caches), "q4_0 norot" (--extra) turns it off for q4_0 (LLAMA_ATTN_ROT_DISABLE=1). The rotation
+actually in force is read back from the log (-lv 4).
 
 Verdict per TQ type: the upstream curve is log(mean KLD) linear in bits/value through q4_0 (4.5) and
 q5_1 (6.0), extended below 4.5 with the same slope; a TQ type PASSes when its mean KLD lies below the
@@ -49,12 +50,12 @@ TQ = ["tq4_0", "tq3_0"]
 ALL_TYPES = UPSTREAM + TQ
 # extra rows: (row name, K type, V type, extra environment). K errors move the softmax, V errors only
 # average out, so a 4-bit K with a 3-bit V (3.75 bits per value) is measured too.
-EXTRAS = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
-          ("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
+EXTRAS = [("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
           ("tq4_0/tq3_0", "tq4_0", "tq3_0", {})]
 # rows run on request (--extra NAME, repeatable): which of K and V carries the loss, and the mixes and
 # rotation settings tools/kv_lab.py ranks high
-OPTIONAL = [("tq4_0 K/f16 V", "tq4_0", "f16", {}),
+OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
+            ("tq4_0 K/f16 V", "tq4_0", "f16", {}),
             ("f16 K/tq4_0 V", "f16", "tq4_0", {}),
             ("q4_0 K/f16 V", "q4_0", "f16", {}),
             ("tq4_0 K +rot/f16 V", "tq4_0", "f16", {"LLAMA_ATTN_ROT_TQ": "1"}),
