@@ -125,6 +125,21 @@ def test_perplexity_takes_tq_cache(tmp_path):
     assert "Final estimate: PPL" in p.stdout + p.stderr
 
 
+def test_tq_keys_are_centered_and_that_lowers_perplexity():
+    # key centering (patch 0009) is on by default for TQ keys; on real text it must pay for itself. On
+    # SmolLM2 and this corpus it takes tq3_0's PPL from ~16.1 to ~14.5 (f16 ~12.5) over two 1024-token chunks;
+    # here two 256-token chunks of the same kind of text (README's corpus is not fetched by the tests)
+    text = Path(__file__).resolve().parents[1] / "README.md"
+    ppl = {}
+    for center in ("1", "0"):
+        p = run(BIN / "llama-perplexity", "-m", MODEL, "-f", text, "-c", "256", "--chunks", "2", "-t", "2",
+                "-fa", "on", "-ctk", "tq3_0", "-ctv", "tq3_0", "-lv", "4", env={"LLAMA_TQ_K_CENTER": center}, check=True)
+        out = p.stdout + p.stderr
+        assert f"key centering = {center}" in out
+        ppl[center] = float(out.split("Final estimate: PPL = ")[1].split()[0])
+    assert ppl["1"] < ppl["0"], ppl
+
+
 def test_bench_takes_tq_cache_types():
     p = run(BIN / "llama-bench", "-m", MODEL, "-p", "16", "-n", "4", "-r", "1", "-t", "2", "-fa", "1",
             "-ctk", "tq4_0", "-ctv", "tq3_0", "-o", "json", check=True)
@@ -171,6 +186,66 @@ def test_state_round_trip_reproduces_next_token_logits(llm, tmp_path):
     _next_logits(llm, tokens)
     llm.eval(llm.tokenize(b" there", add_bos=False))
     np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
+
+
+LONG_PROMPT = (b"The harbour was quiet before dawn. Fishermen checked their nets, gulls circled the masts, and the "
+               b"baker on the corner lit his ovens while the lighthouse keeper climbed down for breakfast.")
+
+
+def test_state_round_trip_with_fitted_key_means(llm, tmp_path):
+    # a first ubatch of 32 tokens or more fits the key means; the state must carry them
+    tokens = llm.tokenize(LONG_PROMPT)
+    assert len(tokens) >= 32
+    ref = _next_logits(llm, tokens)
+    path = tmp_path / "state.bin"
+    tql.save_state_file(llm, path)
+    _next_logits(llm, llm.tokenize(b"Another long text replaces the cache and fits other means: " * 4))
+    tql.load_state_file(llm, path)
+    llm.eval(llm.tokenize(b" The", add_bos=False))
+    cont = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+    _next_logits(llm, tokens)
+    llm.eval(llm.tokenize(b" The", add_bos=False))
+    np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
+
+
+def test_state_file_of_the_previous_version_is_refused(llm, tmp_path):
+    path = tmp_path / "state.bin"
+    _next_logits(llm, llm.tokenize(LONG_PROMPT))
+    tql.save_state_file(llm, path)
+    blob = bytearray(path.read_bytes())
+    blob[8:12] = (1).to_bytes(4, "little")  # a version-1 file: keys without their means
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="version 1, this ggml_tq reads 2"):
+        tql.load_state_file(llm, path)
+
+
+def test_llama_cpp_session_file_without_key_means_is_refused(llm, tmp_path, capfd):
+    # a session file as a build without key centering wrote it: each layer's keys without the tag and means
+    # that follow them (the tag is "TQKM", the means n_embd_head_k * n_head_kv floats)
+    import llama_cpp
+    path = tmp_path / "session.bin"
+    tokens = llm.tokenize(LONG_PROMPT)
+    _next_logits(llm, tokens)
+    arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+    assert llama_cpp.llama_state_save_file(llm._ctx.ctx, str(path).encode(), arr, len(tokens))
+    blob = path.read_bytes()
+    n_means = 4 * 64 * 3  # SmolLM2: head 64, 3 KV heads
+    n_layer = blob.count(b"TQKM")
+    assert n_layer == 30
+    old = blob
+    while b"TQKM" in old:
+        i = old.index(b"TQKM")
+        old = old[:i] + old[i + 4 + n_means:]
+    path.write_bytes(old)
+    loud = tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tq4_0", n_ctx=512, n_threads=2, verbose=True)
+    out = (llama_cpp.llama_token * 512)()
+    n = llama_cpp.ctypes.c_size_t(0)
+    ok = llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
+    assert not ok
+    assert "it was saved by a build without TQ key centering" in capfd.readouterr().err
+    # the file as written loads
+    path.write_bytes(blob)
+    assert llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
 
 
 def test_state_file_refused_by_context_of_other_cache_type(llm, tmp_path):

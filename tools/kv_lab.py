@@ -246,7 +246,7 @@ def codecs(head):
             # a fixed per-channel mean m taken out and added back: softmax ignores q.m, a common shift of the
             # scores, and the weights sum to 1, so P(v - m) + m: only m would have to be stored
             if center:
-                m = ctx["mean_" + role]
+                m = ctx["mean_" + role] if center is True else ctx[f"mean{center}_" + role]
                 return _tq(x - m, role) + m
             return _tq(x, role)
 
@@ -302,6 +302,8 @@ def codecs(head):
         c[n + " headrot search-ls"] = tq(b, rot="head", scale="ls", grid=W)
         c[n + " centered"] = tq(b, shipped=True, center=True)
         c[n + " centered search"] = tq(b, grid=W, center=True)
+        for nt in (16, 64, 256):
+            c[n + f" centered{nt}"] = tq(b, shipped=True, center=nt)
         if head > 64:
             c[n + " headblock"] = tq(b, rot="head", block=head)
             c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
@@ -348,6 +350,11 @@ def candidates(names):
             # which of K and V carries the loss
             ("tq4_0 K/f16 V", "tq4_0", "f16"), ("f16 K/tq4_0 V", "f16", "tq4_0"), ("q4_0 K/f16 V", "q4_0", "f16"),
             ("tq4_0 K +rot/f16 V", "tq4_0 +rot", "f16"), ("tq4_0 +hdrot search K/f16 V", "tq4_0 +hdrot search", "f16")]
+    for kb, vb in ((4, 4), (3, 3), (4, 3)):
+        for s in (" centered", " centered16", " centered64", " centered256"):
+            out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
+    out.append(("tq4_0 centered/tq2_0 search", "tq4_0 centered", "tq2_0 search"))
+    out.append(("tq3_0 centered/tq2_0 search", "tq3_0 centered", "tq2_0 search"))
     for n in names:
         if n.startswith("split"):
             out.append((f"{n} K/tq3_0 search V", n, "tq3_0 search"))
@@ -404,6 +411,8 @@ def score(a):
         for role, X in (("k", K), ("v", V)):
             X0 = X[0].reshape(T, -1)
             ctx["mean_" + role] = X0.mean(0)
+            for nt in (16, 64, 256):
+                ctx[f"mean{nt}_" + role] = X0[:nt].mean(0)
             rms = X[0].pow(2).mean(0)                       # (Hkv, D)
             order = rms.argsort(-1, descending=True)
             ctx["outlier_mask_" + role] = {}

@@ -60,8 +60,11 @@ OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
             ("q4_0 K/f16 V", "q4_0", "f16", {}),
             ("tq4_0 K +rot/f16 V", "tq4_0", "f16", {"LLAMA_ATTN_ROT_TQ": "1"}),
             ("tq3_0 +rot", "tq3_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
-            ("tq4_0/tq3_0 +rot", "tq4_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"})]
-ROT_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ")
+            ("tq4_0/tq3_0 +rot", "tq4_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
+            # TQ keys as they were before key centering (llama-kv-cache.cpp, cpy_k)
+            ("tq4_0 uncentered", "tq4_0", "tq4_0", {"LLAMA_TQ_K_CENTER": "0"}),
+            ("tq3_0 uncentered", "tq3_0", "tq3_0", {"LLAMA_TQ_K_CENTER": "0"})]
+ROT_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER")  # only a row sets these
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small
 RANDOM = {

@@ -1,7 +1,8 @@
-// ROPE + VIEW + SET_ROWS into a TQ4_0 / TQ3_0 cache in one kernel: the K write of a decode step, which
-// ggml-cuda fuses the same way for f16/f32 caches (rope.cu's row_indices / set_rows_stride). Unfused, the
+// ROPE (+ SUB) + VIEW + SET_ROWS into a TQ4_0 / TQ3_0 cache in one kernel: the K write of a decode step,
+// which ggml-cuda fuses the same way for f16/f32 caches (rope.cu's row_indices / set_rows_stride). Unfused, the
 // roped row goes to memory as f32 and a second launch quantizes it: at short context two launches of that
-// size are a visible part of a layer's time.
+// size are a visible part of a layer's time. The SUB is llama.cpp's key centering (llama-kv-cache.cpp, cpy_k):
+// the roped keys minus a per-channel mean of each head, subtracted as ggml's SUB does, in f32.
 //
 // Included by ggml-cuda's rope.cu, which supplies the angles (angle_t: cos and sin of rotation pair iw at
 // position pos, computed by its rope_yarn), so that the rotated values are the unfused rope's and the rope's
@@ -23,6 +24,7 @@ struct tq_rope_rows {
     const int64_t * row_indices;   // per token: its cache row
     char * dst;
     int64_t nb1;                   // cache row stride in bytes: a row is heads*D values
+    const float * mean;            // [heads][D] subtracted after the rope, or nullptr
 };
 
 // Element e of a row after rope, as rope.cu's rope_norm (pairs e, e^1) or rope_neox (pairs k, k + n_dims/2)
@@ -75,8 +77,13 @@ static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t an
 
     const float * x = r.x + head*r.s01 + token*r.s02;
     const int32_t pos = r.pos[token];
-    const float lo = tq_rope_element<neox>(x, ib*QK_TQ + lane,      r, pos, angle);
-    const float hi = tq_rope_element<neox>(x, ib*QK_TQ + lane + 32, r, pos, angle);
+    float lo = tq_rope_element<neox>(x, ib*QK_TQ + lane,      r, pos, angle);
+    float hi = tq_rope_element<neox>(x, ib*QK_TQ + lane + 32, r, pos, angle);
+    if (r.mean) {
+        const float * m = r.mean + head*r.D + ib*QK_TQ;
+        lo = __fsub_rn(lo, m[lane]);
+        hi = __fsub_rn(hi, m[lane + 32]);
+    }
 
     block_t * y = (block_t *) (r.dst + r.row_indices[token]*r.nb1) + head*nbr + ib;
     tq_quantize_block_warp<bits>(lo, hi, lane, tq_cuda_codebook_lane<bits>(lane), y);
