@@ -248,6 +248,52 @@ def test_llama_cpp_session_file_without_key_means_is_refused(llm, tmp_path, capf
     assert llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
 
 
+def test_sequence_state_with_other_key_means_is_refused(llm):
+    # a sequence restored beside others must have been stored against the same key means
+    llama_cpp = tql.load_llama_cpp()
+    model = llm._model.model
+    p1, p2 = llm.tokenize(LONG_PROMPT), llm.tokenize(b"A different text fits different key means, " * 6)
+
+    def context():
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 1024, 512, 512, 2
+        p.n_threads = p.n_threads_batch = 2
+        p.flash_attn_type = 1
+        p.type_k = p.type_v = GGML_TYPE_TQ4_0
+        ctx = llama_cpp.llama_init_from_model(model, p)
+        assert ctx
+        return ctx
+
+    def decode(ctx, tokens, seq):
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        for i, t in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, i, 1, i == len(tokens) - 1
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(tokens)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        llama_cpp.llama_batch_free(batch)
+
+    a, b = context(), context()
+    try:
+        decode(a, p1, 0)
+        size = llama_cpp.llama_state_seq_get_size(a, 0)
+        state = (llama_cpp.ctypes.c_uint8 * size)()
+        assert llama_cpp.llama_state_seq_get_data(a, state, size, 0) == size
+        # beside a sequence stored against the same means: restored
+        assert llama_cpp.llama_state_seq_set_data(a, state, size, 1) > 0
+        # beside one stored against other means: refused, and the context keeps its sequence
+        decode(b, p2, 0)
+        mem = llama_cpp.llama_get_memory(b)
+        assert llama_cpp.llama_state_seq_set_data(b, state, size, 1) == 0
+        assert llama_cpp.llama_memory_seq_pos_max(mem, 0) == len(p2) - 1
+        # into a context with no other sequence: restored, means and all
+        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+        assert llama_cpp.llama_state_seq_set_data(b, state, size, 1) > 0
+    finally:
+        llama_cpp.llama_free(a)
+        llama_cpp.llama_free(b)
+
+
 def test_state_file_refused_by_context_of_other_cache_type(llm, tmp_path):
     path = tmp_path / "state.bin"
     _next_logits(llm, llm.tokenize(b"Hello world"))
