@@ -13,7 +13,8 @@ Corpus: The Jargon File 4.4.7, Debian package jargon-text (fetched with `apt-get
 mean KLD, PPL(Q)/PPL(base) and "same top p" against them. Extra rows measure the attention-rotation
 decisions: "tq4_0 +rot" keeps upstream's Hadamard rotation on top of TQ's own (LLAMA_ATTN_ROT_TQ=1; off by
 default for TQ caches), "q4_0 norot" (--extra) turns it off for q4_0 (LLAMA_ATTN_ROT_DISABLE=1). The rotation
-actually in force is read back from the log (-lv 4).
+actually in force is read back from the log (-lv 4). "tq4_0 uncentered" / "tq3_0 uncentered" (--extra) store the
+TQ keys as they come, without key centering (LLAMA_TQ_K_CENTER=0).
 
 Verdict per TQ type: the upstream curve is log(mean KLD) linear in bits/value through q4_0 (4.5) and
 q5_1 (6.0), extended below 4.5 with the same slope; a TQ type PASSes when its mean KLD lies below the
