@@ -304,6 +304,7 @@ def codecs(head):
         c[n + " centered search"] = tq(b, grid=W, center=True)
         for nt in (16, 64, 256):
             c[n + f" centered{nt}"] = tq(b, shipped=True, center=nt)
+        c[n + " centered +hdrot"] = tq(b, shipped=True, center=True, up="hd")
         if head > 64:
             c[n + " headblock"] = tq(b, rot="head", block=head)
             c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
@@ -353,6 +354,8 @@ def candidates(names):
     for kb, vb in ((4, 4), (3, 3), (4, 3)):
         for s in (" centered", " centered16", " centered64", " centered256"):
             out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
+    for kb, vb in ((4, 4), (3, 3)):
+        out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
     out.append(("tq4_0 centered/tq2_0 search", "tq4_0 centered", "tq2_0 search"))
     out.append(("tq3_0 centered/tq2_0 search", "tq3_0 centered", "tq2_0 search"))
     for n in names:
