@@ -294,6 +294,55 @@ def test_sequence_state_with_other_key_means_is_refused(llm):
         llama_cpp.llama_free(b)
 
 
+def test_context_shift_of_centered_tq_keys(llm):
+    # seq_add moves cached keys to new positions (the K-shift graph: dequantize, add the key means back, RoPE,
+    # subtract them, quantize). The next-token distribution after the shift must stay as close to that of the
+    # same tokens evaluated at the new positions as upstream's q4_0 cache does; before patch 0010 a TQ cache
+    # crashed here.
+    llama_cpp = tql.load_llama_cpp()
+    model = llm._model.model
+    toks = llm.tokenize(LONG_PROMPT)
+    n, d = len(toks), 100
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+
+    def decode(ctx, tokens, pos0):
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        for i, t in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, pos0 + i, 1, i == len(tokens) - 1
+            batch.seq_id[i][0] = 0
+        batch.n_tokens = len(tokens)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        llama_cpp.llama_batch_free(batch)
+
+    def next_token_probs(type_k, shifted):
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch = 512, 512, 512
+        p.n_threads = p.n_threads_batch = 2
+        p.flash_attn_type = 1
+        p.type_k = p.type_v = type_k
+        ctx = llama_cpp.llama_init_from_model(model, p)
+        try:
+            if shifted:
+                decode(ctx, toks[:-1], 0)
+                llama_cpp.llama_memory_seq_add(llama_cpp.llama_get_memory(ctx), 0, -1, -1, d)
+            else:
+                decode(ctx, toks[:-1], d)
+            decode(ctx, toks[-1:], n - 1 + d)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).astype(np.float64)
+        finally:
+            llama_cpp.llama_free(ctx)
+        e = np.exp(logits - logits.max())
+        return e / e.sum()
+
+    def shift_kl(type_k):
+        a, b = next_token_probs(type_k, False), next_token_probs(type_k, True)
+        return float(np.sum(a * np.log(a / b)))
+
+    GGML_TYPE_Q4_0 = 2
+    kl_q4, kl_tq = shift_kl(GGML_TYPE_Q4_0), shift_kl(GGML_TYPE_TQ4_0)
+    assert np.isfinite(kl_tq) and kl_tq <= kl_q4, (kl_tq, kl_q4)
+
+
 def test_state_file_refused_by_context_of_other_cache_type(llm, tmp_path):
     path = tmp_path / "state.bin"
     _next_logits(llm, llm.tokenize(b"Hello world"))
