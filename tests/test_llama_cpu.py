@@ -248,41 +248,45 @@ def test_llama_cpp_session_file_without_key_means_is_refused(llm, tmp_path, capf
     assert llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
 
 
+def _raw_context(llama_cpp, model, type_k, n_ctx=512, n_seq_max=1):
+    """A llama_context straight from the C API (what llama_cpp.Llama does not expose: sequences, K-shift)."""
+    p = llama_cpp.llama_context_default_params()
+    p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, 512, 512, n_seq_max
+    p.n_threads = p.n_threads_batch = 2
+    p.flash_attn_type = 1
+    p.type_k = p.type_v = type_k
+    ctx = llama_cpp.llama_init_from_model(model, p)
+    assert ctx
+    return ctx
+
+
+def _decode(llama_cpp, ctx, tokens, pos0=0, seq=0):
+    """Decode tokens at positions pos0.. in sequence seq, logits for the last one."""
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    for i, t in enumerate(tokens):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, pos0 + i, 1, i == len(tokens) - 1
+        batch.seq_id[i][0] = seq
+    batch.n_tokens = len(tokens)
+    assert llama_cpp.llama_decode(ctx, batch) == 0
+    llama_cpp.llama_batch_free(batch)
+
+
 def test_sequence_state_with_other_key_means_is_refused(llm):
     # a sequence restored beside others must have been stored against the same key means
     llama_cpp = tql.load_llama_cpp()
     model = llm._model.model
     p1, p2 = llm.tokenize(LONG_PROMPT), llm.tokenize(b"A different text fits different key means, " * 6)
 
-    def context():
-        p = llama_cpp.llama_context_default_params()
-        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 1024, 512, 512, 2
-        p.n_threads = p.n_threads_batch = 2
-        p.flash_attn_type = 1
-        p.type_k = p.type_v = GGML_TYPE_TQ4_0
-        ctx = llama_cpp.llama_init_from_model(model, p)
-        assert ctx
-        return ctx
-
-    def decode(ctx, tokens, seq):
-        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
-        for i, t in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, i, 1, i == len(tokens) - 1
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(tokens)
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-        llama_cpp.llama_batch_free(batch)
-
-    a, b = context(), context()
+    a, b = (_raw_context(llama_cpp, model, GGML_TYPE_TQ4_0, n_ctx=1024, n_seq_max=2) for _ in range(2))
     try:
-        decode(a, p1, 0)
+        _decode(llama_cpp, a, p1)
         size = llama_cpp.llama_state_seq_get_size(a, 0)
         state = (llama_cpp.ctypes.c_uint8 * size)()
         assert llama_cpp.llama_state_seq_get_data(a, state, size, 0) == size
         # beside a sequence stored against the same means: restored
         assert llama_cpp.llama_state_seq_set_data(a, state, size, 1) > 0
         # beside one stored against other means: refused, and the context keeps its sequence
-        decode(b, p2, 0)
+        _decode(llama_cpp, b, p2)
         mem = llama_cpp.llama_get_memory(b)
         assert llama_cpp.llama_state_seq_set_data(b, state, size, 1) == 0
         assert llama_cpp.llama_memory_seq_pos_max(mem, 0) == len(p2) - 1
@@ -305,29 +309,15 @@ def test_context_shift_of_centered_tq_keys(llm):
     n, d = len(toks), 100
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
 
-    def decode(ctx, tokens, pos0):
-        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
-        for i, t in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, pos0 + i, 1, i == len(tokens) - 1
-            batch.seq_id[i][0] = 0
-        batch.n_tokens = len(tokens)
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-        llama_cpp.llama_batch_free(batch)
-
     def next_token_probs(type_k, shifted):
-        p = llama_cpp.llama_context_default_params()
-        p.n_ctx, p.n_batch, p.n_ubatch = 512, 512, 512
-        p.n_threads = p.n_threads_batch = 2
-        p.flash_attn_type = 1
-        p.type_k = p.type_v = type_k
-        ctx = llama_cpp.llama_init_from_model(model, p)
+        ctx = _raw_context(llama_cpp, model, type_k)
         try:
             if shifted:
-                decode(ctx, toks[:-1], 0)
+                _decode(llama_cpp, ctx, toks[:-1], 0)
                 llama_cpp.llama_memory_seq_add(llama_cpp.llama_get_memory(ctx), 0, -1, -1, d)
             else:
-                decode(ctx, toks[:-1], d)
-            decode(ctx, toks[-1:], n - 1 + d)
+                _decode(llama_cpp, ctx, toks[:-1], d)
+            _decode(llama_cpp, ctx, toks[-1:], n - 1 + d)
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).astype(np.float64)
         finally:
             llama_cpp.llama_free(ctx)

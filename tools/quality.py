@@ -65,7 +65,7 @@ OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
             # TQ keys as they were before key centering (llama-kv-cache.cpp, cpy_k)
             ("tq4_0 uncentered", "tq4_0", "tq4_0", {"LLAMA_TQ_K_CENTER": "0"}),
             ("tq3_0 uncentered", "tq3_0", "tq3_0", {"LLAMA_TQ_K_CENTER": "0"})]
-ROT_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER")  # only a row sets these
+ROW_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER")  # only a row sets these
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small
 RANDOM = {
@@ -101,7 +101,7 @@ def run(cmd, env=None, cwd=ROOT, log=None, check=True):
         line = f"(cd {shlex.quote(rel(cwd))} && {line})"
     COMMANDS.append(line)
     print("$ " + line, flush=True)
-    full_env = {k: v for k, v in os.environ.items() if k not in ROT_ENV}
+    full_env = {k: v for k, v in os.environ.items() if k not in ROW_ENV}
     full_env.update(env or {})
     t0 = time.time()
     p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
