@@ -67,11 +67,11 @@ def test_quantize_fns_covers_tq_types():
 
 def test_backend_ops_cpu_runs_every_tq_case():
     # -b CPU compares the CPU with itself: this proves the ops run and are supported, not that they are right
-    p = run(BIN / "test-backend-ops", "-b", "CPU", "-p", "tq[34]_0", check=True)
+    p = run(BIN / "test-backend-ops", "-b", "CPU", "-p", "tq[34]_0|tqv2_0", check=True)
     out = p.stdout
     for op in ("FLASH_ATTN_EXT", "SET_ROWS", "CPY", "GET_ROWS", "MUL_MAT"):
         assert f"  {op}(" in out, op
-    assert "type_K=tq4_0" in out and "type_K=tq3_0" in out
+    assert "type_K=tq4_0" in out and "type_K=tq3_0" in out and "type_V=tqv2_0" in out
     assert "1/1 backends passed" in out
 
 
@@ -85,13 +85,15 @@ def test_cpu_flash_attention_matches_dequantized_reference(tmp_path):
 
 # ---- the command-line tools ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cache", ["tq4_0", "tq3_0"])
+@pytest.mark.parametrize("cache", ["tq4_0", "tq3_0", "tq4_0/tqv2_0"])
 def test_cli_generates_with_tq_cache(cache):
+    k, _, v = cache.partition("/")
+    v = v or k
     p = cli("-p", "What is the capital of France? Answer in one sentence.", "-n", "24",
-            "-ctk", cache, "-ctv", cache, "-lv", "4", check=True)
+            "-ctk", k, "-ctv", v, "-lv", "4", check=True)
     assert "Paris" in p.stdout
     log = p.stdout + p.stderr
-    assert f"K ({cache})" in log and f"V ({cache})" in log
+    assert f"K ({k})" in log and f"V ({v})" in log
     assert "attn_rot_k = 0" in log  # TQ rotates its own blocks: upstream's rotation stays off
 
 
@@ -99,7 +101,7 @@ def test_cli_rejects_unknown_cache_type_listing_valid_ones():
     p = cli("-p", "hi", "-n", "1", "-ctk", "tq5_0")
     assert p.returncode != 0
     msg = p.stdout + p.stderr
-    assert "tq5_0" in msg and "tq4_0" in msg and "tq3_0" in msg and "q8_0" in msg
+    assert "tq5_0" in msg and "tq4_0" in msg and "tq3_0" in msg and "tqv2_0" in msg and "q8_0" in msg
 
 
 def test_unsupported_head_size_is_refused_with_its_size(random_model):

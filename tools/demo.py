@@ -3,7 +3,7 @@
 TQ4_0 K/V cache; prints the answer, the KV-cache size against f16 and a short quality check (KL divergence of
 the next-token distributions against an f16 cache, llama-perplexity, 4 chunks of the corpus of tools/quality.py).
 
-    .venv/bin/python tools/demo.py [--cache tq4_0|tq3_0] [--prompt "..."]
+    .venv/bin/python tools/demo.py [--cache tq4_0|tq3_0|tq4_0/tqv2_0|tq4_0/tq3_0] [--prompt "..."]
 """
 import argparse
 import re
@@ -32,14 +32,17 @@ def kv_size(log):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default="tq4_0", choices=["tq4_0", "tq3_0"])
+    ap.add_argument("--cache", default="tq4_0", choices=["tq4_0", "tq3_0", "tq4_0/tqv2_0", "tq4_0/tq3_0"],
+                    help="one type for K and V, or K/V types")
     ap.add_argument("--prompt", default="Explain in two sentences why the sky is blue.")
     a = ap.parse_args()
+    ctk, _, ctv = a.cache.partition("/")
+    ctv = ctv or ctk
     from ggml_tq.llama import default_model
     model = default_model()
     common = [BIN / "llama-cli", "-m", model, "-st", "--temp", "0", "-t", "2", "-fa", "on", "-c", "4096", "-lv", "4"]
 
-    out = run(common + ["-p", a.prompt, "-n", "96", "-ctk", a.cache, "-ctv", a.cache])
+    out = run(common + ["-p", a.prompt, "-n", "96", "-ctk", ctk, "-ctv", ctv])
     answer = out.split(a.prompt, 1)[-1]
     answer = answer.split("[ Prompt:")[0].strip()
     print(f"\n--- answer with a {a.cache} K/V cache ---\n{answer}\n")
@@ -55,7 +58,7 @@ def main():
         base = Path(tmp) / "base.kld"
         perp = [BIN / "llama-perplexity", "-m", model, "-f", corpus["path"], "-c", "512", "--chunks", "4", "-t", "2", "-fa", "on"]
         run(perp + ["-ctk", "f16", "-ctv", "f16", "--kl-divergence-base", base])
-        log = run(perp + ["-ctk", a.cache, "-ctv", a.cache, "--kl-divergence", "--kl-divergence-base", base])
+        log = run(perp + ["-ctk", ctk, "-ctv", ctv, "--kl-divergence", "--kl-divergence-base", base])
     kld = re.search(r"Mean +KLD: +([0-9.]+) ± +([0-9.]+)", log)
     top = re.search(r"Same top p: +([0-9.]+) ± +([0-9.]+)", log)
     print(f"\nquality vs an f16 cache (4 x 512 tokens of the Jargon File): mean KLD {kld.group(1)} ± {kld.group(2)}, "

@@ -308,9 +308,12 @@ def codecs(head):
         if head > 64:
             c[n + " headblock"] = tq(b, rot="head", block=head)
             c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
-    c["tq2_0"] = tq(2)
-    c["tq2_0 search"] = tq(2, grid=W)
-    c["tq2_0 headrot search"] = tq(2, rot="head", grid=W)
+    # the 2-bit value type: shipped, without its scale search, and the lab's variants
+    c["tqv2_0"] = tq(2, shipped=True)
+    c["tqv2_0 +rot"] = tq(2, shipped=True, up=True)
+    c["tqv2_0 nosearch"] = tq(2, shipped=True, gains=(1.0,))
+    c["tqv2_0 search"] = tq(2, grid=W)
+    c["tqv2_0 headrot search"] = tq(2, rot="head", grid=W)
     q = head // 4
     c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
     c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
@@ -333,11 +336,13 @@ def candidates(names):
                 out.append((t + suffix, t + suffix, t + suffix))
     # mixes: K at 4 bits with V at 3 or 2; 3-bit keys with tricks
     out += [("tq4_0/tq3_0", "tq4_0", "tq3_0"), ("tq4_0/tq3_0 +rot search", "tq4_0 +rot search", "tq3_0 +rot search"),
-            ("tq4_0/tq2_0", "tq4_0", "tq2_0"), ("tq4_0 search/tq2_0 search", "tq4_0 search", "tq2_0 search"),
-            ("tq4_0 +rot search/tq2_0 search", "tq4_0 +rot search", "tq2_0 search"),
-            ("tq4_0 headrot search/tq2_0 headrot search", "tq4_0 headrot search", "tq2_0 headrot search"),
-            ("tq4_0 +symrot search/tq2_0 search", "tq4_0 +symrot search", "tq2_0 search"),
-            ("tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search", "tq2_0 search"),
+            ("tq4_0/tqv2_0", "tq4_0", "tqv2_0"), ("tq4_0/tqv2_0 +rot", "tq4_0 +rot", "tqv2_0 +rot"),
+            ("tq4_0/tqv2_0 nosearch", "tq4_0 nosearch", "tqv2_0 nosearch"), ("f16 K/tqv2_0 V", "f16", "tqv2_0"),
+            ("tq4_0 search/tqv2_0 search", "tq4_0 search", "tqv2_0 search"),
+            ("tq4_0 +rot search/tqv2_0 search", "tq4_0 +rot search", "tqv2_0 search"),
+            ("tq4_0 headrot search/tqv2_0 headrot search", "tq4_0 headrot search", "tqv2_0 headrot search"),
+            ("tq4_0 +symrot search/tqv2_0 search", "tq4_0 +symrot search", "tqv2_0 search"),
+            ("tq4_0 +hdrot search/tqv2_0 search", "tq4_0 +hdrot search", "tqv2_0 search"),
             ("tq4_0 +hdrot search/tq3_0 search", "tq4_0 +hdrot search", "tq3_0 search"),
             ("tq3_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search", "tq3_0 search"),
             ("tq4_0 +symrot search/tq3_0 +symrot search", "tq4_0 +symrot search", "tq3_0 +symrot search"),
@@ -356,8 +361,8 @@ def candidates(names):
             out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
     for kb, vb in ((4, 4), (3, 3)):
         out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
-    out.append(("tq4_0 centered/tq2_0 search", "tq4_0 centered", "tq2_0 search"))
-    out.append(("tq3_0 centered/tq2_0 search", "tq3_0 centered", "tq2_0 search"))
+    out.append(("tq4_0 centered/tqv2_0 search", "tq4_0 centered", "tqv2_0 search"))
+    out.append(("tq3_0 centered/tqv2_0 search", "tq3_0 centered", "tqv2_0 search"))
     for n in names:
         if n.startswith("split"):
             out.append((f"{n} K/tq3_0 search V", n, "tq3_0 search"))
@@ -372,9 +377,10 @@ MAIN = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "q4_0 norot"] + [
                                             " +rot search", " +hdrot", " +hdrot search")] + [
     "tq4_0/tq3_0 nosearch", "tq4_0/tq3_0 nosearch +rot", "tq4_0 +hdrot/tq3_0", "tq3_0 +hdrot/tq3_0",
     "tq4_0 nosearch K/f16 V", "f16 K/tq4_0 nosearch V", "tq4_0 nosearch K +rot/f16 V", "tq4_0 +hdrot K/f16 V",
-    "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0 search/tq2_0 search", "tq4_0 +rot search/tq2_0 search",
-    "tq4_0 +hdrot search/tq2_0 search", "tq4_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search/tq3_0 search",
-    "tq4_0/tq3_0 +rot", "tq4_0 K/f16 V", "f16 K/tq4_0 V", "q4_0 K/f16 V", "tq4_0 K +rot/f16 V",
+    "tq4_0/tq3_0", "tq4_0/tq3_0 +rot search", "tq4_0/tqv2_0", "tq4_0/tqv2_0 +rot", "tq4_0 search/tqv2_0 search",
+    "tq4_0 +rot search/tqv2_0 search",
+    "tq4_0 +hdrot search/tqv2_0 search", "tq4_0 +hdrot search/tq3_0 search", "tq3_0 +hdrot search/tq3_0 search",
+    "tq4_0/tq3_0 +rot", "tq4_0 K/f16 V", "f16 K/tq4_0 V", "f16 K/tqv2_0 V", "q4_0 K/f16 V", "tq4_0 K +rot/f16 V",
     "tq4_0 +hdrot search K/f16 V"]
 
 

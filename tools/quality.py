@@ -10,7 +10,8 @@
 Corpus: The Jargon File 4.4.7, Debian package jargon-text (fetched with `apt-get download`, cached in
 ~/.cache/ggml-tq/jargon/). Procedure: one llama-perplexity run with an f16 cache saves the base logits
 (--kl-divergence-base); then one run per cache type (-ctk T -ctv T -fa on --kl-divergence) measures the
-mean KLD, PPL(Q)/PPL(base) and "same top p" against them. Extra rows measure the attention-rotation
+mean KLD, PPL(Q)/PPL(base) and "same top p" against them. "tq4_0/tqv2_0" is tq4_0 keys with the 2-bit value
+type (3.25 bits per value, as tq3_0). Extra rows measure the attention-rotation
 decisions: "tq4_0 +rot" keeps upstream's Hadamard rotation on top of TQ's own (LLAMA_ATTN_ROT_TQ=1; off by
 default for TQ caches), "q4_0 norot" (--extra) turns it off for q4_0 (LLAMA_ATTN_ROT_DISABLE=1). The rotation
 actually in force is read back from the log (-lv 4). "tq4_0 uncentered" / "tq3_0 uncentered" (--extra) store the
@@ -45,14 +46,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "build" / "llama.cpp" / "bin"
 GGUF_PY = ROOT / "build" / "llama.cpp-src" / "gguf-py"
 
-BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25}
+BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25,
+        "tqv2_0": 2.25}
 UPSTREAM = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0"]
 TQ = ["tq4_0", "tq3_0"]
+VALUE_TYPES = ["tqv2_0"]  # V only: not run as K+V by default, only in the mixed rows
 ALL_TYPES = UPSTREAM + TQ
 # extra rows: (row name, K type, V type, extra environment). K errors move the softmax, V errors only
-# average out, so a 4-bit K with a 3-bit V (3.75 bits per value) is measured too.
+# average out, so a 4-bit K with a 3-bit V (3.75 bits per value) or a 2-bit V (3.25) is measured too.
 EXTRAS = [("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
-          ("tq4_0/tq3_0", "tq4_0", "tq3_0", {})]
+          ("tq4_0/tq3_0", "tq4_0", "tq3_0", {}),
+          ("tq4_0/tqv2_0", "tq4_0", "tqv2_0", {})]
 # rows run on request (--extra NAME, repeatable): which of K and V carries the loss, and the mixes and
 # rotation settings tools/kv_lab.py ranks high
 OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
@@ -282,7 +286,7 @@ def parse_log(text):
 # ------------------------------------------------------------------------------------------------ verdict
 
 def uses_tq(r):
-    return r.get("type_k") in TQ or r.get("type_v") in TQ
+    return r.get("type_k") in TQ + VALUE_TYPES or r.get("type_v") in TQ + VALUE_TYPES
 
 
 def curve_fit(rows):
@@ -350,7 +354,7 @@ def plot(rows, fit, path, title):
                         xytext=(5, -10) if r["name"] == "iq4_nl" else (5, 5))
     style = {"tq4_0": ("*", "tab:red", "full"), "tq3_0": ("D", "tab:purple", "full"),
              "tq4_0 +rot": ("*", "tab:red", "none"), "q4_0 norot": ("s", "tab:gray", "none"),
-             "tq4_0/tq3_0": ("P", "tab:orange", "full")}
+             "tq4_0/tq3_0": ("P", "tab:orange", "full"), "tq4_0/tqv2_0": ("X", "tab:green", "full")}
     for r in ok:
         if r["name"] in style:
             m, c, fill = style[r["name"]]
@@ -399,8 +403,9 @@ def sweep(name, a, info_corpus):
     plan = [(t, t, t, {}) for t in a.types]
     if not a.no_extras:
         for nm, tk, tv, env in EXTRAS + [x for x in OPTIONAL if x[0] in a.extra]:
-            if tk in a.types and tv in a.types:
-                plan.insert(plan.index((tv, tv, tv, {})) + 1, (nm, tk, tv, env))
+            if tk in a.types and (tv in a.types or tv in VALUE_TYPES):
+                after = tv if tv in a.types else tk
+                plan.insert(plan.index((after, after, after, {})) + 1, (nm, tk, tv, env))
     for nm, t, tv, env in plan:
         print(f"\n== {name}: {nm}")
         logf = work / (nm.replace(" ", "_").replace("+", "plus").replace("/", "-") + ".log")

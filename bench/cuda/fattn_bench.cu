@@ -1,5 +1,5 @@
-// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-mma-i8.cuh, the one ggml-cuda runs for TQ4_0 /
-// TQ3_0 K/V at head 128/256) with its merge, alone, without ggml: checks it against the same int8 arithmetic in
+// The int8-scoring decode attention kernel (ggml-tq/cuda/tq-fattn-mma-i8.cuh, the one ggml-cuda runs for TQ K/V
+// at head 128/256) with its merge, alone, without ggml: checks it against the same int8 arithmetic in
 // doubles (int8_reference) and reports its distance to exact attention over K/V dequantized by the C reference
 // (tq-ref.c); times it with CUDA events at the contexts of dev/gpu/cuda_device.sh. Built and run on the GPU
 // machine by `dev/gpu/cuda_device.sh fabench`: nvcc alone, a minute instead of a llama.cpp build (what it
@@ -9,8 +9,10 @@
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
 //   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape,
-//                                  K/V read from memory (cold) and from one copy launched back to back (hot)
-//   fattn_bench once T n_kv minb   five launches of one shape, for ncu (dev/gpu/cuda_device.sh faprof)
+//                                  K/V read from memory (cold) and from one copy launched back to back (hot);
+//                                  K/V tq4_0, tq3_0, and tq4_0/tqv2_0 (K/V)
+//   fattn_bench once T n_kv minb   five launches of one shape, for ncu (dev/gpu/cuda_device.sh faprof); T a type
+//                                  for K and V or K/V (tq4_0/tqv2_0)
 // -DFAB_ALL_MINB=1 builds the kernel for 2, 3 and 4 blocks per SM (check and time then run all three);
 // without it, only what ggml-cuda builds (TQ_FA_I8_MINB)
 #include "tq-fattn-mma-i8.cuh"
@@ -51,11 +53,22 @@ struct fa_case {
     int D; ggml_type tk, tv; int n_kv, n_head_kv, gqa, n_q; bool mask; float softcap; bool sinks;
 };
 
-static size_t block_bytes(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0); }
+static size_t block_bytes(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  return sizeof(block_tq4_0);
+        case GGML_TYPE_TQ3_0:  return sizeof(block_tq3_0);
+        case GGML_TYPE_TQV2_0: return sizeof(block_tqv2_0);
+        default: abort();
+    }
+}
 
 static void dequant_row(ggml_type t, const void * x, float * y, int D) {
-    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0_ref((const block_tq4_0 *) x, y, D);
-    else                      dequantize_row_tq3_0_ref((const block_tq3_0 *) x, y, D);
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  dequantize_row_tq4_0_ref ((const block_tq4_0  *) x, y, D); break;
+        case GGML_TYPE_TQ3_0:  dequantize_row_tq3_0_ref ((const block_tq3_0  *) x, y, D); break;
+        case GGML_TYPE_TQV2_0: dequantize_row_tqv2_0_ref((const block_tqv2_0 *) x, y, D); break;
+        default: abort();
+    }
 }
 
 struct fa_data {
@@ -190,9 +203,11 @@ static double softmax_row(const fa_data & f, int i, int h, std::vector<double> &
 struct int8_codebook {
     ggml_type type; float sk; float c8[16];
     explicit int8_codebook(ggml_type t) : type(t) {
-        sk = t == GGML_TYPE_TQ4_0 ? tq_i8_fmt<GGML_TYPE_TQ4_0>::SK : tq_i8_fmt<GGML_TYPE_TQ3_0>::SK;
-        for (int j = 0; j < (t == GGML_TYPE_TQ4_0 ? 16 : 8); ++j) {
-            c8[j] = nearbyintf((t == GGML_TYPE_TQ4_0 ? tq_centroids_4bit[j] : tq_centroids_3bit[j])*sk);
+        sk = t == GGML_TYPE_TQ4_0 ? tq_i8_fmt<GGML_TYPE_TQ4_0>::SK : t == GGML_TYPE_TQ3_0 ? tq_i8_fmt<GGML_TYPE_TQ3_0>::SK
+                                                                   : tq_i8_fmt<GGML_TYPE_TQV2_0>::SK;
+        const int bits = ggml_tq_cuda_bits(t);
+        for (int j = 0; j < (1 << bits); ++j) {
+            c8[j] = nearbyintf(tq_codebook(bits)[j]*sk);
         }
     }
     // element j's int8 centroid of the block at b
@@ -201,8 +216,12 @@ struct int8_codebook {
             const block_tq4_0 * x = (const block_tq4_0 *) b;
             return c8[j < 32 ? (x->qs[j] & 15) : (x->qs[j - 32] >> 4)];
         }
-        const block_tq3_0 * x = (const block_tq3_0 *) b;
-        return c8[((x->qs[j % 16] >> (2*(j/16))) & 3) | (((x->qh[j % 8] >> (j/8)) & 1) << 2)];
+        if (type == GGML_TYPE_TQ3_0) {
+            const block_tq3_0 * x = (const block_tq3_0 *) b;
+            return c8[((x->qs[j % 16] >> (2*(j/16))) & 3) | (((x->qh[j % 8] >> (j/8)) & 1) << 2)];
+        }
+        const block_tqv2_0 * x = (const block_tqv2_0 *) b;
+        return c8[(x->qs[j % 16] >> (2*(j/16))) & 3];
     }
 };
 
@@ -316,7 +335,25 @@ static double check(fa_data & f, double * err_exact) {
     return max8/sqrt(sq8/out.size());
 }
 
-static const char * tname(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0"; }
+static const ggml_type tq_types[] = { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 };
+
+static const char * tname(ggml_type t) { return t == GGML_TYPE_TQ4_0 ? "tq4_0" : t == GGML_TYPE_TQ3_0 ? "tq3_0" : "tqv2_0"; }
+
+// "tq4_0" (K and V) or "K/V", e.g. "tq4_0/tqv2_0"
+static bool parse_types(const std::string & s, ggml_type & tk, ggml_type & tv) {
+    auto one = [](const std::string & n, ggml_type & t) {
+        for (ggml_type c : tq_types) {
+            if (n == tname(c)) { t = c; return true; }
+        }
+        return false;
+    };
+    const size_t slash = s.find('/');
+    return slash == std::string::npos ? one(s, tk) && one(s, tv) : one(s.substr(0, slash), tk) && one(s.substr(slash + 1), tv);
+}
+
+static std::string pair_name(ggml_type tk, ggml_type tv) {
+    return tk == tv ? tname(tk) : std::string(tname(tk)) + "/" + tname(tv);
+}
 
 int main(int argc, char ** argv) {
     const std::string mode = argc > 1 ? argv[1] : "check";
@@ -329,10 +366,11 @@ int main(int argc, char ** argv) {
         // the softcap reference applies tanh to scale*q.k/softcap like ggml: x = softcap*tanh(x*scale/softcap)
         std::vector<fa_case> cases;
         for (int D : {64, 128, 256}) {
-            for (auto tt : {std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0),
-                            std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0)}) {
-                for (int gqa : {1, 4, 8}) {
-                    cases.push_back({D, tt.first, tt.second, 1000, 2, gqa, 1, true, 0.0f, false});
+            for (ggml_type tk : tq_types) {
+                for (ggml_type tv : tq_types) {
+                    for (int gqa : {1, 4, 8}) {
+                        cases.push_back({D, tk, tv, 1000, 2, gqa, 1, true, 0.0f, false});
+                    }
                 }
             }
         }
@@ -354,6 +392,16 @@ int main(int argc, char ** argv) {
         cases.push_back({256, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, 40000, 4, 8, 1, true, 0.0f, true});  // many blocks, sinks
         cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, 30000, 8, 4, 1, true, 0.0f, false});
         cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, 30000, 8, 4, 2, true, 0.0f, false});
+        // tqv2_0 V beside tq4_0 K, the pairing it is meant for
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 4099, 8, 4, 3, true, 0.0f, false});
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 20000, 8, 4, 1, false, 0.0f, true});
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 999, 2, 32, 1, true, 0.0f, false});  // 4 groups of 8
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 300, 4, 2, 1, true, 30.0f, false});  // softcap
+        cases.push_back({128, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 1500, 2, 6, 1, true, 0.0f, false});  // 6 columns
+        cases.push_back({256, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 33, 1, 16, 8, true, 0.0f, true});    // two groups of 8
+        cases.push_back({256, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0, 40000, 4, 8, 1, true, 0.0f, true});  // many blocks, sinks
+        cases.push_back({128, GGML_TYPE_TQV2_0, GGML_TYPE_TQV2_0, 30000, 8, 4, 2, true, 0.0f, false});
+        cases.push_back({128, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0, 30000, 8, 4, 1, true, 0.0f, false});
         int fails = 0, skipped = 0;
         for (const fa_case & c : cases) {
             for (int minb : all_minb) {
@@ -378,12 +426,16 @@ int main(int argc, char ** argv) {
         return fails != 0 || ran == 0;
     }
 
-    if (mode == "once") { // for a profiler: fattn_bench once tq4_0|tq3_0 n_kv minb, five launches
-        const ggml_type tt = argc > 2 && std::string(argv[2]) == "tq3_0" ? GGML_TYPE_TQ3_0 : GGML_TYPE_TQ4_0;
+    if (mode == "once") { // for a profiler: fattn_bench once T n_kv minb, five launches
+        ggml_type tk = GGML_TYPE_TQ4_0, tv = GGML_TYPE_TQ4_0;
+        if (argc > 2 && !parse_types(argv[2], tk, tv)) {
+            fprintf(stderr, "unknown types %s: tq4_0, tq3_0, tqv2_0 or K/V such as tq4_0/tqv2_0\n", argv[2]);
+            return 1;
+        }
         const int n_kv = argc > 3 ? atoi(argv[3]) : 32768, minb = argc > 4 ? atoi(argv[4]) : 4;
         fa_data f;
-        if (!setup(f, {128, tt, tt, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
-            fprintf(stderr, "the kernel does not take %s\n", tname(tt));
+        if (!setup(f, {128, tk, tv, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
+            fprintf(stderr, "the kernel does not take %s\n", pair_name(tk, tv).c_str());
             return 1;
         }
         for (int i = 0; i < 5; ++i) tq_fa_i8_launch(f.p, f.k, 128, 0);
@@ -403,11 +455,12 @@ int main(int argc, char ** argv) {
     CK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, dev));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    for (auto tt : {GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0}) {
+    for (auto tt : {std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0),
+                    std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0)}) {
         for (int n_kv : {256, 8192, 32768, 65536}) {
             for (int minb : minbs) {
                 fa_data f;
-                if (!setup(f, {128, tt, tt, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
+                if (!setup(f, {128, tt.first, tt.second, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
                     release(f);
                     continue;
                 }
@@ -436,7 +489,7 @@ int main(int argc, char ** argv) {
                     CK(cudaEventElapsedTime(&ms, e0, e1));
                     const double us = 1e3*ms/iters;
                     printf("time %s n_kv=%6d minb=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %-4s (%3d sets)  %8.2f us  %7.1f GB/s (K+V)\n",
-                           tname(tt), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes,
+                           pair_name(tt.first, tt.second).c_str(), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes,
                            sets > 1 ? "cold" : "hot", sets, us, bytes/us*1e-3);
                 }
                 for (int i = 1; i < n_sets; ++i) {

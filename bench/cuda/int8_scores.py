@@ -23,7 +23,7 @@ def best_scale(c):
     return float(s), err(s), err(127.0/np.abs(c).max())
 
 
-for name, bits in (("tq4_0", 4), ("tq3_0", 3)):
+for name, bits in (("tq4_0", 4), ("tq3_0", 3), ("tqv2_0", 2)):
     s, e, e127 = best_scale(t.centroids(bits).astype(np.float64))
     print(f"{name} centroid scale: {s:.4f} (hit-weighted rms rounding error {e:.4f}; 127/max|c| gives {e127:.4f})")
 rng = np.random.default_rng(0)
@@ -31,7 +31,7 @@ D, N, NQ = 128, 4096, 32
 K = rng.standard_normal((N, D)).astype(np.float32)
 K[:, :8] *= 4.0                       # a few outlier channels, as real keys have
 Q = rng.standard_normal((NQ, D)).astype(np.float32)
-for name, bits in (("tq4_0", 4), ("tq3_0", 3)):
+for name, bits in (("tq4_0", 4), ("tq3_0", 3), ("tqv2_0", 2)):
     q = t.quantize(K, name)
     idx = t.unpack_indices(q, t.type_info(name)).reshape(N, D // 64, 64)
     d = t.scale_bits(q, t.type_info(name)).view(np.float16).astype(np.float32)          # (N, nb)

@@ -10,6 +10,8 @@
 #                                  then time it at 256..65536 keys
 #   dev/gpu/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
 #   dev/gpu/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
+#   dev/gpu/cuda_device.sh cpu       the CPU kernels' check (tests/c/test-tq-kernels) built for this host (-march=native: AVX-512
+#                                  where it has it, which the development machine lacks), then its --bench
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
@@ -105,11 +107,11 @@ step_test() {
     [ -x $B/test-backend-ops ] || { echo "no $B/test-backend-ops: run the build step first (on this machine)"; return 1; }
     local rc=0
     for op in SET_ROWS CPY GET_ROWS ROPE_SET_ROWS RMS_NORM_MUL_ROPE FLASH_ATTN_EXT; do
-        $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0' > $OUT/tbo-$op.log 2>&1 || rc=1
+        $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0|tqv2_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
     # the f16 decode kernel (tq-fattn-mma-f16.cuh) also where the int8 one takes the case
-    GGML_TQ_FA_I8=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0' > $OUT/tbo-FLASH_ATTN_EXT-noi8.log 2>&1 || rc=1
+    GGML_TQ_FA_I8=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0|tqv2_0' > $OUT/tbo-FLASH_ATTN_EXT-noi8.log 2>&1 || rc=1
     printf '%-16s %s\n' "FA (no int8)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-noi8.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-noi8.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
@@ -129,6 +131,17 @@ step_unit() {
     [ $rc = 0 ] && { $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1 || rc=1; tail -3 $OUT/test-tq-cuda.log; }
     log "memory bandwidth (dev/gpu/bw.cu)"
     nvcc -O3 -arch=sm_90 dev/gpu/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt
+    return $rc
+}
+
+step_cpu() {
+    log "CPU kernels: test-tq-kernels (-march=native)"
+    cmake -S . -B $W/tq-cpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_TQ_NATIVE=ON > $OUT/tq-cpu-cmake.log 2>&1 \
+        && ninja -C $W/tq-cpu test-tq-kernels > $OUT/tq-cpu-build.log 2>&1 || { tail -20 $OUT/tq-cpu-*.log; return 1; }
+    local rc=0
+    $W/tq-cpu/test-tq-kernels > $OUT/tq-cpu-test.log 2>&1 || rc=1
+    tail -4 $OUT/tq-cpu-test.log
+    $W/tq-cpu/test-tq-kernels --bench 2>&1 | tee $OUT/tq-cpu-bench.log | grep -E "variant|mad|quantize"
     return $rc
 }
 

@@ -22,7 +22,7 @@ out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "results" / "cuda-h200"
 # caches as cuda_device.sh names them (K-V for a mix; -norot / +rot: upstream's rotation forced off / on for TQ;
 # -noi8: the int8-scoring decode kernel off), in table order: those of the run, known ones first
 ORDER = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-norot", "tq4_0+rot", "tq4_0+krot", "tq4_0-noi8", "tq3_0",
-         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot"]
+         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot", "tq4_0-tqv2_0"]
 found = sorted(f.name[len("bench-"):-len(".json")] for f in run.glob("bench-*.json"))
 types = [t for t in ORDER if t in found] + [t for t in found if t not in ORDER]
 bench, records = {}, []
@@ -50,7 +50,7 @@ md = [f"# KV-cache speed on CUDA (llama-bench): {dev.get('gpu_info', '?')}", "",
       "- model: random Llama-3-8B shape (32 layers, 4096 wide, 32 heads, 8 KV heads, head 128), Q4_0 weights "
       "(tools/make_random_llama.py, llama-quantize)",
       f"- settings: -fa 1 -ngl 99 -p 512 -n 128 -d {','.join(map(str, depths))} -r {reps}, one llama-bench call per "
-      "cache type (-ctk T -ctv T)",
+      "cache type (-ctk T -ctv T; K-V: -ctk K -ctv V)",
       f"- machine: {dev.get('gpu_info', '?')}, {dev.get('cpu_info', '?')}; llama.cpp build {dev.get('build_commit', '?')}",
       "", "tokens/s:", "",
       "| cache | " + " | ".join(f"{tt} @ d{dp}" for tt, dp in cols) + " |",

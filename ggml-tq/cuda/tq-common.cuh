@@ -34,6 +34,7 @@
 #define TQ_CUDA_I8(a, i)  TQ_CUDA_I4(a, i), TQ_CUDA_I4(a, i + 4)
 static __constant__ float tq_cuda_centroids_4bit[16]  = { TQ_CUDA_I8(tq_centroids_4bit, 0), TQ_CUDA_I8(tq_centroids_4bit, 8) };
 static __constant__ float tq_cuda_centroids_3bit[8]   = { TQ_CUDA_I8(tq_centroids_3bit, 0) };
+static __constant__ float tq_cuda_centroids_2bit[4]   = { TQ_CUDA_I4(tq_centroids_2bit, 0) };
 #undef TQ_CUDA_I4
 #undef TQ_CUDA_I8
 
@@ -46,6 +47,10 @@ template <> struct tq_cuda_type<4> {
 template <> struct tq_cuda_type<3> {
     typedef block_tq3_0 block;
     static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_3bit[i]; }
+};
+template <> struct tq_cuda_type<2> {
+    typedef block_tqv2_0 block;
+    static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_2bit[i]; }
 };
 
 // ---- scalar helpers -----------------------------------------------------------------------------
@@ -94,13 +99,16 @@ static __device__ __forceinline__ tq_half tq_cuda_fp32_to_fp16(float f) {
     return (tq_half)(sign | h);
 }
 
-// Index of element j (0..63) of a block, for any thread layout (tq4_0_index / tq3_0_index of tq-ref.c).
-// A block starts at a 2-byte boundary only (34 and 26 bytes): load qs/qh bytewise or as 16-bit words.
+// Index of element j (0..63) of a block, for any thread layout (tq_block_values_of of tq-ref.c).
+// A block starts at a 2-byte boundary only (34, 26 and 18 bytes): load qs/qh bytewise or as 16-bit words.
 static __device__ __forceinline__ int tq4_0_cuda_index(const block_tq4_0 * b, int j) {
     return j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
 }
 static __device__ __forceinline__ int tq3_0_cuda_index(const block_tq3_0 * b, int j) {
     return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+}
+static __device__ __forceinline__ int tqv2_0_cuda_index(const block_tqv2_0 * b, int j) {
+    return (b->qs[j % 16] >> (2*(j/16))) & 3;
 }
 
 // Decision boundary k of the codebook, a compile-time constant (tq-codebook.h): symmetric about an exact 0.
@@ -108,7 +116,8 @@ template <int bits>
 static constexpr __host__ __device__ float tq_cuda_boundary(int k) {
     constexpr float b4[15] = TQ_BOUNDARIES_4BIT_INIT;
     constexpr float b3[7]  = TQ_BOUNDARIES_3BIT_INIT;
-    return bits == 4 ? b4[k] : b3[k];
+    constexpr float b2[3]  = TQ_BOUNDARIES_2BIT_INIT;
+    return bits == 4 ? b4[k] : bits == 3 ? b3[k] : b2[k];
 }
 template <int bits>
 static constexpr __host__ __device__ bool tq_cuda_boundaries_symmetric() {
@@ -235,6 +244,11 @@ static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tq3
     ilo = ((qs >> (2*(lane >> 4)))     & 3) | (((qh >> (lane >> 3))       & 1) << 2);
     ihi = ((qs >> (2*(lane >> 4) + 4)) & 3) | (((qh >> ((lane >> 3) + 4)) & 1) << 2);
 }
+static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tqv2_0 * b, int lane, int & ilo, int & ihi) {
+    const int qs = b->qs[lane & 15];
+    ilo = (qs >> (2*(lane >> 4)))     & 3;
+    ihi = (qs >> (2*(lane >> 4) + 4)) & 3;
+}
 
 // Rotated-domain values of a block: d * c[index] for elements lane and lane + 32, no inverse rotation
 // (what attention uses: q.x = (H D q / 8) . (d c), and V accumulated rotated, unrotated once).
@@ -248,7 +262,7 @@ static __device__ __forceinline__ void tq_cuda_rotated_block_warp(const typename
     hi = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ihi));
 }
 
-// dequantize_row_tq4_0_ref / dequantize_row_tq3_0_ref for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
+// dequantize_row_*_ref for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
 // and scale: lo = x'[lane], hi = x'[lane + 32]. Kernels that load several blocks before decoding them call this.
 static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ihi, tq_half d, int lane,
                                                                  float codebook_lane, float & lo, float & hi) {
@@ -260,7 +274,7 @@ static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ih
     hi = tq_cuda_apply_sign(__fmul_rn(hi, ds), lane + 32);
 }
 
-// dequantize_row_tq4_0_ref / dequantize_row_tq3_0_ref for one block, bit-identical: lo = x'[lane], hi = x'[lane + 32].
+// dequantize_row_*_ref for one block, bit-identical: lo = x'[lane], hi = x'[lane + 32].
 template <int bits>
 static __device__ __forceinline__ void tq_dequantize_block_warp(const typename tq_cuda_type<bits>::block * b, int lane,
                                                                 float codebook_lane, float & lo, float & hi) {
@@ -293,6 +307,17 @@ static __device__ __forceinline__ void tq_cuda_store_block(block_tq3_0 * y, int 
             qh |= (uint32_t)((bit2 >> (j + 8*k)) & 1) << k;
         }
         y->qh[j] = (uint8_t) qh;
+    }
+    if (lane == 0) {
+        y->d = d;
+    }
+}
+static __device__ __forceinline__ void tq_cuda_store_block(block_tqv2_0 * y, int lane, tq_half d, int ilo, int ihi) {
+    // qs[j] (j < 16): indices j, j + 16, j + 32, j + 48 at bits 0, 2, 4, 6 (tq3_0's qs)
+    const int ilo16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ilo, 16);
+    const int ihi16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ihi, 16);
+    if (lane < 16) {
+        y->qs[lane] = (uint8_t)(ilo | ilo16 << 2 | ihi << 4 | ihi16 << 6);
     }
     if (lane == 0) {
         y->d = d;
@@ -365,7 +390,7 @@ static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, fl
     chi = tq_cuda_codebook_lookup(codebook_lane, ihi);
 }
 
-// quantize_row_tq4_0_ref / quantize_row_tq3_0_ref for one block, byte-identical:
+// quantize_row_*_ref for one block, byte-identical:
 // lo = x[lane], hi = x[lane + 32]; writes *y. codebook_lane: tq_cuda_codebook_lane<bits>(lane).
 template <int bits>
 static __device__ __forceinline__ void tq_quantize_block_warp(float lo, float hi, int lane, float codebook_lane,

@@ -57,14 +57,15 @@ static dim3 tq_cuda_grid(int64_t nwarps) {
 
 static size_t tq_cuda_type_size(enum ggml_type type) {
     switch (type) {
-        case GGML_TYPE_F32:   return sizeof(float);
-        case GGML_TYPE_F16:   return sizeof(half);
-        case GGML_TYPE_BF16:  return sizeof(nv_bfloat16);
-        case GGML_TYPE_I32:   return sizeof(int32_t);
-        case GGML_TYPE_I64:   return sizeof(int64_t);
-        case GGML_TYPE_TQ4_0: return sizeof(block_tq4_0);
-        case GGML_TYPE_TQ3_0: return sizeof(block_tq3_0);
-        default:              return 0;
+        case GGML_TYPE_F32:    return sizeof(float);
+        case GGML_TYPE_F16:    return sizeof(half);
+        case GGML_TYPE_BF16:   return sizeof(nv_bfloat16);
+        case GGML_TYPE_I32:    return sizeof(int32_t);
+        case GGML_TYPE_I64:    return sizeof(int64_t);
+        case GGML_TYPE_TQ4_0:  return sizeof(block_tq4_0);
+        case GGML_TYPE_TQ3_0:  return sizeof(block_tq3_0);
+        case GGML_TYPE_TQV2_0: return sizeof(block_tqv2_0);
+        default:               return 0;
     }
 }
 
@@ -227,7 +228,7 @@ k_tq_cpy_from_tq(const char * __restrict__ src, char * __restrict__ dst, const i
 
 static int tq_cuda_bits(enum ggml_type type) {
     GGML_ASSERT(ggml_tq_cuda_is_tq_type(type));
-    return type == GGML_TYPE_TQ4_0 ? 4 : 3;
+    return ggml_tq_cuda_bits(type);
 }
 
 // ne[0] counted in blocks, nb[0] the block size: the TQ side of an op as a layout of blocks
@@ -281,10 +282,10 @@ void ggml_tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1, g
     GGML_ASSERT(ggml_tq_cuda_supports_set_rows(dst));
     GGML_ASSERT(dst->ne[0] == src0->ne[0] && src1->ne[0] == src0->ne[1] && (size_t) dst->nb[0] == tq_cuda_type_size(dst->type));
     GGML_ASSERT(src0->ne[2] % src1->ne[1] == 0 && src0->ne[3] % src1->ne[2] == 0);
-    if (tq_cuda_bits(dst->type) == 4) {
-        tq_cuda_set_rows_bits<4>(src0, src1, dst, stream);
-    } else {
-        tq_cuda_set_rows_bits<3>(src0, src1, dst, stream);
+    switch (tq_cuda_bits(dst->type)) {
+        case 4:  tq_cuda_set_rows_bits<4>(src0, src1, dst, stream); break;
+        case 3:  tq_cuda_set_rows_bits<3>(src0, src1, dst, stream); break;
+        default: tq_cuda_set_rows_bits<2>(src0, src1, dst, stream); break;
     }
 }
 
@@ -319,10 +320,10 @@ void ggml_tq_cuda_get_rows(const ggml_tensor * src0, const ggml_tensor * src1, g
     GGML_ASSERT(ggml_tq_cuda_supports_get_rows(dst));
     GGML_ASSERT((size_t) src0->nb[0] == tq_cuda_type_size(src0->type) && (size_t) dst->nb[0] == tq_cuda_type_size(dst->type));
     GGML_ASSERT(src1->ne[3] == 1 && dst->ne[0] == src0->ne[0] && src0->ne[0] % QK_TQ == 0);
-    if (tq_cuda_bits(src0->type) == 4) {
-        tq_cuda_get_rows_bits<4>(src0, src1, dst, stream);
-    } else {
-        tq_cuda_get_rows_bits<3>(src0, src1, dst, stream);
+    switch (tq_cuda_bits(src0->type)) {
+        case 4:  tq_cuda_get_rows_bits<4>(src0, src1, dst, stream); break;
+        case 3:  tq_cuda_get_rows_bits<3>(src0, src1, dst, stream); break;
+        default: tq_cuda_get_rows_bits<2>(src0, src1, dst, stream); break;
     }
 }
 
@@ -361,10 +362,10 @@ void ggml_tq_cuda_cpy(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t s
         return;
     }
     const enum ggml_type tq_type = ggml_tq_cuda_is_tq_type(dst->type) ? dst->type : src->type;
-    if (tq_cuda_bits(tq_type) == 4) {
-        tq_cuda_cpy_bits<4>(src, dst, ne/QK_TQ, stream);
-    } else {
-        tq_cuda_cpy_bits<3>(src, dst, ne/QK_TQ, stream);
+    switch (tq_cuda_bits(tq_type)) {
+        case 4:  tq_cuda_cpy_bits<4>(src, dst, ne/QK_TQ, stream); break;
+        case 3:  tq_cuda_cpy_bits<3>(src, dst, ne/QK_TQ, stream); break;
+        default: tq_cuda_cpy_bits<2>(src, dst, ne/QK_TQ, stream); break;
     }
 }
 
@@ -404,10 +405,12 @@ static void tq_cuda_to_float_nc(const void * x, dst_t * y, int64_t ne00, int64_t
     }
 }
 
-void ggml_tq4_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
-void ggml_tq3_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
-void ggml_tq4_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
-void ggml_tq3_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
+void ggml_tq4_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
+void ggml_tq3_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
+void ggml_tqv2_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<2>(x, y, k, stream); }
+void ggml_tq4_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
+void ggml_tq3_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
+void ggml_tqv2_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<2>(x, y, k, stream); }
 
 void ggml_tq4_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
@@ -417,6 +420,10 @@ void ggml_tq3_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t 
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<3>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
 }
+void ggml_tqv2_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
+    tq_cuda_to_float_nc<2>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
+}
 void ggml_tq4_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<4>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
@@ -424,4 +431,8 @@ void ggml_tq4_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t
 void ggml_tq3_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<3>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
+}
+void ggml_tqv2_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
+    tq_cuda_to_float_nc<2>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
 }

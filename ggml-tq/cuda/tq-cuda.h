@@ -1,4 +1,5 @@
-// ggml-tq CUDA ops for ggml-cuda (tq-cuda.cu): what the patched ggml-cuda files call for TQ4_0 / TQ3_0.
+// ggml-tq CUDA ops for ggml-cuda (tq-cuda.cu): what the patched ggml-cuda files call for the TQ types
+// (TQ4_0, TQ3_0, TQV2_0).
 // The kernels map one warp to one 64-value block and agree bit for bit with the CPU reference
 // (tq-ref.c): quantized bytes and dequantized values alike.
 #pragma once
@@ -9,8 +10,13 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// bits per centroid index of a TQ type (the template argument of tq-common.cuh's helpers), 0 for other types
+static constexpr __host__ __device__ int ggml_tq_cuda_bits(enum ggml_type type) {
+    return type == GGML_TYPE_TQ4_0 ? 4 : type == GGML_TYPE_TQ3_0 ? 3 : type == GGML_TYPE_TQV2_0 ? 2 : 0;
+}
+
 static inline bool ggml_tq_cuda_is_tq_type(enum ggml_type type) {
-    return type == GGML_TYPE_TQ4_0 || type == GGML_TYPE_TQ3_0;
+    return ggml_tq_cuda_bits(type) != 0;
 }
 
 // SET_ROWS into a TQ tensor (the KV-cache write): src0 F32 or F16, src1 I32 or I64, with ggml's
@@ -46,15 +52,21 @@ void ggml_tq_cuda_cpy(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t s
 
 // Dequantization in convert.cuh's signatures (ggml_get_to_fp16_cuda, ggml_get_to_fp32_cuda and the
 // _nc variants, whose strides s01..s03 count blocks; the output is contiguous).
-void ggml_tq4_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
-void ggml_tq3_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
-void ggml_tq4_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
-void ggml_tq3_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
-void ggml_tq4_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
-                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
-void ggml_tq3_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
-                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
-void ggml_tq4_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
-                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
-void ggml_tq3_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
-                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq4_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tq3_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tqv2_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tq4_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tq3_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tqv2_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tq4_0_to_fp16_nc_cuda (const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq3_0_to_fp16_nc_cuda (const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tqv2_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq4_0_to_fp32_nc_cuda (const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq3_0_to_fp32_nc_cuda (const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tqv2_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);

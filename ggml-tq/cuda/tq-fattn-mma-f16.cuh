@@ -1,17 +1,17 @@
-// Flash-attention decode over TQ4_0 / TQ3_0 K/V in any layout, on the f16 tensor cores: the kernel that
+// Flash-attention decode over TQ K/V in any layout, on the f16 tensor cores: the kernel that
 // tq-fattn.cu runs where tq-fattn-mma-i8.cuh's does not (head 64, heads not side by side in a key's row, short
 // rows).
 //
 // Why a kernel of its own: ggml-cuda's vector kernel handles one query head per block (GQA siblings re-read
 // the same K/V through L2) and quantized K against a q8_1 query; its tensor-core kernels want f16 K/V.
 // Here one warp reads each K/V row once for all query heads of its GQA group (up to 8, the rows of an
-// m16n8k16 tile) and decodes the 4/3-bit indices to f16 codebook values straight into mma fragments:
+// m16n8k16 tile) and decodes the 4/3/2-bit indices to f16 codebook values straight into mma fragments:
 //   - Q is rotated once per block and scaled;
 //   - S = Qrot . (codebook values), times each key's block scale d;
 //   - O += softmax(S) * (d * codebook values of V), still rotated;
 //   - each warp is one key split (flash-decoding): tq_fattn_combine merges them and rotates O back.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
-// the cache's own 4.25 / 3.25 bits per value.
+// the cache's own 4.25 / 3.25 / 2.25 bits per value.
 #pragma once
 
 #include "tq-fattn-common.cuh"
@@ -81,6 +81,19 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQ3_0> {
     }
 };
 
+template <> struct tq_fa_kbits<GGML_TYPE_TQV2_0> { // tq3_0's low bits alone
+    uint32_t s0, s1;
+    __device__ __forceinline__ void load(const block_tqv2_0 * b, int t) {
+        s0 = tq_fa_ld16(b->qs + 2*t);      // elements 2t, 2t+1 (+16k in bits 2k)
+        s1 = tq_fa_ld16(b->qs + 2*t + 8);  // elements 2t+8, 2t+9
+    }
+    __device__ __forceinline__ void idx(int kk, int & i0, int & i1, int & i2, int & i3) const {
+        const int sl = 2*kk;
+        i0 = (s0 >> sl) & 3;  i1 = (s0 >> (8 + sl)) & 3;
+        i2 = (s1 >> sl) & 3;  i3 = (s1 >> (8 + sl)) & 3;
+    }
+};
+
 // ---- V: the B fragment of O = P V ----------------------------------------------------------------------
 // The dims of a block are permuted over the 8 n-tiles so that a lane reads 4 consecutive bytes of a row:
 // n-tile nd, column n <-> element j = 4n + (nd & 3) + 32*(nd >> 2). The output is un-permuted when written.
@@ -112,6 +125,18 @@ template <> struct tq_fa_vbits<GGML_TYPE_TQ3_0> {
     }
 };
 
+template <> struct tq_fa_vbits<GGML_TYPE_TQV2_0> {
+    uint32_t s; // qs bytes 4(n%4) .. +3
+    int sh;     // 2(n/4): element j = 4n + r + 32hh has its bits at 2(j/16) = sh + 4hh of byte j%16 = 4(n%4) + r
+    __device__ __forceinline__ void load(const block_tqv2_0 * b, int n) {
+        s  = tq_fa_ld16(b->qs + 4*(n & 3)) | (tq_fa_ld16(b->qs + 4*(n & 3) + 2) << 16);
+        sh = 2*(n >> 2);
+    }
+    __device__ __forceinline__ int idx(int nd) const {
+        return (s >> (8*(nd & 3) + sh + 4*(nd >> 2))) & 3;
+    }
+};
+
 // ---- the kernel -------------------------------------------------------------------------------------
 
 // grid: x = block of TQ_FA_F16_WARPS key splits, y = kv head * n_groups + group, z = query row + n_q * sequence.
@@ -120,8 +145,8 @@ __launch_bounds__(TQ_FA_F16_WARPS*32, TQ_FA_F16_MINB)
 static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
     ggml_cuda_pdl_sync(); // launched early (ggml_cuda_kernel_launch): Q, K and V come from the kernels before
     ggml_cuda_pdl_lc();
-    constexpr int bits_K = type_K == GGML_TYPE_TQ4_0 ? 4 : 3;
-    constexpr int bits_V = type_V == GGML_TYPE_TQ4_0 ? 4 : 3;
+    constexpr int bits_K = ggml_tq_cuda_bits(type_K);
+    constexpr int bits_V = ggml_tq_cuda_bits(type_V);
     using block_K = typename tq_cuda_type<bits_K>::block;
     using block_V = typename tq_cuda_type<bits_V>::block;
     constexpr int NB = D/QK_TQ; // blocks per row
@@ -342,14 +367,23 @@ static void tq_fa_f16_launch_case(const tq_fa_f16_params & p, cudaStream_t strea
     ggml_cuda_kernel_launch(tq_fattn_mma_f16<D, type_K, type_V>, {grid, dim3(TQ_FA_F16_WARPS*32), 0, stream}, p);
 }
 
+template <int D, ggml_type type_K>
+static void tq_fa_f16_launch_v(const tq_fa_f16_params & p, ggml_type tv, cudaStream_t stream) {
+    switch (tv) {
+        case GGML_TYPE_TQ4_0:  tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQ4_0> (p, stream); break;
+        case GGML_TYPE_TQ3_0:  tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQ3_0> (p, stream); break;
+        case GGML_TYPE_TQV2_0: tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQV2_0>(p, stream); break;
+        default: GGML_ABORT("TQ flash attention: V type %s", ggml_type_name(tv));
+    }
+}
+
 template <int D>
 static void tq_fa_f16_launch_types(const tq_fa_f16_params & p, ggml_type tk, ggml_type tv, cudaStream_t stream) {
-    if (tk == GGML_TYPE_TQ4_0) {
-        tv == GGML_TYPE_TQ4_0 ? tq_fa_f16_launch_case<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0>(p, stream)
-                              : tq_fa_f16_launch_case<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0>(p, stream);
-    } else {
-        tv == GGML_TYPE_TQ4_0 ? tq_fa_f16_launch_case<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0>(p, stream)
-                              : tq_fa_f16_launch_case<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0>(p, stream);
+    switch (tk) {
+        case GGML_TYPE_TQ4_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ4_0> (p, tv, stream); break;
+        case GGML_TYPE_TQ3_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ3_0> (p, tv, stream); break;
+        case GGML_TYPE_TQV2_0: tq_fa_f16_launch_v<D, GGML_TYPE_TQV2_0>(p, tv, stream); break;
+        default: GGML_ABORT("TQ flash attention: K type %s", ggml_type_name(tk));
     }
 }
 

@@ -1,4 +1,4 @@
-// Flash-attention decode over TQ4_0 / TQ3_0 K and V that scores on the int8 tensor cores: the kernel tq-fattn.cu
+// Flash-attention decode over TQ K and V that scores on the int8 tensor cores: the kernel tq-fattn.cu
 // runs for TQ K/V at head 128 and 256 from TQ_FA_I8_MIN_KV keys on, when the cache layout allows
 // (tq_fa_i8_layout); tq-fattn-mma-f16.cuh takes the rest. bench/cuda/fattn_bench.cu builds it alone, without
 // ggml-cuda, for checks and timings.
@@ -91,9 +91,10 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 // Per warp and 16-key tile the work is the lookups of 2 x 16 x D indices: with a shuffle per index and the
 // per-index glue, about 1300 instructions. Here:
 //   - a byte permute looks up 4 indices at once in a table held in registers (TQ4_0: 16 bytes, tq_fa_lut16,
-//     11 instructions per 8 indices; TQ3_0: 8 bytes, tq_fa_lut8, 6 per 8), the table int8: K's centroids times
-//     a scale near 127/max|c|; Q quantized to int8 per block of 64, so S = K Q^T runs on the int8 tensor cores
-//     (m16n8k32: 4 mma per tile for head 128);
+//     11 instructions per 8 indices; TQ3_0: 8 bytes, tq_fa_lut8, 6 per 8; TQV2_0: 4 bytes, tq_fa_lut4, no third
+//     bit to merge in), the table int8: K's centroids times a scale that keeps them in int8 (SK, below); Q
+//     quantized to int8 per block of 64, so S = K Q^T runs on the int8 tensor cores (m16n8k32: 4 mma per tile
+//     for head 128);
 //   - V's table is 128 + that int8 value; a byte 0x64 above it makes the f16 number 1024 + byte, so two byte
 //     permutes and a subtraction of 1152 (exact in f16: tq_fa_unbias) give an f16 operand register;
 //   - O is accumulated transposed, O^T = V^T P^T: the mma's 16 rows are head dimensions (all used) and its 8
@@ -101,10 +102,10 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 //     movmatrix (a transpose in registers);
 //   - the dims of a block are taken in the order its aligned 4-byte words hold them (a dot product does not
 //     care), so a lane reads whole words (tq_i8_fmt below: each format's word geometry).
-// The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %) and Q in 8 bits (0.60 %), next to
-// TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
+// The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %; tqv2_0: 0.006 %) and Q in 8 bits
+// (0.60 %), next to TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
 //
-// Takes: head 128 or 256 (blocks in pairs), TQ4_0 or TQ3_0 K and V (any pair), rows 4-byte aligned, heads side
+// Takes: head 128 or 256 (blocks in pairs), any TQ types of K and V, rows 4-byte aligned, heads side
 // by side in a key's row (tq_fa_i8_layout says which); anything else stays with tq-fattn-mma-f16.cuh.
 
 static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
@@ -150,12 +151,26 @@ static __device__ __forceinline__ void tq_fa_lut8(uint32_t qs, uint32_t qh, int 
     tq_fa_lut8_half(qs, qh, sh, 2, T, a[1][0], a[1][1]);
 }
 
+// tq_fa_lut8 for the 2-bit TQV2_0 indices (tq3_0's qs without qh): the selector nibbles are the index bits
+// alone, and a permute of the table's one word looks up 4 indices
+static __device__ __forceinline__ void tq_fa_lut4_half(uint32_t qs, int p, uint32_t T, uint32_t & lo, uint32_t & hi) {
+    const uint32_t x = (qs >> p) & 0x33333333u;
+    lo = tq_fa_prmt(T, 0u, x);
+    hi = tq_fa_prmt(T, 0u, x >> 16);
+}
+static __device__ __forceinline__ void tq_fa_lut4(uint32_t qs, uint32_t T, uint32_t (&a)[2][2]) {
+    tq_fa_lut4_half(qs, 0, T, a[0][0], a[0][1]);
+    tq_fa_lut4_half(qs, 2, T, a[1][0], a[1][1]);
+}
+
 // The tables, made by the compiler: the centroids as bytes round(c*SK) + offset, 4 per word; K's signed
 // (offset 0), V's unsigned (offset 128). SK: of the scales that keep every centroid in int8, the one with the
 // least rounding error weighted by how often each centroid is hit (tq4_0: 0.37 % rms against 0.67 % for
-// 127/max|c|; tq3_0: 0.12 % against 0.38 %; bench/cuda/int8_scores.py finds and prints them).
+// 127/max|c|; tq3_0: 0.12 % against 0.38 %; tqv2_0: 0.006 % against 0.29 %; bench/cuda/int8_scores.py finds and
+// prints them).
 static constexpr float tq_fa_cb4_host[16] = TQ_CENTROIDS_4BIT_INIT;
 static constexpr float tq_fa_cb3_host[8]  = TQ_CENTROIDS_3BIT_INIT;
+static constexpr float tq_fa_cb2_host[4]  = TQ_CENTROIDS_2BIT_INIT;
 static constexpr float tq_fa_abs(float x) { return x < 0.0f ? -x : x; }
 static constexpr int tq_fa_round(float x) { return x >= 0.0f ? (int) (x + 0.5f) : -(int) (0.5f - x); }
 static constexpr uint32_t tq_fa_table_word(const float * cb, float sk, int r, int offset) {
@@ -338,6 +353,57 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQ3_0> {
     static __device__ __forceinline__ int elem(int /*odd*/, int g, int half, int j) {
         // lane g: qs word g/2, m = g%2 + 2(j%2), k = 2 half + j/2
         return 4*(g >> 1) + 2*half + (j >> 1) + 16*((g & 1) + 2*(j & 1));
+    }
+};
+
+template <> struct tq_i8_fmt<GGML_TYPE_TQV2_0> {
+    // A block is d, qs[16] (18 bytes), qs as tq3_0's: the same words, lanes and element order without the third
+    // bits. In a pair the odd block's qs starts on a word (byte 20), the even block's 2 bytes into one (byte 2),
+    // put together by a funnel shift. The table is 4 bytes, one word.
+    typedef tq_i8_fmt<GGML_TYPE_TQ3_0> qs_order;
+    static constexpr int   PAIR = 2*(int) sizeof(block_tqv2_0);
+    static constexpr int   NT   = 1;
+    static constexpr float SK   = 389.33f; // centroids 22 and 73
+    static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb2_host, SK, 0, 0), W1 = tq_fa_table_word(tq_fa_cb2_host, SK, 0, 128);
+    static __device__ __forceinline__ uint32_t table(bool v, int /*i*/) { // K's (v false) or V's word
+        return v ? W1 : W0;
+    }
+    static_assert(tq_fa_round(tq_fa_abs(tq_fa_cb2_host[0])*SK) <= 127 && tq_fa_round(tq_fa_abs(tq_fa_cb2_host[3])*SK) <= 127,
+                  "the centroids must fit int8");
+
+    struct lane_t {
+        int kq;     // S: qs word t (byte offset)
+        int vq, vp; // V: qs word g/2, half 2(g%2) of tq_fa_lut4
+        __device__ lane_t(int g, int t) : kq(4*t), vq(4*(g >> 1)), vp(2*(g & 1)) {}
+    };
+
+    static __device__ __forceinline__ uint32_t qs_even(const uint8_t * pair, int off) {
+        return __funnelshift_r(tq_fa_ld32(pair + off), tq_fa_ld32(pair + off + 4), 16); // qs at byte 2
+    }
+
+    static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
+        dk[r][0] = tq_fa_lo(tq_fa_ld32(pair));
+        dk[r][1] = tq_fa_hi(tq_fa_ld32(pair + 16));
+        uint32_t a[2][2];
+        tq_fa_lut4(qs_even(pair, l.kq), T[0], a);
+        A[0][0][r][0] = a[0][0]; A[0][0][r][1] = a[0][1]; A[0][1][r][0] = a[1][0]; A[0][1][r][1] = a[1][1];
+        tq_fa_lut4(tq_fa_ld32(pair + 20 + l.kq), T[0], a);
+        A[1][0][r][0] = a[0][0]; A[1][0][r][1] = a[0][1]; A[1][1][r][0] = a[1][0]; A[1][1][r][1] = a[1][1];
+    }
+    static __device__ __forceinline__ void v_key(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], uint32_t (&X)[2][2]) {
+        tq_fa_lut4_half(qs_even(pair, l.vq), l.vp, T[0], X[0][0], X[0][1]);
+        tq_fa_lut4_half(tq_fa_ld32(pair + 20 + l.vq), l.vp, T[0], X[1][0], X[1][1]);
+    }
+    static __device__ __forceinline__ void v_d(const uint8_t * pair, float (&d)[2]) {
+        d[0] = tq_fa_lo(tq_fa_ld32(pair));
+        d[1] = tq_fa_hi(tq_fa_ld32(pair + 16));
+    }
+    static __device__ __forceinline__ int q_pos(int odd, int lane) {
+        return qs_order::q_pos(odd, lane);
+    }
+    static __device__ __forceinline__ int elem(int odd, int g, int half, int j) {
+        return qs_order::elem(odd, g, half, j);
     }
 };
 
@@ -854,17 +920,27 @@ static tq_fa_i8_kernel_t tq_fa_i8_get() {
     return k;
 }
 
-template <int D, int MINB>
-static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
-    if (tk == GGML_TYPE_TQ4_0) {
-        return tv == GGML_TYPE_TQ4_0 ? tq_fa_i8_get<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0, MINB>()
-                                     : tq_fa_i8_get<D, GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, MINB>();
+template <int D, ggml_type type_K, int MINB>
+static tq_fa_i8_kernel_t tq_fa_i8_get_v(ggml_type tv) {
+    switch (tv) {
+        case GGML_TYPE_TQ4_0:  return tq_fa_i8_get<D, type_K, GGML_TYPE_TQ4_0,  MINB>();
+        case GGML_TYPE_TQ3_0:  return tq_fa_i8_get<D, type_K, GGML_TYPE_TQ3_0,  MINB>();
+        case GGML_TYPE_TQV2_0: return tq_fa_i8_get<D, type_K, GGML_TYPE_TQV2_0, MINB>();
+        default:               return nullptr;
     }
-    return tv == GGML_TYPE_TQ4_0 ? tq_fa_i8_get<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, MINB>()
-                                 : tq_fa_i8_get<D, GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0, MINB>();
 }
 
-// The kernel for head size D and TQ types tk, tv (TQ4_0 or TQ3_0 each), compiled for MINB blocks per SM; heads
+template <int D, int MINB>
+static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
+    switch (tk) {
+        case GGML_TYPE_TQ4_0:  return tq_fa_i8_get_v<D, GGML_TYPE_TQ4_0,  MINB>(tv);
+        case GGML_TYPE_TQ3_0:  return tq_fa_i8_get_v<D, GGML_TYPE_TQ3_0,  MINB>(tv);
+        case GGML_TYPE_TQV2_0: return tq_fa_i8_get_v<D, GGML_TYPE_TQV2_0, MINB>(tv);
+        default:               return nullptr;
+    }
+}
+
+// The kernel for head size D and TQ types tk, tv (any of the three each), compiled for MINB blocks per SM; heads
 // 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
 template <int MINB = TQ_FA_I8_MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
@@ -875,7 +951,12 @@ static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
 }
 
 static int tq_fa_row_bytes(ggml_type t, int D) {
-    return D/QK_TQ*(int) (t == GGML_TYPE_TQ4_0 ? sizeof(block_tq4_0) : sizeof(block_tq3_0));
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  return D/QK_TQ*(int) sizeof(block_tq4_0);
+        case GGML_TYPE_TQ3_0:  return D/QK_TQ*(int) sizeof(block_tq3_0);
+        case GGML_TYPE_TQV2_0: return D/QK_TQ*(int) sizeof(block_tqv2_0);
+        default:               return 0;
+    }
 }
 
 // Heads per block and the copy layout, from the tensors' addresses and strides (p's tq_fa_params set).

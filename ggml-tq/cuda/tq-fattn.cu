@@ -1,5 +1,5 @@
-// Flash-attention decode over TQ4_0 / TQ3_0 K/V caches: which kernel runs, as ggml-cuda's fattn.cu chooses
-// among its own. Both kernels score in the rotated domain on the tensor cores (tq-fattn-common.cuh):
+// Flash-attention decode over TQ K/V caches (any pair of TQ types): which kernel runs, as ggml-cuda's fattn.cu
+// chooses among its own. Both kernels score in the rotated domain on the tensor cores (tq-fattn-common.cuh):
 //   - tq-fattn-mma-i8.cuh: S on the int8 tensor cores, about half the instructions per key; head 128/256, the
 //     cache's own layout (a token's heads side by side), from TQ_FA_I8_MIN_KV keys on;
 //   - tq-fattn-mma-f16.cuh: codebook values as f16 mma fragments; any layout, head 64/128/256.

@@ -1,4 +1,4 @@
-// Flash-attention decode over TQ4_0 / TQ3_0 K/V in the rotated domain (tq-fattn.cu).
+// Flash-attention decode over TQ K/V in the rotated domain (tq-fattn.cu).
 #pragma once
 
 #include "common.cuh"

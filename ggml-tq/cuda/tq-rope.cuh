@@ -1,4 +1,4 @@
-// ROPE (+ SUB) + VIEW + SET_ROWS into a TQ4_0 / TQ3_0 cache in one kernel: the K write of a decode step,
+// ROPE (+ SUB) + VIEW + SET_ROWS into a TQ cache in one kernel: the K write of a decode step,
 // which ggml-cuda fuses the same way for f16/f32 caches (rope.cu's row_indices / set_rows_stride). Unfused, the
 // roped row goes to memory as f32 and a second launch quantizes it: at short context two launches of that
 // size are a visible part of a layer's time. The SUB is llama.cpp's key centering (llama-kv-cache.cpp, cpy_k):
@@ -100,10 +100,11 @@ static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_t
     const dim3 grid((unsigned) ((nwarps*32 + threads - 1)/threads));
     const ggml_cuda_kernel_launch_params launch(grid, dim3(threads), 0, stream);
 #define TQ_ROPE_LAUNCH(bits, nx) ggml_cuda_kernel_launch(k_tq_rope_set_rows<bits, nx, angle_t>, launch, r, angle)
-    if (cache_type == GGML_TYPE_TQ4_0) {
-        if (neox) { TQ_ROPE_LAUNCH(4, true); } else { TQ_ROPE_LAUNCH(4, false); }
-    } else {
-        if (neox) { TQ_ROPE_LAUNCH(3, true); } else { TQ_ROPE_LAUNCH(3, false); }
+    switch (ggml_tq_cuda_bits(cache_type)) {
+        case 4:  if (neox) { TQ_ROPE_LAUNCH(4, true); } else { TQ_ROPE_LAUNCH(4, false); } break;
+        case 3:  if (neox) { TQ_ROPE_LAUNCH(3, true); } else { TQ_ROPE_LAUNCH(3, false); } break;
+        case 2:  if (neox) { TQ_ROPE_LAUNCH(2, true); } else { TQ_ROPE_LAUNCH(2, false); } break; // a V type, but allowed as K
+        default: GGML_ABORT("ROPE + SET_ROWS: %s is not a TQ type", ggml_type_name(cache_type));
     }
 #undef TQ_ROPE_LAUNCH
 }

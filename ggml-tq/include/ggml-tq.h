@@ -43,6 +43,14 @@ typedef struct {
     uint8_t qh[QK_TQ/8];
 } block_tq3_0;
 
+// 2.25 bits per value, a value type: index j + 16*k in bits 2k..2k+1 of qs[j] (j < 16, k < 4), tq3_0's low bits.
+// Meant for V beside tq4_0 K (3.25 bits per value together): a value's error is averaged by the attention
+// weights, a key's goes through the softmax (docs/design.md, "A 2-bit value type").
+typedef struct {
+    tq_half d;              // norm-correction scale
+    uint8_t qs[QK_TQ/4];
+} block_tqv2_0;
+
 // the query of attention over TQ keys, rotated once into the blocks' domain (ggml's vec_dot_type of TQ types)
 typedef struct {
     float qs[QK_TQ];
@@ -55,6 +63,7 @@ typedef struct {
 #endif
 TQ_STATIC_ASSERT(sizeof(block_tq4_0) == sizeof(tq_half) + QK_TQ/2,           "wrong tq4_0 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wrong tq3_0 block size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tqv2_0) == sizeof(tq_half) + QK_TQ/4,           "wrong tqv2_0 block size/padding");
 
 // Naming: a `_ref` function is the scalar reference (src/tq-ref.c), the definition of the formats;
 // the same name without `_ref` is the fastest kernel compiled for this machine (src/arch/x86.c for
@@ -66,17 +75,22 @@ TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wr
 
 void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k);
+void quantize_row_tqv2_0_ref(const float * x, block_tqv2_0 * y, int64_t k);
 void quantize_row_tq4_0    (const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0    (const float * x, block_tq3_0 * y, int64_t k);
+void quantize_row_tqv2_0    (const float * x, block_tqv2_0 * y, int64_t k);
 
 void dequantize_row_tq4_0_ref(const block_tq4_0 * x, float * y, int64_t k);
 void dequantize_row_tq3_0_ref(const block_tq3_0 * x, float * y, int64_t k);
+void dequantize_row_tqv2_0_ref(const block_tqv2_0 * x, float * y, int64_t k);
 void dequantize_row_tq4_0    (const block_tq4_0 * x, float * y, int64_t k);
 void dequantize_row_tq3_0    (const block_tq3_0 * x, float * y, int64_t k);
+void dequantize_row_tqv2_0    (const block_tqv2_0 * x, float * y, int64_t k);
 
 // ggml's quantize_chunk signature, rows of the reference (imatrix is ignored: TurboQuant needs no calibration)
 size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_tqv2_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
 // The rotation alone, block by block: y = H D x / 8 and its inverse x = D H y / 8 (in place allowed).
 void tq_rotate_row_ref  (const float * x, float * y, int64_t k);
@@ -89,12 +103,16 @@ void tq_unrotate_row    (const float * x, float * y, int64_t k);
 //   mad:  acc += w * d * c, block by block, acc in the rotated domain      (a value's contribution)
 float tq4_0_dot_rotated_ref(const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated_ref(const block_tq3_0 * x, const float * q_rot, int64_t k);
+float tqv2_0_dot_rotated_ref(const block_tqv2_0 * x, const float * q_rot, int64_t k);
 float tq4_0_dot_rotated    (const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated    (const block_tq3_0 * x, const float * q_rot, int64_t k);
+float tqv2_0_dot_rotated    (const block_tqv2_0 * x, const float * q_rot, int64_t k);
 void  tq4_0_mad_rotated_ref(const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t k);
+void  tqv2_0_mad_rotated_ref(const block_tqv2_0 * x, float * acc, float w, int64_t k);
 void  tq4_0_mad_rotated    (const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated    (const block_tq3_0 * x, float * acc, float w, int64_t k);
+void  tqv2_0_mad_rotated    (const block_tqv2_0 * x, float * acc, float w, int64_t k);
 
 const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what the fast kernels were compiled for
 
@@ -102,6 +120,7 @@ const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what
 // vec_dot of a TQ row (x) against a row of block_tq_rot_f32 (y); nrc must be 1.
 void ggml_vec_dot_tq4_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void ggml_vec_dot_tq3_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void ggml_vec_dot_tqv2_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void quantize_row_tq_rot_f32(const float * x, void * y, int64_t k); // rotates q into block_tq_rot_f32
 
 // ---- helpers ------------------------------------------------------------------------------------

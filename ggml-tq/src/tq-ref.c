@@ -139,8 +139,8 @@ static float tq_tree_sum64(float * v) {
 // Rotates and normalizes one block and picks each coordinate's centroid index.
 // Returns the scale d to store (0 for an all-zero block, whose indices are then all 0).
 static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
-    const float * boundaries = bits == 4 ? tq_boundaries_4bit : tq_boundaries_3bit;
-    const float * centroids  = bits == 4 ? tq_centroids_4bit  : tq_centroids_3bit;
+    const float * boundaries = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const float * centroids  = bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
     const int     nb         = (1 << bits) - 1;
 
     float amax = 0.0f;
@@ -229,8 +229,20 @@ void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k) {
     }
 }
 
+void quantize_row_tqv2_0_ref(const float * x, block_tqv2_0 * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        uint8_t idx[QK_TQ];
+        y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 2, idx));
+        memset(y[ib].qs, 0, sizeof(y[ib].qs));
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[ib].qs[j % 16] |= (uint8_t)(idx[j] << (2*(j/16)));
+        }
+    }
+}
+
 static size_t tq_block_size(int bits) {
-    return bits == 4 ? sizeof(block_tq4_0) : sizeof(block_tq3_0);
+    return bits == 4 ? sizeof(block_tq4_0) : bits == 3 ? sizeof(block_tq3_0) : sizeof(block_tqv2_0);
 }
 
 // ggml's quantize_chunk: rows of quantize_row_tq*_0_ref
@@ -238,10 +250,10 @@ static size_t tq_quantize_rows(const float * src, void * dst, int64_t nrows, int
     const size_t row_size = (size_t)(n_per_row/QK_TQ)*tq_block_size(bits);
     for (int64_t r = 0; r < nrows; ++r) {
         void * row = (char *) dst + r*row_size;
-        if (bits == 4) {
-            quantize_row_tq4_0_ref(src + r*n_per_row, row, n_per_row);
-        } else {
-            quantize_row_tq3_0_ref(src + r*n_per_row, row, n_per_row);
+        switch (bits) {
+            case 4:  quantize_row_tq4_0_ref(src + r*n_per_row, row, n_per_row); break;
+            case 3:  quantize_row_tq3_0_ref(src + r*n_per_row, row, n_per_row); break;
+            default: quantize_row_tqv2_0_ref(src + r*n_per_row, row, n_per_row); break;
         }
     }
     return nrows*row_size;
@@ -257,9 +269,14 @@ size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_pe
     return tq_quantize_rows(src, dst, nrows, n_per_row, 3);
 }
 
+size_t quantize_tqv2_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    return tq_quantize_rows(src, dst, nrows, n_per_row, 2);
+}
+
 // ---- dequantize and rotated-domain kernels ------------------------------------------------------
 
-// A block of either type as the kernels below need it: its scale and its 64 centroids, unscaled.
+// A block of any TQ type as the kernels below need it: its scale and its 64 centroids, unscaled.
 typedef struct {
     float d;
     float c[QK_TQ];
@@ -272,11 +289,17 @@ static void tq_block_values_of(const void * blk, int bits, tq_block_values * v) 
         for (int j = 0; j < QK_TQ; ++j) {
             v->c[j] = tq_centroids_4bit[j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4)];
         }
-    } else {
+    } else if (bits == 3) {
         const block_tq3_0 * b = blk;
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
             v->c[j] = tq_centroids_3bit[((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2)];
+        }
+    } else {
+        const block_tqv2_0 * b = blk;
+        v->d = tq_fp16_to_fp32(b->d);
+        for (int j = 0; j < QK_TQ; ++j) {
+            v->c[j] = tq_centroids_2bit[(b->qs[j % 16] >> (2*(j/16))) & 3];
         }
     }
 }
@@ -332,3 +355,7 @@ float tq3_0_dot_rotated_ref(const block_tq3_0 * x, const float * q_rot, int64_t 
 
 void tq4_0_mad_rotated_ref(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 4, acc, w, k); }
 void tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 3, acc, w, k); }
+
+void dequantize_row_tqv2_0_ref(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row_ref(x, 2, y, k); }
+float tqv2_0_dot_rotated_ref(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated_ref(x, 2, q_rot, k); }
+void  tqv2_0_mad_rotated_ref(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 2, acc, w, k); }

@@ -1,4 +1,4 @@
-"""ggml_tq: TurboQuant KV-cache block formats TQ4_0 / TQ3_0 (bindings to the ggml-tq C library).
+"""ggml_tq: TurboQuant KV-cache block formats TQ4_0 / TQ3_0 / TQV2_0 (bindings to the ggml-tq C library).
 
     q  = quantize(x, "tq4_0")        # x: (rows, n) floats, n a multiple of 64 -> (rows, n/64*34) uint8
     x2 = dequantize(q, "tq4_0", n)   # -> (rows, n) float32
@@ -24,6 +24,7 @@ from ._types import (  # noqa: F401  (re-exported)
     FP16_MAX,
     GGML_TYPE_TQ3_0,
     GGML_TYPE_TQ4_0,
+    GGML_TYPE_TQV2_0,
     QK_TQ,
     TYPES,
     TypeInfo,
@@ -42,7 +43,7 @@ from ._types import FP16_OVERFLOW as _FP16_OVERFLOW
 
 __version__ = "0.1.0"
 __all__ = [
-    "GGML_TYPE_TQ4_0", "GGML_TYPE_TQ3_0", "QK_TQ", "TYPES", "TypeInfo",
+    "GGML_TYPE_TQ4_0", "GGML_TYPE_TQ3_0", "GGML_TYPE_TQV2_0", "QK_TQ", "TYPES", "TypeInfo",
     "type_info", "quantize", "dequantize", "rotate", "unrotate", "dot_rotated",
     "centroids", "cpu_variant", "fp32_to_fp16_bits",
 ]
@@ -71,6 +72,11 @@ def _check_impl(impl: str) -> None:
         raise ValueError(f"impl must be 'ref' (the scalar reference) or 'cpu' (the fastest kernels built), got {impl!r}")
 
 
+def _kernel(lib, pattern: str, t: TypeInfo, impl: str):
+    """The C function `pattern` names for type t: the `_ref` one for impl="ref", e.g. quantize_row_tq3_0_ref."""
+    return getattr(lib, pattern.format(t.name) + ("_ref" if impl == "ref" else ""))
+
+
 def _fptr(ffi, a: np.ndarray, const: bool = True):
     return ffi.from_buffer("float[]", a, require_writable=not const)
 
@@ -90,8 +96,7 @@ def quantize(x, type: TypeLike, *, impl: Impl = "ref") -> np.ndarray:
     out = np.empty((rows, n // QK_TQ * t.type_size), dtype=np.uint8)
     if rows:
         ffi, lib = _c()
-        fn = {("ref", 4): lib.quantize_row_tq4_0_ref, ("ref", 3): lib.quantize_row_tq3_0_ref,
-              ("cpu", 4): lib.quantize_row_tq4_0, ("cpu", 3): lib.quantize_row_tq3_0}[impl, t.bits]
+        fn = _kernel(lib, "quantize_row_{}", t, impl)
         # rows are contiguous and a whole number of blocks: one call quantizes them all
         fn(_fptr(ffi, a), _bptr(ffi, out, const=False), rows * n)
         _check_saturation(a, out, t, norms)
@@ -124,8 +129,7 @@ def dequantize(q, type: TypeLike, n: int, *, impl: Impl = "ref") -> np.ndarray:
     out = np.empty((rows, n), dtype=np.float32)
     if rows:
         ffi, lib = _c()
-        fn = {("ref", 4): lib.dequantize_row_tq4_0_ref, ("ref", 3): lib.dequantize_row_tq3_0_ref,
-              ("cpu", 4): lib.dequantize_row_tq4_0, ("cpu", 3): lib.dequantize_row_tq3_0}[impl, t.bits]
+        fn = _kernel(lib, "dequantize_row_{}", t, impl)
         fn(_bptr(ffi, b), _fptr(ffi, out, const=False), rows * n)
     return out
 
@@ -172,8 +176,7 @@ def dot_rotated(q_blocks, q_rot, type: TypeLike, *, impl: Impl = "ref") -> np.nd
     out = np.empty(rows, dtype=np.float32)
     if rows:
         ffi, lib = _c()
-        fn = {("ref", 4): lib.tq4_0_dot_rotated_ref, ("ref", 3): lib.tq3_0_dot_rotated_ref,
-              ("cpu", 4): lib.tq4_0_dot_rotated, ("cpu", 3): lib.tq3_0_dot_rotated}[impl, t.bits]
+        fn = _kernel(lib, "{}_dot_rotated", t, impl)
         bp, qp = _bptr(ffi, b), _fptr(ffi, qr)
         rb, qstride = b.shape[1], (n if qr.shape[0] > 1 else 0)
         for r in range(rows):

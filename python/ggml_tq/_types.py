@@ -18,7 +18,8 @@ FP16_MAX_BITS = 0x7BFF
 # and tests/test_types.py checks them against the patches.
 GGML_TYPE_TQ4_0 = 43       # llama.cpp's next free ggml_type numbers
 GGML_TYPE_TQ3_0 = 44
-GGML_TYPE_TQ_ROT_F32 = 45  # internal: the query rotated into the TQ domain, the vec_dot partner of both
+GGML_TYPE_TQ_ROT_F32 = 45  # internal: the query rotated into the TQ domain, the vec_dot partner of all of them
+GGML_TYPE_TQV2_0 = 46      # a value type (the "v": upstream ggml's tq2_0 is an unrelated ternary type)
 
 
 class TypeInfo(NamedTuple):
@@ -33,6 +34,7 @@ class TypeInfo(NamedTuple):
 TYPES = {
     "tq4_0": TypeInfo("tq4_0", GGML_TYPE_TQ4_0, 4, QK_TQ, 2 + QK_TQ // 2, (2 + QK_TQ // 2) * 8 / QK_TQ),
     "tq3_0": TypeInfo("tq3_0", GGML_TYPE_TQ3_0, 3, QK_TQ, 2 + QK_TQ // 4 + QK_TQ // 8, (2 + QK_TQ // 4 + QK_TQ // 8) * 8 / QK_TQ),
+    "tqv2_0": TypeInfo("tqv2_0", GGML_TYPE_TQV2_0, 2, QK_TQ, 2 + QK_TQ // 4, (2 + QK_TQ // 4) * 8 / QK_TQ),
 }
 _BY_NUMBER = {t.ggml_type: t for t in TYPES.values()}
 
@@ -40,7 +42,7 @@ TypeLike = Union[str, int, TypeInfo]
 
 
 def type_info(type: TypeLike) -> TypeInfo:
-    """The TypeInfo of a type name ("tq4_0", "tq3_0", any case), ggml_type number (43, 44) or TypeInfo."""
+    """The TypeInfo of a type name ("tq4_0", "tq3_0", "tqv2_0", any case), ggml_type number (43, 44, 46) or TypeInfo."""
     if isinstance(type, TypeInfo):
         return type
     if isinstance(type, str):
@@ -150,13 +152,16 @@ def unpack_indices(q: np.ndarray, t: TypeInfo) -> np.ndarray:
     if t.bits == 4:
         qs = b[:, :, 2:2 + QK_TQ // 2]
         return np.concatenate([qs & 0xF, qs >> 4], axis=2)
-    qs = b[:, :, 2:2 + QK_TQ // 4]            # index j + 16k: bits 2k..2k+1 of qs[j]
-    qh = b[:, :, 2 + QK_TQ // 4:]             # index j + 8k: bit k of qh[j]
+    qs = b[:, :, 2:2 + QK_TQ // 4]            # index j + 16k: bits 2k..2k+1 of qs[j] (all of a tqv2_0 index)
     k4 = np.arange(4, dtype=np.uint8)
-    k8 = np.arange(8, dtype=np.uint8)
     lo = (qs[:, :, None, :] >> (2 * k4)[None, None, :, None]) & 3          # (r, b, k, j) -> index 16k + j
+    lo = lo.reshape(*b.shape[:2], QK_TQ)
+    if t.bits == 2:
+        return lo
+    qh = b[:, :, 2 + QK_TQ // 4:]             # index j + 8k: bit k of qh[j]
+    k8 = np.arange(8, dtype=np.uint8)
     hi = (qh[:, :, None, :] >> k8[None, None, :, None]) & 1                # (r, b, k, j) -> index 8k + j
-    return (lo.reshape(*b.shape[:2], QK_TQ) | (hi.reshape(*b.shape[:2], QK_TQ) << 2)).astype(np.uint8)
+    return lo | (hi.reshape(*b.shape[:2], QK_TQ) << 2)
 
 
 def pack_indices(idx: np.ndarray, d_bits: np.ndarray, t: TypeInfo) -> np.ndarray:
@@ -169,6 +174,8 @@ def pack_indices(idx: np.ndarray, d_bits: np.ndarray, t: TypeInfo) -> np.ndarray
         body = idx[:, :, :QK_TQ // 2] | (idx[:, :, QK_TQ // 2:] << 4)
     else:
         lo = (idx & 3).reshape(rows, nb, 4, 16) << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
-        hi = (idx >> 2).reshape(rows, nb, 8, 8) << np.arange(8, dtype=np.uint8)[None, None, :, None]
-        body = np.concatenate([np.bitwise_or.reduce(lo, axis=2), np.bitwise_or.reduce(hi, axis=2)], axis=2)
+        body = np.bitwise_or.reduce(lo, axis=2)
+        if t.bits == 3:
+            hi = (idx >> 2).reshape(rows, nb, 8, 8) << np.arange(8, dtype=np.uint8)[None, None, :, None]
+            body = np.concatenate([body, np.bitwise_or.reduce(hi, axis=2)], axis=2)
     return np.concatenate([head, body.astype(np.uint8)], axis=2).reshape(rows, nb * t.type_size)

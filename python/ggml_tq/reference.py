@@ -1,4 +1,4 @@
-"""Torch reference of the TQ4_0 / TQ3_0 codec: the same algorithm as ggml-tq/src/tq-ref.c, written for reading.
+"""Torch reference of the TQ4_0 / TQ3_0 / TQV2_0 codec: the same algorithm as ggml-tq/src/tq-ref.c, written for reading.
 
 In float32 (the default) every operation is the one tq-ref.c performs, in the same order, so the
 bytes equal the C reference's and dequantizing the same bytes gives the same floats. float64
@@ -33,6 +33,7 @@ from ._types import (  # noqa: F401  (type_info re-exported: same names as ggml_
     FP16_MAX,
     GGML_TYPE_TQ3_0,
     GGML_TYPE_TQ4_0,
+    GGML_TYPE_TQV2_0,
     QK_TQ,
     TypeInfo,
     TypeLike,
@@ -225,6 +226,7 @@ def pack(idx: torch.Tensor, d_bits: torch.Tensor, type: TypeLike) -> torch.Tenso
     tq4_0: d (2 bytes, little-endian), qs[32]: qs[j] = idx[j] | idx[j+32] << 4.
     tq3_0: d, qs[16]: bits 2k..2k+1 of qs[j] = low 2 bits of idx[j + 16k];
               qh[8]:  bit k of qh[j] = bit 2 of idx[j + 8k].
+    tqv2_0: d, qs[16]: bits 2k..2k+1 of qs[j] = idx[j + 16k] (tq3_0 without qh).
     """
     t = type_info(type)
     idx = idx.to(torch.int32)
@@ -235,10 +237,11 @@ def pack(idx: torch.Tensor, d_bits: torch.Tensor, type: TypeLike) -> torch.Tenso
         body = idx[..., :QK_TQ // 2] | (idx[..., QK_TQ // 2:] << 4)
     else:
         k4 = torch.arange(4, dtype=torch.int32)[:, None]
-        k8 = torch.arange(8, dtype=torch.int32)[:, None]
-        qs = ((idx & 3).reshape(rows, nb, 4, 16) << (2 * k4)).sum(dim=-2)   # disjoint bits: sum == or
-        qh = ((idx >> 2).reshape(rows, nb, 8, 8) << k8).sum(dim=-2)
-        body = torch.cat((qs, qh), dim=-1)
+        body = ((idx & 3).reshape(rows, nb, 4, 16) << (2 * k4)).sum(dim=-2)   # disjoint bits: sum == or
+        if t.bits == 3:
+            k8 = torch.arange(8, dtype=torch.int32)[:, None]
+            qh = ((idx >> 2).reshape(rows, nb, 8, 8) << k8).sum(dim=-2)
+            body = torch.cat((body, qh), dim=-1)
     return torch.cat((head, body), dim=-1).to(torch.uint8).reshape(rows, nb * t.type_size)
 
 
@@ -251,12 +254,14 @@ def unpack(q: torch.Tensor, type: TypeLike) -> tuple:
         qs = b[..., 2:]
         idx = torch.cat((qs & 0xF, qs >> 4), dim=-1)
     else:
-        qs, qh = b[..., 2:2 + QK_TQ // 4], b[..., 2 + QK_TQ // 4:]
+        qs = b[..., 2:2 + QK_TQ // 4]
         k4 = torch.arange(4, dtype=torch.int32)[:, None]
-        k8 = torch.arange(8, dtype=torch.int32)[:, None]
-        lo = (qs[..., None, :] >> (2 * k4)) & 3                           # [k, j] -> index 16k + j
-        hi = (qh[..., None, :] >> k8) & 1                                 # [k, j] -> index 8k + j
-        idx = lo.flatten(-2) | (hi.flatten(-2) << 2)
+        idx = ((qs[..., None, :] >> (2 * k4)) & 3).flatten(-2)            # [k, j] -> index 16k + j
+        if t.bits == 3:
+            qh = b[..., 2 + QK_TQ // 4:]
+            k8 = torch.arange(8, dtype=torch.int32)[:, None]
+            hi = (qh[..., None, :] >> k8) & 1                             # [k, j] -> index 8k + j
+            idx = idx | (hi.flatten(-2) << 2)
     return idx.to(torch.int64), d_bits
 
 
@@ -295,7 +300,7 @@ def dequantize(q, type: TypeLike, n: int, dtype: torch.dtype = torch.float32) ->
 
 
 def dot_rotated(q_blocks, q_rot, type: TypeLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """tqX_0_dot_rotated_ref: per row, sum over blocks of (sum_j q_rot_j * c_j, in order) * d -> (rows,)."""
+    """tq4_0/tq3_0/tqv2_0_dot_rotated_ref: per row, sum over blocks of (sum_j q_rot_j * c_j, in order) * d -> (rows,)."""
     t = type_info(type)
     qr = _rows(q_rot, dtype)
     n = qr.shape[1]

@@ -117,7 +117,7 @@ int main() {
     int passed = 0, failed = 0;
     // float rounding only: rotated vs unrotated order of the same sums
     const double tol = 2e-5;
-    for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }) {
+    for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int gqa : { 1, 4, 8 }) {
                 // n_q = 1 with >= 512 keys takes split-KV; >= 64 query rows take the tiled path
@@ -147,6 +147,26 @@ int main() {
                 (ok ? passed : failed)++;
                 if (!ok) {
                     printf("FAIL K=%s V=%s D=%d: max rel diff %.3g\n", ggml_type_name(kv.first), ggml_type_name(kv.second), D, rel);
+                }
+            }
+        }
+    }
+    // tq4_0 keys with a smaller TQ value type (the recommended mixes) take the same fast paths: split-KV from 512
+    // keys at one query row, the row-by-row path otherwise
+    for (ggml_type tv : { GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
+        for (int D : { 64, 128, 256 }) {
+            for (int n_kv : { 113, 1024 }) {
+                for (int n_q : { 1, 3, 64 }) {
+                    for (int nth : { 1, 2 }) {
+                        result r = run_case(GGML_TYPE_TQ4_0, tv, D, 2, 4, n_kv, n_q, nth, n_q == 3);
+                        const double rel = r.max_abs/r.ref_max;
+                        const bool ok = r.finite && rel < tol;
+                        (ok ? passed : failed)++;
+                        if (!ok) {
+                            printf("FAIL K=tq4_0 V=%s D=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
+                                   ggml_type_name(tv), D, n_kv, n_q, nth, rel);
+                        }
+                    }
                 }
             }
         }

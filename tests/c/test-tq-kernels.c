@@ -131,8 +131,8 @@ static void gen_row(float * x, int k, int kind) {
 // FMAs, which moves the scale by an ulp now and then. The model computes a block both ways.
 
 static void model_block(const float * x, int bits, int fused, uint8_t * idx, tq_half * dh) {
-    const float * bnd = bits == 4 ? tq_boundaries_4bit : tq_boundaries_3bit;
-    const float * cen = bits == 4 ? tq_centroids_4bit  : tq_centroids_3bit;
+    const float * bnd = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const float * cen = bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
     const int nb = (1 << bits) - 1;
     float amax = 0.0f, y[QK_TQ];
     for (int j = 0; j < QK_TQ; ++j) amax = fmaxf(amax, fabsf(x[j]));
@@ -214,6 +214,15 @@ static void model_tq3_0(const float * x, int fused, block_tq3_0 * b) {
     for (int j = 0; j < QK_TQ; ++j) {
         b->qs[j % 16] |= (uint8_t)((idx[j] & 3) << (2*(j/16)));
         b->qh[j % 8]  |= (uint8_t)((idx[j] >> 2) << (j/8));
+    }
+}
+
+static void model_tqv2_0(const float * x, int fused, block_tqv2_0 * b) {
+    uint8_t idx[QK_TQ];
+    model_block(x, 2, fused, idx, &b->d);
+    memset(b->qs, 0, sizeof(b->qs));
+    for (int j = 0; j < QK_TQ; ++j) {
+        b->qs[j % 16] |= (uint8_t)(idx[j] << (2*(j/16)));
     }
 }
 
@@ -345,6 +354,7 @@ static void check_##NAME(const float * x, int k, int kind, const float * q, cons
 
 DEFINE_FORMAT_CHECK(tq4_0)
 DEFINE_FORMAT_CHECK(tq3_0)
+DEFINE_FORMAT_CHECK(tqv2_0)
 
 static void check_rotation(const float * x, int k, int kind) {
     float a[MAXK], b[MAXK], c[MAXK], d[MAXK];
@@ -392,6 +402,7 @@ static int run_tests(void) {
                 tq_rotate_row_ref(q, qr, k);
                 check_tq4_0(x, k, kind, q, qr, w);
                 check_tq3_0(x, k, kind, q, qr, w);
+                check_tqv2_0(x, k, kind, q, qr, w);
                 for (int r = 0; r < NROWS; r += 7) check_rotation(x + r*k, k, kind);
             }
         }
@@ -403,30 +414,38 @@ static int run_tests(void) {
         float z[128] = {0}, o[128], acc[128];
         block_tq4_0 b4[2];
         block_tq3_0 b3[2];
+        block_tqv2_0 b2[2];
         memset(b4, 0xff, sizeof(b4));
         memset(b3, 0xff, sizeof(b3));
+        memset(b2, 0xff, sizeof(b2));
         quantize_row_tq4_0(z, b4, k);
         quantize_row_tq3_0(z, b3, k);
+        quantize_row_tqv2_0(z, b2, k);
         static const block_tq4_0 z4[2];
         static const block_tq3_0 z3[2];
+        static const block_tqv2_0 z2[2];
         check(memcmp(b4, z4, sizeof(b4)) == 0, "tq4_0 quantize(0) is not all-zero bytes");
         check(memcmp(b3, z3, sizeof(b3)) == 0, "tq3_0 quantize(0) is not all-zero bytes");
+        check(memcmp(b2, z2, sizeof(b2)) == 0, "tqv2_0 quantize(0) is not all-zero bytes");
         int ok = 1;
         dequantize_row_tq4_0(b4, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
         dequantize_row_tq3_0(b3, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
+        dequantize_row_tqv2_0(b2, o, k);
+        for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
         for (int i = 0; i < k; ++i) o[i] = (float) rng_gauss();
-        ok &= tq4_0_dot_rotated(b4, o, k) == 0.0f && tq3_0_dot_rotated(b3, o, k) == 0.0f;
+        ok &= tq4_0_dot_rotated(b4, o, k) == 0.0f && tq3_0_dot_rotated(b3, o, k) == 0.0f && tqv2_0_dot_rotated(b2, o, k) == 0.0f;
         for (int i = 0; i < k; ++i) acc[i] = o[i];
         tq4_0_mad_rotated(b4, acc, 0.7f, k);
         tq3_0_mad_rotated(b3, acc, 0.7f, k);
+        tqv2_0_mad_rotated(b2, acc, 0.7f, k);
         for (int i = 0; i < k; ++i) ok &= acc[i] == o[i] && isfinite(acc[i]);
         check(ok, "all-zero blocks: dequantize/dot/mad not zero or not finite");
     }
 
     printf("variant %s\n", tq_cpu_variant());
-    printf("quantize: %ld/%ld blocks differ from the reference (tq4_0 + tq3_0)\n", st.quant_diff_blocks, st.quant_blocks);
+    printf("quantize: %ld/%ld blocks differ from the reference (tq4_0 + tq3_0 + tqv2_0)\n", st.quant_diff_blocks, st.quant_blocks);
     printf("model: %ld/%ld blocks differ from the test's scalar model of the reference\n", st.model_diff, st.model_checked);
     if (st.ref_contracted) {
         printf("note: %ld reference blocks match the model with FMA-contracted sums of squares: tq-ref.c was compiled\n"
@@ -475,6 +494,7 @@ static void run_bench(void) {
     static float x[BROWS*128], deq[BROWS*128], acc[128], q[128], qr[128];
     static block_tq4_0 y4[BROWS*2];
     static block_tq3_0 y3[BROWS*2];
+    static block_tqv2_0 y2[BROWS*2];
     printf("variant %s; ns per call (best of 5), %d rows cycled\n", tq_cpu_variant(), BROWS);
     printf("%-26s %5s %10s %10s %8s\n", "kernel", "k", "ref", "opt", "speedup");
     const int ks[2] = { 64, 128 };
@@ -486,6 +506,7 @@ static void run_bench(void) {
         memset(acc, 0, sizeof(acc));
         quantize_row_tq4_0_ref(x, y4, (int64_t) BROWS*k);
         quantize_row_tq3_0_ref(x, y3, (int64_t) BROWS*k);
+        quantize_row_tqv2_0_ref(x, y2, (int64_t) BROWS*k);
         double res[32];
         int nres = 0;
         float s = 0.0f;
@@ -498,6 +519,8 @@ static void run_bench(void) {
         BENCH(BROWS, tq4_0_mad_rotated(y4 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq3_0_mad_rotated_ref(y3 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq3_0_mad_rotated(y3 + r*nb, acc, 1e-3f, k));
+        BENCH(BROWS, tqv2_0_mad_rotated_ref(y2 + r*nb, acc, 1e-3f, k));
+        BENCH(BROWS, tqv2_0_mad_rotated(y2 + r*nb, acc, 1e-3f, k));
         iters = 20;
         BENCH(BROWS, dequantize_row_tq4_0_ref(y4 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq4_0(y4 + r*nb, deq + r*k, k));
@@ -510,10 +533,12 @@ static void run_bench(void) {
         BENCH(BROWS, quantize_row_tq4_0(x + r*k, y4 + r*nb, k));
         BENCH(BROWS, quantize_row_tq3_0_ref(x + r*k, y3 + r*nb, k));
         BENCH(BROWS, quantize_row_tq3_0(x + r*k, y3 + r*nb, k));
+        BENCH(BROWS, quantize_row_tqv2_0_ref(x + r*k, y2 + r*nb, k));
+        BENCH(BROWS, quantize_row_tqv2_0(x + r*k, y2 + r*nb, k));
         sink = s + acc[0] + deq[0];
         static const char * names[] = {
-            "tq4_0 dot_rotated", "tq3_0 dot_rotated", "tq4_0 mad_rotated", "tq3_0 mad_rotated",
-            "tq4_0 dequantize", "tq3_0 dequantize", "rotate", "tq4_0 quantize", "tq3_0 quantize",
+            "tq4_0 dot_rotated", "tq3_0 dot_rotated", "tq4_0 mad_rotated", "tq3_0 mad_rotated", "tqv2_0 mad_rotated",
+            "tq4_0 dequantize", "tq3_0 dequantize", "rotate", "tq4_0 quantize", "tq3_0 quantize", "tqv2_0 quantize",
         };
         for (int i = 0; i < nres/2; ++i) {
             printf("%-26s %5d %10.1f %10.1f %7.1fx\n", names[i], k, res[2*i], res[2*i + 1], res[2*i]/res[2*i + 1]);

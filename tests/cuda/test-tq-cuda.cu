@@ -1,4 +1,4 @@
-// CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit:
+// CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit, for each TQ type:
 //   - device helpers (tq-common.cuh): warp quantize -> the reference's bytes (with blocks where the scale search
 //     keeps a gain other than 1), warp dequantize -> the reference's floats, rotate / unrotate ->
 //     tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h, the centroid index of every float;
@@ -113,26 +113,44 @@ template <typename T> static dbuf to_device(const std::vector<T> & v) { return d
 
 static size_t type_size(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_F32:   return 4;
-        case GGML_TYPE_F16:   return 2;
-        case GGML_TYPE_I32:   return 4;
-        case GGML_TYPE_I64:   return 8;
-        case GGML_TYPE_TQ4_0: return sizeof(block_tq4_0);
-        case GGML_TYPE_TQ3_0: return sizeof(block_tq3_0);
+        case GGML_TYPE_F32:    return 4;
+        case GGML_TYPE_F16:    return 2;
+        case GGML_TYPE_I32:    return 4;
+        case GGML_TYPE_I64:    return 8;
+        case GGML_TYPE_TQ4_0:  return sizeof(block_tq4_0);
+        case GGML_TYPE_TQ3_0:  return sizeof(block_tq3_0);
+        case GGML_TYPE_TQV2_0: return sizeof(block_tqv2_0);
         default: abort();
     }
 }
-static int64_t blck_size(ggml_type t) { return t == GGML_TYPE_TQ4_0 || t == GGML_TYPE_TQ3_0 ? QK_TQ : 1; }
+static int64_t blck_size(ggml_type t) { return ggml_tq_cuda_is_tq_type(t) ? QK_TQ : 1; }
 
 static size_t row_bytes(ggml_type t, int64_t n) { return (size_t)(n/blck_size(t))*type_size(t); }
 
+static const char * tq_name(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  return "tq4_0";
+        case GGML_TYPE_TQ3_0:  return "tq3_0";
+        case GGML_TYPE_TQV2_0: return "tqv2_0";
+        default: abort();
+    }
+}
+
 static void quantize_ref(ggml_type t, const float * x, void * y, int64_t k) {
-    if (t == GGML_TYPE_TQ4_0) quantize_row_tq4_0_ref(x, (block_tq4_0 *) y, k);
-    else                      quantize_row_tq3_0_ref(x, (block_tq3_0 *) y, k);
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  quantize_row_tq4_0_ref (x, (block_tq4_0  *) y, k); break;
+        case GGML_TYPE_TQ3_0:  quantize_row_tq3_0_ref (x, (block_tq3_0  *) y, k); break;
+        case GGML_TYPE_TQV2_0: quantize_row_tqv2_0_ref(x, (block_tqv2_0 *) y, k); break;
+        default: abort();
+    }
 }
 static void dequantize_ref(ggml_type t, const void * x, float * y, int64_t k) {
-    if (t == GGML_TYPE_TQ4_0) dequantize_row_tq4_0_ref((const block_tq4_0 *) x, y, k);
-    else                      dequantize_row_tq3_0_ref((const block_tq3_0 *) x, y, k);
+    switch (t) {
+        case GGML_TYPE_TQ4_0:  dequantize_row_tq4_0_ref ((const block_tq4_0  *) x, y, k); break;
+        case GGML_TYPE_TQ3_0:  dequantize_row_tq3_0_ref ((const block_tq3_0  *) x, y, k); break;
+        case GGML_TYPE_TQV2_0: dequantize_row_tqv2_0_ref((const block_tqv2_0 *) x, y, k); break;
+        default: abort();
+    }
 }
 
 static uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
@@ -245,13 +263,16 @@ static int grid_for_warps(int nwarps) { return (nwarps + 7)/8; }
 // ---- tests -------------------------------------------------------------------------------------------
 
 static void test_tables() {
-    float c4[16], c3[8];
+    float c4[16], c3[8], c2[4];
     CUDA_CHECK(cudaMemcpyFromSymbol(c4, tq_cuda_centroids_4bit, sizeof(c4)));
     CUDA_CHECK(cudaMemcpyFromSymbol(c3, tq_cuda_centroids_3bit, sizeof(c3)));
+    CUDA_CHECK(cudaMemcpyFromSymbol(c2, tq_cuda_centroids_2bit, sizeof(c2)));
     bool boundaries_ok = true;
     for (int k = 0; k < 15; ++k) boundaries_ok &= tq_cuda_boundary<4>(k) == tq_boundaries_4bit[k];
     for (int k = 0; k < 7;  ++k) boundaries_ok &= tq_cuda_boundary<3>(k) == tq_boundaries_3bit[k];
-    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) && boundaries_ok,
+    for (int k = 0; k < 3;  ++k) boundaries_ok &= tq_cuda_boundary<2>(k) == tq_boundaries_2bit[k];
+    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) &&
+          !memcmp(c2, tq_centroids_2bit, sizeof(c2)) && boundaries_ok,
           "device codebooks and boundaries == tq-codebook.h");
     bool signs_ok = true;
     for (int j = 0; j < QK_TQ; ++j) {
@@ -303,13 +324,17 @@ static int ref_index(ggml_type t, const uint8_t * block, int j) {
         const block_tq4_0 * b = (const block_tq4_0 *) block;
         return j < QK_TQ/2 ? b->qs[j] & 0xf : b->qs[j - QK_TQ/2] >> 4;
     }
-    const block_tq3_0 * b = (const block_tq3_0 *) block;
-    return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+    if (t == GGML_TYPE_TQ3_0) {
+        const block_tq3_0 * b = (const block_tq3_0 *) block;
+        return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
+    }
+    const block_tqv2_0 * b = (const block_tqv2_0 *) block;
+    return (b->qs[j % 16] >> (2*(j/16))) & 3;
 }
 
 static void gain1_indices(ggml_type t, const float * x, int * idx) {
-    const float * boundaries = t == GGML_TYPE_TQ4_0 ? tq_boundaries_4bit : tq_boundaries_3bit;
-    const int     nb         = t == GGML_TYPE_TQ4_0 ? 15 : 7;
+    const float * boundaries = t == GGML_TYPE_TQ4_0 ? tq_boundaries_4bit : t == GGML_TYPE_TQ3_0 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const int     nb         = (1 << ggml_tq_cuda_bits(t)) - 1;
     float amax = 0.0f;
     for (int j = 0; j < QK_TQ; ++j) amax = std::fmax(amax, std::fabs(x[j]));
     const float inv_amax = 1.0f/amax;
@@ -329,7 +354,7 @@ static void gain1_indices(ggml_type t, const float * x, int * idx) {
 template <int bits>
 static void test_block_helpers(std::mt19937 & rng, ggml_type type) {
     typedef typename tq_cuda_type<bits>::block block_t;
-    const char * name = bits == 4 ? "tq4_0" : "tq3_0";
+    const char * name = tq_name(type);
     const int nblocks = 64*n_kinds;
     const std::vector<float> x = random_values(rng, nblocks);
 
@@ -447,7 +472,7 @@ static void test_set_rows(std::mt19937 & rng, ggml_type type, ggml_type src_type
     const std::vector<uint8_t> got = ddst.get<uint8_t>();
     check(supported && same_bytes(got.data(), want.data(), want.size(), "cache"),
           "SET_ROWS %s <- %s [%lld,%lld,%lld,%lld] %s idx [%lld,%lld,%lld] into %lld rows",
-          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", src_type == GGML_TYPE_F16 ? "f16" : "f32",
+          tq_name(type), src_type == GGML_TYPE_F16 ? "f16" : "f32",
           (long long) ne0, (long long) nr, (long long) ne2, (long long) ne3, idx_type == GGML_TYPE_I64 ? "i64" : "i32",
           (long long) nr, (long long) ne11, (long long) ne12, (long long) nr_dst);
 }
@@ -488,7 +513,7 @@ static void test_get_rows(std::mt19937 & rng, ggml_type type, ggml_type dst_type
     }
     const std::vector<uint8_t> got = ddst.get<uint8_t>();
     check(supported && same_bytes(got.data(), want.data(), want.size(), "rows"), "GET_ROWS %s -> %s [%lld,%lld,%lld] x %lld",
-          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", dst_type == GGML_TYPE_F32 ? "f32" : "f16",
+          tq_name(type), dst_type == GGML_TYPE_F32 ? "f32" : "f16",
           (long long) ne0, (long long) nr, (long long) ne2, (long long) ni);
 }
 
@@ -539,7 +564,7 @@ static void test_cpy_to_tq(std::mt19937 & rng, ggml_type type, ggml_type src_typ
     const std::vector<uint8_t> got = ddst.get<uint8_t>();
     check(supported && same_bytes(got.data(), want.data(), want.size(), "blocks"), "CPY %s [%lld,%lld,%lld,%lld]%s -> %s",
           src_type == GGML_TYPE_F16 ? "f16" : "f32", (long long) src.ne[0], (long long) src.ne[1], (long long) src.ne[2],
-          (long long) src.ne[3], permute ? " (permuted view)" : "", type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0");
+          (long long) src.ne[3], permute ? " (permuted view)" : "", tq_name(type));
 }
 
 // CPY TQ -> float: src a contiguous TQ tensor, dst a permuted view of a contiguous base (or another shape)
@@ -571,7 +596,7 @@ static void test_cpy_from_tq(std::mt19937 & rng, ggml_type type, ggml_type dst_t
     }
     const std::vector<uint8_t> got = ddst.get<uint8_t>();
     check(supported && same_bytes(got.data(), want.data(), want.size(), "values"), "CPY %s [%lld,%lld,%lld,%lld] -> %s [%lld,%lld,%lld,%lld]%s",
-          type == GGML_TYPE_TQ4_0 ? "tq4_0" : "tq3_0", (long long) src_ne[0], (long long) src_ne[1], (long long) src_ne[2],
+          tq_name(type), (long long) src_ne[0], (long long) src_ne[1], (long long) src_ne[2],
           (long long) src_ne[3], dst_type == GGML_TYPE_F16 ? "f16" : "f32", (long long) dst.ne[0], (long long) dst.ne[1],
           (long long) dst.ne[2], (long long) dst.ne[3], permute ? " (permuted view)" : "");
 }
@@ -587,8 +612,16 @@ static void test_convert(std::mt19937 & rng, ggml_type type, bool f16, int64_t b
     std::vector<float> all(nbase);
     dequantize_ref(type, q.data(), all.data(), nbase);
     dbuf dq = to_device(q);
-    const bool is4 = type == GGML_TYPE_TQ4_0;
-    const char * tname = is4 ? "tq4_0" : "tq3_0";
+    const char * tname = tq_name(type);
+    // convert.cu's entry points of this type
+    typedef void (*to_fp16_t)(const void *, half *, int64_t, cudaStream_t);
+    typedef void (*to_fp32_t)(const void *, float *, int64_t, cudaStream_t);
+    typedef void (*to_fp16_nc_t)(const void *, half *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
+    typedef void (*to_fp32_nc_t)(const void *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
+    const to_fp16_t    to_fp16    = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp16_cuda    : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp16_cuda    : ggml_tqv2_0_to_fp16_cuda;
+    const to_fp32_t    to_fp32    = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp32_cuda    : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp32_cuda    : ggml_tqv2_0_to_fp32_cuda;
+    const to_fp16_nc_t to_fp16_nc = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp16_nc_cuda : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp16_nc_cuda : ggml_tqv2_0_to_fp16_nc_cuda;
+    const to_fp32_nc_t to_fp32_nc = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp32_nc_cuda : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp32_nc_cuda : ggml_tqv2_0_to_fp32_nc_cuda;
 
     auto encode = [&](const std::vector<float> & v) {
         std::vector<uint8_t> b(v.size()*(f16 ? 2 : 4));
@@ -601,8 +634,8 @@ static void test_convert(std::mt19937 & rng, ggml_type type, bool f16, int64_t b
 
     { // contiguous: the whole base tensor
         dbuf dy(nbase*(f16 ? 2 : 4));
-        if (f16) (is4 ? ggml_tq4_0_to_fp16_cuda : ggml_tq3_0_to_fp16_cuda)(dq.ptr, (half *) dy.ptr, nbase, 0);
-        else     (is4 ? ggml_tq4_0_to_fp32_cuda : ggml_tq3_0_to_fp32_cuda)(dq.ptr, (float *) dy.ptr, nbase, 0);
+        if (f16) to_fp16(dq.ptr, (half *) dy.ptr, nbase, 0);
+        else     to_fp32(dq.ptr, (float *) dy.ptr, nbase, 0);
         CUDA_CHECK(cudaGetLastError());
         const std::vector<uint8_t> got = dy.get<uint8_t>(), want = encode(all);
         check(same_bytes(got.data(), want.data(), want.size(), "converted"), "ggml_%s_to_%s_cuda, %lld values",
@@ -618,8 +651,8 @@ static void test_convert(std::mt19937 & rng, ggml_type type, bool f16, int64_t b
                     for (int64_t i0 = 0; i0 < ne0; ++i0)
                         view.push_back(all[(i3*s03 + i2*s02 + i1*s01)*QK_TQ + i0]);
         dbuf dy(view.size()*(f16 ? 2 : 4));
-        if (f16) (is4 ? ggml_tq4_0_to_fp16_nc_cuda : ggml_tq3_0_to_fp16_nc_cuda)(dq.ptr, (half *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
-        else     (is4 ? ggml_tq4_0_to_fp32_nc_cuda : ggml_tq3_0_to_fp32_nc_cuda)(dq.ptr, (float *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
+        if (f16) to_fp16_nc(dq.ptr, (half *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
+        else     to_fp32_nc(dq.ptr, (float *) dy.ptr, ne0, ne1, ne2, ne3, s01, s02, s03, 0);
         CUDA_CHECK(cudaGetLastError());
         const std::vector<uint8_t> got = dy.get<uint8_t>(), want = encode(view);
         check(same_bytes(got.data(), want.data(), want.size(), "converted"), "ggml_%s_to_%s_nc_cuda, view [%lld,%lld,%lld,%lld] of [%lld,%lld,%lld,%lld]",
@@ -639,11 +672,13 @@ int main() {
     test_tables();
     test_nearest_index<4>();
     test_nearest_index<3>();
+    test_nearest_index<2>();
     test_block_helpers<4>(rng, GGML_TYPE_TQ4_0);
     test_block_helpers<3>(rng, GGML_TYPE_TQ3_0);
+    test_block_helpers<2>(rng, GGML_TYPE_TQV2_0);
     test_rotation(rng);
 
-    for (ggml_type type : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }) {
+    for (ggml_type type : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (ggml_type src_type : { GGML_TYPE_F32, GGML_TYPE_F16 }) {
             for (ggml_type idx_type : { GGML_TYPE_I64, GGML_TYPE_I32 }) {
                 // a KV-cache write: [n_embd_gqa, n_tokens] rows into a [n_embd_gqa, kv_size] cache

@@ -79,6 +79,15 @@ TQ_INLINE void tq3_lookup(uint8x16_t idx, float32x4_t * c) {
     }
 }
 
+TQ_INLINE void tqv2_lookup(uint8x16_t idx, float32x4_t * c) {
+    const uint8x16_t cb = vld1q_u8((const uint8_t *) tq_centroids_2bit);
+    uint8x16_t bi[4];
+    tq_byte_idx(idx, bi);
+    for (int g = 0; g < 4; ++g) {
+        c[g] = vreinterpretq_f32_u8(vqtbl1q_u8(cb, bi[g]));
+    }
+}
+
 // the centroids of a block: c[i] holds values 4i..4i+3; the 64 indices as 4 vectors of 16 bytes,
 // value 16i+l in lane l of idx[i]
 TQ_INLINE void tq4_decode(const void * blk, float32x4_t * c) {
@@ -100,6 +109,15 @@ TQ_INLINE void tq3_decode(const void * blk, float32x4_t * c) {
     tq3_lookup(vorrq_u8(vandq_u8(vshrq_n_u8(qs, 2), m3), vandq_u8(qh, m4)),                c + 4);
     tq3_lookup(vorrq_u8(vandq_u8(vshrq_n_u8(qs, 4), m3), vandq_u8(vshrq_n_u8(qh, 2), m4)), c + 8);
     tq3_lookup(vorrq_u8(vshrq_n_u8(qs, 6),               vandq_u8(vshrq_n_u8(qh, 4), m4)), c + 12);
+}
+
+TQ_INLINE void tqv2_decode(const void * blk, float32x4_t * c) {
+    const block_tqv2_0 * b = blk;
+    const uint8x16_t qs = vld1q_u8(b->qs), m3 = vdupq_n_u8(3); // value 16k+l: bits 2k, 2k+1 of qs[l]
+    tqv2_lookup(vandq_u8(qs, m3),                c);
+    tqv2_lookup(vandq_u8(vshrq_n_u8(qs, 2), m3), c + 4);
+    tqv2_lookup(vandq_u8(vshrq_n_u8(qs, 4), m3), c + 8);
+    tqv2_lookup(vshrq_n_u8(qs, 6),               c + 12);
 }
 
 // ---- quantize -----------------------------------------------------------------------------------
@@ -185,6 +203,20 @@ TQ_INLINE void tq3_index_block(const float * z, float gain, void * blk, float * 
     vst1_u8(b->qh, vorr_u8(vget_low_u8(h), vshl_n_u8(vget_high_u8(h), 1)));
 }
 
+TQ_INLINE void tqv2_index_block(const float * z, float gain, void * blk, float * csq) {
+    block_tqv2_0 * b = blk;
+    const float32x4_t g = vdupq_n_f32(gain);
+    uint8x16_t qs = vdupq_n_u8(0);
+    for (int i = 0; i < 4; ++i) {
+        const uint8x16_t t = tq_count16(z + 16*i, g, tq_boundaries_2bit, 3);
+        float32x4_t c[4];
+        tqv2_lookup(t, c);
+        tq_store_sq16(c, csq + 16*i);
+        qs = vorrq_u8(qs, vshlq_u8(t, vdupq_n_s8((int8_t)(2*i))));
+    }
+    vst1q_u8(b->qs, qs);
+}
+
 TQ_STATIC_ASSERT(TQ_SEARCH_N % 4 == 0, "the scores are computed 4 at a time");
 
 // the 64 values of v summed as tq_tree_sum64: register halves added, then lanes j + j+2 and j + j+1
@@ -204,7 +236,7 @@ typedef void (*tq_index_z_fn)(const float * z, float gain, void * blk, float * c
 // (first of equal scores), then its indices into blk and their squares into csq.
 TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, float * csq, int bits,
                                tq_lookup_fn lookup, tq_index_z_fn index) {
-    const float * B  = bits == 4 ? tq_boundaries_4bit : tq_boundaries_3bit;
+    const float * B  = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
     const int     nb = (1 << bits) - 1;
     float z[QK_TQ];
     for (int i = 0; i < 16; ++i) {
@@ -233,12 +265,14 @@ TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, floa
 
 TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 4, tq4_lookup, tq4_index_block); }
 TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 3, tq3_lookup, tq3_index_block); }
+TQ_INLINE void tqv2_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 2, tqv2_lookup, tqv2_index_block); }
 
 void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
 void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
+void quantize_row_tqv2_0(const float * x, block_tqv2_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tqv2_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
-// Written once for both block types: decode (inlined) gives a block's centroids, unscaled.
+// Written once for all block types: decode (inlined) gives a block's centroids, unscaled.
 
 typedef void (*tq_decode_fn)(const void * blk, float32x4_t * c);
 
@@ -291,12 +325,15 @@ TQ_INLINE void tq_mad_rotated(const void * x, size_t block_size, tq_decode_fn de
 
 void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq4_decode, y, k); }
 void dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq3_decode, y, k); }
+void dequantize_row_tqv2_0(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tqv2_decode, y, k); }
 
 float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq4_decode, q_rot, k); }
 float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq3_decode, q_rot, k); }
+float tqv2_0_dot_rotated(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tqv2_decode, q_rot, k); }
 
 void tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq4_decode, acc, w, k); }
 void tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq3_decode, acc, w, k); }
+void tqv2_0_mad_rotated(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tqv2_decode, acc, w, k); }
 
 // ---- rotation alone -----------------------------------------------------------------------------
 

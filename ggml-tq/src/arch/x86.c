@@ -122,6 +122,23 @@ TQ_INLINE void tq3_decode(const void * blk, __m512 * c) {
     c[3] = _mm512_permutexvar_ps(_mm512_ternarylogic_epi32(_mm512_srli_epi32(qs, 6), _mm512_srli_epi32(qh, 4), m3, 0xE4), cb);
 }
 
+// the 4 centroids four times (index bits 2 and 3 are don't-care)
+TQ_INLINE __m512 tqv2_codebook(void) {
+    const __m512 c = _mm512_castps128_ps512(_mm_loadu_ps(tq_centroids_2bit));
+    return _mm512_shuffle_f32x4(c, c, 0x00);
+}
+
+TQ_INLINE void tqv2_decode(const void * blk, __m512 * c) {
+    const block_tqv2_0 * b = blk;
+    const __m512  cb = tqv2_codebook();
+    const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) b->qs));
+    // value 16k + l: bits 2k, 2k+1 of qs[l]; the bits above them only repeat the codebook
+    c[0] = _mm512_permutexvar_ps(qs, cb);
+    c[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(qs, 2), cb);
+    c[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(qs, 4), cb);
+    c[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(qs, 6), cb);
+}
+
 TQ_INLINE __mmask16 tq_lt(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 
 // number of the 15 4-bit boundaries strictly below z (bnd: lane 15 unused)
@@ -147,6 +164,11 @@ TQ_INLINE __m512i tq3_search(__m512 z, __m512 bnd) {
     return t;
 }
 
+TQ_INLINE __m512i tqv2_search(__m512 z, __m512 bnd) {
+    const __m512i t = _mm512_maskz_mov_epi32(tq_lt(_mm512_set1_ps(tq_boundaries_2bit[1]), z), _mm512_set1_epi32(2));
+    return _mm512_mask_add_epi32(t, tq_lt(_mm512_permutexvar_ps(t, bnd), z), t, _mm512_set1_epi32(1));
+}
+
 // the centroids of coordinates w (the scale search's scoring)
 TQ_INLINE __m512 tq4_code(__m512 w) {
     return _mm512_permutexvar_ps(tq4_search(w, _mm512_maskz_loadu_ps(0x7fff, tq_boundaries_4bit)), _mm512_loadu_ps(tq_centroids_4bit));
@@ -154,6 +176,10 @@ TQ_INLINE __m512 tq4_code(__m512 w) {
 
 TQ_INLINE __m512 tq3_code(__m512 w) {
     return _mm512_permutexvar_ps(tq3_search(w, _mm512_maskz_loadu_ps(0x7f, tq_boundaries_3bit)), tq3_codebook());
+}
+
+TQ_INLINE __m512 tqv2_code(__m512 w) {
+    return _mm512_permutexvar_ps(tqv2_search(w, _mm512_maskz_loadu_ps(0x7, tq_boundaries_2bit)), tqv2_codebook());
 }
 
 TQ_INLINE void tq4_index_block(const __m512 * z, float gain, void * blk, float * csq) {
@@ -189,6 +215,21 @@ TQ_INLINE void tq3_index_block(const __m512 * z, float gain, void * blk, float *
     qh = _mm512_or_si512(qh, _mm512_slli_epi32(_mm512_shuffle_i64x2(qh, qh, 0xEE), 1));
     _mm_storeu_si128((__m128i *) b->qs, _mm512_cvtepi32_epi8(qs));
     _mm_storel_epi64((__m128i *) b->qh, _mm512_cvtepi32_epi8(qh));
+}
+
+TQ_INLINE void tqv2_index_block(const __m512 * z, float gain, void * blk, float * csq) {
+    block_tqv2_0 * b = blk;
+    const __m512 bnd = _mm512_maskz_loadu_ps(0x7, tq_boundaries_2bit);
+    const __m512 cb  = tqv2_codebook();
+    const __m512 cb2 = _mm512_mul_ps(cb, cb);
+    const __m512 g   = _mm512_set1_ps(gain);
+    __m512i qs = _mm512_setzero_si512();
+    for (int i = 0; i < 4; ++i) {
+        const __m512i t = tqv2_search(_mm512_mul_ps(z[i], g), bnd);
+        _mm512_store_ps(csq + 16*i, _mm512_permutexvar_ps(t, cb2));
+        qs = _mm512_or_si512(qs, _mm512_slli_epi32(t, 2*i));
+    }
+    _mm_storeu_si128((__m128i *) b->qs, _mm512_cvtepi32_epi8(qs));
 }
 
 #else // AVX2
@@ -266,6 +307,24 @@ TQ_INLINE void tq3_decode(const void * blk, __m256 * c) {
     c[7] = _mm256_permutevar8x32_ps(cb, tq3_idx(_mm256_srli_epi32(qb, 6), _mm256_srli_epi32(qh, 5)));
 }
 
+// the 4 centroids twice (index bit 2 is don't-care)
+TQ_INLINE __m256 tqv2_codebook(void) {
+    const __m128 c = _mm_loadu_ps(tq_centroids_2bit);
+    return _mm256_set_m128(c, c);
+}
+
+TQ_INLINE void tqv2_decode(const void * blk, __m256 * c) {
+    const block_tqv2_0 * b = blk;
+    const __m256  cb = tqv2_codebook();
+    const __m256i qa = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) b->qs));        // qs[0..7]
+    const __m256i qb = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8)));   // qs[8..15]
+    // values 8m..8m+7: qs[8(m%2)..] >> 2(m/2); the bits above the index only repeat the codebook
+    for (int k = 0; k < 4; ++k) {
+        c[2*k]     = _mm256_permutevar8x32_ps(cb, _mm256_srli_epi32(qa, 2*k));
+        c[2*k + 1] = _mm256_permutevar8x32_ps(cb, _mm256_srli_epi32(qb, 2*k));
+    }
+}
+
 TQ_INLINE __m256 tq_lt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 
 // n in the lanes where m is set, else 0
@@ -297,6 +356,14 @@ TQ_INLINE __m256i tq3_search(__m256 z) {
     return _mm256_add_epi32(t, tq_bits(m, 1));
 }
 
+TQ_INLINE __m256i tqv2_search(__m256 z) {
+    const float * B = tq_boundaries_2bit;
+    __m256 m = tq_lt(_mm256_set1_ps(B[1]), z);
+    const __m256i t = tq_bits(m, 2);
+    m = tq_lt(_mm256_blendv_ps(_mm256_set1_ps(B[0]), _mm256_set1_ps(B[2]), m), z);
+    return _mm256_add_epi32(t, tq_bits(m, 1));
+}
+
 // the centroids of coordinates w (the scale search's scoring)
 TQ_INLINE __m256 tq4_code(__m256 w) {
     const __m256i i = tq4_search(w);
@@ -305,6 +372,10 @@ TQ_INLINE __m256 tq4_code(__m256 w) {
 
 TQ_INLINE __m256 tq3_code(__m256 w) {
     return _mm256_permutevar8x32_ps(_mm256_loadu_ps(tq_centroids_3bit), tq3_search(w));
+}
+
+TQ_INLINE __m256 tqv2_code(__m256 w) {
+    return _mm256_permutevar8x32_ps(tqv2_codebook(), tqv2_search(w));
 }
 
 TQ_INLINE void tq4_index_block(const __m256 * z, float gain, void * blk, float * csq) {
@@ -343,6 +414,25 @@ TQ_INLINE void tq3_index_block(const __m256 * z, float gain, void * blk, float *
     tq_pack8(qa, b->qs);
     tq_pack8(qb, b->qs + 8);
     tq_pack8(qh, b->qh);
+}
+
+TQ_INLINE void tqv2_index_block(const __m256 * z, float gain, void * blk, float * csq) {
+    block_tqv2_0 * b = blk;
+    const __m256 cb = tqv2_codebook();
+    const __m256 cb2 = _mm256_mul_ps(cb, cb);
+    const __m256 g = _mm256_set1_ps(gain);
+    __m256i qa = _mm256_setzero_si256(), qb = _mm256_setzero_si256();
+    for (int i = 0; i < 8; ++i) { // values 8i..8i+7: qs[8(i%2)..] bits 2(i/2)
+        const __m256i t = tqv2_search(_mm256_mul_ps(z[i], g));
+        _mm256_store_ps(csq + 8*i, _mm256_permutevar8x32_ps(cb2, t));
+        if (i % 2 == 0) {
+            qa = _mm256_or_si256(qa, _mm256_slli_epi32(t, 2*(i/2)));
+        } else {
+            qb = _mm256_or_si256(qb, _mm256_slli_epi32(t, 2*(i/2)));
+        }
+    }
+    tq_pack8(qa, b->qs);
+    tq_pack8(qb, b->qs + 8);
 }
 
 #endif // __AVX512F__
@@ -417,12 +507,14 @@ TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, floa
 
 TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq4_code, tq4_index_block); }
 TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq3_code, tq3_index_block); }
+TQ_INLINE void tqv2_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tqv2_code, tqv2_index_block); }
 
 void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
 void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
+void quantize_row_tqv2_0(const float * x, block_tqv2_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tqv2_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
-// Written once for both block types: decode (inlined) gives a block's centroids, unscaled.
+// Written once for all block types: decode (inlined) gives a block's centroids, unscaled.
 
 typedef void (*tq_decode_fn)(const void * blk, tq_vec * c);
 
@@ -473,12 +565,15 @@ TQ_INLINE void tq_mad_rotated(const void * x, size_t block_size, tq_decode_fn de
 
 void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq4_decode, y, k); }
 void dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq3_decode, y, k); }
+void dequantize_row_tqv2_0(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tqv2_decode, y, k); }
 
 float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq4_decode, q_rot, k); }
 float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq3_decode, q_rot, k); }
+float tqv2_0_dot_rotated(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tqv2_decode, q_rot, k); }
 
 void tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq4_decode, acc, w, k); }
 void tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq3_decode, acc, w, k); }
+void tqv2_0_mad_rotated(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tqv2_decode, acc, w, k); }
 
 // ---- rotation alone -----------------------------------------------------------------------------
 
