@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ggml_tq import llama as tql
-from ggml_tq._types import GGML_TYPE_TQ4_0
+from ggml_tq._types import GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "build" / "llama.cpp" / "bin"
@@ -59,7 +59,7 @@ def random_model(tmp_path_factory):
 
 def test_quantize_fns_covers_tq_types():
     p = run(BIN / "test-quantize-fns", "-v", check=True)
-    for t in ("tq4_0", "tq3_0"):
+    for t in ("tq4_0", "tq3_0", "tqv2_0"):
         assert f"Testing {t}" in p.stdout
         for what in ("absolute quantization error", "reference implementation error", "dot product error"):
             assert any(line.startswith(t) and what in line and "ok" in line for line in p.stdout.splitlines()), (t, what)
@@ -188,6 +188,19 @@ def test_state_round_trip_reproduces_next_token_logits(llm, tmp_path):
     _next_logits(llm, tokens)
     llm.eval(llm.tokenize(b" there", add_bos=False))
     np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
+
+
+def test_state_round_trip_with_tqv2_0_values(tmp_path):
+    # the recommended small cache: tq4_0 keys, 2-bit values; its rows are another size than the keys'
+    mix = tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tqv2_0", n_ctx=512, n_threads=2, verbose=False)
+    assert (mix.context_params.type_k, mix.context_params.type_v) == (GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0)
+    tokens = mix.tokenize(b"Once upon a time, in a small village by the sea,")
+    ref = _next_logits(mix, tokens)
+    path = tmp_path / "state.bin"
+    tql.save_state_file(mix, path)
+    _next_logits(mix, mix.tokenize(b"Something else entirely, to overwrite the cache."))
+    tql.load_state_file(mix, path)
+    np.testing.assert_array_equal(np.array(mix.scores[mix.n_tokens - 1]), ref)
 
 
 LONG_PROMPT = (b"The harbour was quiet before dawn. Fishermen checked their nets, gulls circled the masts, and the "

@@ -4,6 +4,7 @@
   .venv/bin/python tools/speed.py                                  # all types, SmolLM2, -r 1 (~12 min on 2 cores)
   .venv/bin/python tools/speed.py --types f16,q4_0,tq4_0 -r 3
   .venv/bin/python tools/speed.py --types tq4_0 --depths 0,256 --results /tmp/speed   # quick check of the pipeline
+  .venv/bin/python tools/speed.py --types f16,tq4_0,tq4_0/tqv2_0     # K/V: -ctk K -ctv V
   .venv/bin/python tools/speed.py --replot                         # the plot again from results/cpu/speed.json
 
 One llama-bench call per cache type (-ctk T -ctv T: lists in both would run every pair), each
@@ -32,7 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "build" / "llama.cpp" / "bin"
 ALL_TYPES = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "tq4_0", "tq3_0"]
 PLOT_TYPES = ["f16", "q8_0", "q4_0", "tq4_0", "tq3_0"]
-BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25}
+BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25,
+        "tqv2_0": 2.25}
+
+
+def kv_types(t):
+    """(K type, V type) of a cache name: "T" for both, or "K/V"."""
+    k, _, v = t.partition("/")
+    return k, v or k
+
+
+def bits(t):
+    k, v = kv_types(t)
+    return (BITS[k] + BITS[v])/2
 
 
 def plot_decode(series, path, title):
@@ -105,7 +118,7 @@ def main():
         print(f"wrote {rel(out / (a.out_name + '.png'))}")
         return
     types = [t.strip() for t in a.types.split(",") if t.strip()]
-    bad = [t for t in types if t not in BITS]
+    bad = [t for t in types if not all(x in BITS for x in kv_types(t))]
     if bad:
         p.error(f"unknown types {bad}; known: {ALL_TYPES}")
     depths = [int(d) for d in a.depths.split(",")]
@@ -120,8 +133,9 @@ def main():
     cols = [col_name(k, n, d) for d in depths for k, n in (("pp", a.n_prompt), ("tg", a.n_gen))]
     commands, records, res = [], [], {}
     for t in types:
+        tk, tv = kv_types(t)
         cmd = [rel(bench), "-m", rel(model), "-p", str(a.n_prompt), "-n", str(a.n_gen), "-d", a.depths, "-fa", "1",
-               "-t", str(a.threads), "-r", str(a.repetitions), "-ctk", t, "-ctv", t, "-o", "json", "--progress"]
+               "-t", str(a.threads), "-r", str(a.repetitions), "-ctk", tk, "-ctv", tv, "-o", "json", "--progress"]
         line = shlex.join(cmd)
         commands.append(line)
         print(f"\n== {t}\n$ {line}", flush=True)
@@ -140,7 +154,7 @@ def main():
             res[t]["rc"] = "bad-json"
             continue
         for r in recs:
-            if r.get("type_k") != t or r.get("type_v") != t:
+            if r.get("type_k") != tk or r.get("type_v") != tv:
                 print(f"   warning: record with type_k={r.get('type_k')} type_v={r.get('type_v')} in the {t} run")
             if r["n_prompt"] and not r["n_gen"]:
                 c = col_name("pp", r["n_prompt"], r["n_depth"])
@@ -160,19 +174,20 @@ def main():
     lines = ["| type | bits/value | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for t in types:
         if res[t]["rc"] != 0:
-            lines.append(f"| {t} | {BITS[t]:g} | " + " | ".join(["FAILED"] * len(cols)) + " |")
+            lines.append(f"| {t} | {bits(t):g} | " + " | ".join(["FAILED"] * len(cols)) + " |")
             continue
         cells = []
         for c in cols:
             v = res[t].get(c)
             cells.append("n/a" if v is None else (f"{v['ts']:.2f}" + (f" ± {v['sd']:.2f}" if a.repetitions > 1 else "")))
-        lines.append(f"| {t} | {BITS[t]:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {t} | {bits(t):g} | " + " | ".join(cells) + " |")
     ratios = {}
-    for num, den in (("tq4_0", "q4_0"), ("tq4_0", "f16"), ("tq3_0", "q4_0")):
+    for num, den in (("tq4_0", "q4_0"), ("tq4_0", "f16"), ("tq3_0", "q4_0"), ("tq4_0/tqv2_0", "f16")):
         if num in types and den in types:
             row = {c: (ts(num, c) / ts(den, c) if ts(num, c) and ts(den, c) else None) for c in cols}
-            ratios[f"{num}/{den}"] = row
-            lines.append(f"| **{num}/{den}** | | " + " | ".join("n/a" if row[c] is None else f"{row[c]:.2f}x" for c in cols) + " |")
+            name = f"({num})/{den}" if "/" in num else f"{num}/{den}"
+            ratios[name] = row
+            lines.append(f"| **{name}** | | " + " | ".join("n/a" if row[c] is None else f"{row[c]:.2f}x" for c in cols) + " |")
     tbl = "\n".join(lines)
 
     mach = machine()
@@ -184,7 +199,7 @@ def main():
     md = ["# KV-cache speed on the CPU (llama-bench)", "",
           f"- model: `{rel(model)}`",
           f"- settings: -p {a.n_prompt} -n {a.n_gen} -d {a.depths} -fa 1 -t {a.threads} -r {a.repetitions}, "
-          "one llama-bench call per cache type (-ctk T -ctv T)",
+          "one llama-bench call per cache type (-ctk T -ctv T; K/V: -ctk K -ctv V)",
           f"- machine: `{mach['uname_m']}`, {mach['cpu']}, {mach['nproc']} cpus; llama.cpp build {build}",
           f"- load average at start: {load:.2f}",
           f"- date: {stamp}", "", "tokens/s" + (" (mean ± sd)" if a.repetitions > 1 else "") + ":", "", tbl, "",
