@@ -273,16 +273,19 @@ PY
 # context of 1048576 tokens (the model's trained context overridden), which sizes the cache's tensors and
 # indexing for a million cells and must load and generate.
 step_long() {
-    local t
+    local t k v env f
     for t in ${LONG_TYPES:-tq4_0 tq3_0}; do
+        read -r k v env <<< "$(cache_args $t)"
+        f=long-${t//\//-}
         log "llama-bench $t tg128 @ d${LONG_DEPTH:-131072}"
-        $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d ${LONG_DEPTH:-131072} -r 1 -ctk $t -ctv $t -o json \
-            > $OUT/long-$t.json 2> $OUT/long-$t.err || tail -5 $OUT/long-$t.err
-        python3 -c "import json; r=json.load(open('$OUT/long-$t.json'))[0]; print('$t', 'tg128 @ d', r['n_depth'], round(r['avg_ts'], 1), 't/s')"
+        $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 0 -n 128 -d ${LONG_DEPTH:-131072} -r 1 -ctk $k -ctv $v -o json \
+            > $OUT/$f.json 2> $OUT/$f.err || tail -5 $OUT/$f.err
+        python3 -c "import json; r=json.load(open('$OUT/$f.json'))[0]; print('$t', 'tg128 @ d', r['n_depth'], round(r['avg_ts'], 1), 't/s')"
     done
-    log "llama-cli -c 1048576 -ctk tq4_0 -ctv tq4_0"
+    read -r k v env <<< "$(cache_args ${LONG_CLI:-tq4_0})"
+    log "llama-cli -c 1048576 -ctk $k -ctv $v"
     $B/llama-cli -m $W/r8b-q4_0.gguf --override-kv llama.context_length=int:1048576 -c 1048576 -ngl 99 -fa on \
-        -ctk tq4_0 -ctv tq4_0 -st -p "t1 t2 t3" -n 16 < /dev/null > $OUT/cli-1m.log 2>&1
+        -ctk $k -ctv $v -st -p "t1 t2 t3" -n 16 < /dev/null > $OUT/cli-1m.log 2>&1
     echo "llama-cli rc=$?"; grep -E "KV buffer size|llama_kv_cache: size|Generation|error" $OUT/cli-1m.log | head -6
 }
 
