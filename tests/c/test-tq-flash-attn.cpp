@@ -152,11 +152,11 @@ int main() {
         }
     }
     // tq4_0 keys with a smaller TQ value type (the recommended mixes) take the same fast paths: split-KV from 512
-    // keys at one query row, the row-by-row path otherwise
+    // keys at one query row, the tiled path from 64 query rows (75: a partial last tile), row by row otherwise
     for (ggml_type tv : { GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
-                for (int n_q : { 1, 3, 64 }) {
+                for (int n_q : { 1, 3, 64, 75 }) {
                     for (int nth : { 1, 2 }) {
                         result r = run_case(GGML_TYPE_TQ4_0, tv, D, 2, 4, n_kv, n_q, nth, n_q == 3);
                         const double rel = r.max_abs/r.ref_max;
