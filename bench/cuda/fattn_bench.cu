@@ -8,7 +8,8 @@
 // early launch included).
 //
 //   fattn_bench check              correctness over head sizes, type pairs, GQA ratios, query rows, odd lengths
-//   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape,
+//   fattn_bench time [minb ...]    kernel time at 256, 8192, 32768 and 65536 keys, Llama-3-8B attention shape
+//                                  or the shapes of FAB_SHAPES ("kv_heads:gqa:head" words, such as "4:7:128"),
 //                                  K/V read from memory (cold) and from one copy launched back to back (hot);
 //                                  K/V tq4_0, tq3_0, and tq4_0/tqv2_0 (K/V)
 //   fattn_bench once T n_kv minb   five launches of one shape, for ncu (dev/gpu/cuda_device.sh faprof); T a type
@@ -38,11 +39,13 @@ static tq_fa_i8_kernel_t select_kernel(int D, ggml_type tk, ggml_type tv, int mi
 // left is its f16 P and ex2.approx
 #define TQ_FA_CHECK_TOL 5e-3
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -102,7 +105,7 @@ static void fill_blocks(std::mt19937 & rng, ggml_type t, uint8_t * dst, size_t n
 }
 
 // false: the kernel does not take this case
-static bool setup(fa_data & f, const fa_case & c, int max_blocks, int nsm, int minb) {
+static bool setup(fa_data & f, const fa_case & c, int nsm, int minb) {
     f.c = c;
     std::mt19937 rng(1234 + c.n_kv + c.D);
     const int NB = c.D/QK_TQ, n_head = c.n_head_kv*c.gqa;
@@ -150,14 +153,24 @@ static bool setup(fa_data & f, const fa_case & c, int max_blocks, int nsm, int m
     if (!f.k || !tq_fa_i8_layout(p, c.D, c.tk, c.tv)) {
         return false;
     }
-    tq_fa_i8_plan(p, tq_fa_i8_slots(f.k, p, nsm), max_blocks);
-    if (p.n_blocks > 1) {
-        CK(cudaMalloc(&f.dP, tq_fa_part_rows(p, p.n_blocks)*c.D*sizeof(float)));
-        CK(cudaMalloc(&f.dMeta, tq_fa_part_rows(p, p.n_blocks)*sizeof(float2)));
-    }
+    tq_fa_i8_plan(p, tq_fa_i8_blocks_per_sm(f.k, p), nsm);
+    // room for the most parts a plan may have (time mode tries other key splits, plan_waves)
+    CK(cudaMalloc(&f.dP, tq_fa_part_rows(p, TQ_FA_COMBINE_MAX_PARTS)*c.D*sizeof(float)));
+    CK(cudaMalloc(&f.dMeta, tq_fa_part_rows(p, TQ_FA_COMBINE_MAX_PARTS)*sizeof(float2)));
     p.parts = f.dP;
     p.meta  = f.dMeta;
     return true;
+}
+
+// Another key split than tq_fa_i8_plan's, for time mode's FAB_WAVES: about `waves` blocks per SM in all,
+// at least TQ_I8_MIN_TILES stages per block, key ranges rounded to whole stages as the plan rounds them.
+static void plan_waves(tq_fa_i8_params & p, int waves, int nsm) {
+    const int rows = p.n_head_kv/p.hb*p.n_q*p.n_seq;
+    int n_blocks = std::min(std::max(1, waves*nsm/rows), std::max(1, p.n_kv/(TQ_I8_MIN_TILES*TQ_I8_KT)));
+    n_blocks = std::min(n_blocks, TQ_FA_COMBINE_MAX_PARTS);
+    const int kpb = ((p.n_kv + n_blocks - 1)/n_blocks + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
+    p.keys_per_block = kpb;
+    p.n_blocks = (p.n_kv + kpb - 1)/kpb;
 }
 
 static void release(fa_data & f) {
@@ -360,7 +373,6 @@ int main(int argc, char ** argv) {
     int dev = 0, nsm = 0;
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-    const int max_blocks = getenv("GGML_TQ_FA_MAX_BLOCKS") ? atoi(getenv("GGML_TQ_FA_MAX_BLOCKS")) : 256;
 
     if (mode == "check") {
         // the softcap reference applies tanh to scale*q.k/softcap like ggml: x = softcap*tanh(x*scale/softcap)
@@ -406,7 +418,7 @@ int main(int argc, char ** argv) {
         for (const fa_case & c : cases) {
             for (int minb : all_minb) {
                 fa_data f;
-                if (!setup(f, c, max_blocks, nsm, minb)) {
+                if (!setup(f, c, nsm, minb)) {
                     skipped++;
                     release(f);
                     continue;
@@ -434,7 +446,7 @@ int main(int argc, char ** argv) {
         }
         const int n_kv = argc > 3 ? atoi(argv[3]) : 32768, minb = argc > 4 ? atoi(argv[4]) : 4;
         fa_data f;
-        if (!setup(f, {128, tk, tv, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
+        if (!setup(f, {128, tk, tv, n_kv, 8, 4, 1, true, 0.0f, false}, nsm, minb)) {
             fprintf(stderr, "the kernel does not take %s\n", pair_name(tk, tv).c_str());
             return 1;
         }
@@ -444,7 +456,8 @@ int main(int argc, char ** argv) {
         return 0;
     }
 
-    // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4), one query token. "cold": the launches cycle
+    // time: Llama-3-8B attention (head 128, 8 KV heads, GQA 4) unless FAB_SHAPES names others as
+    // "kv_heads:gqa:head" words (such as "4:7:128 2:6:128" for Qwen2-7B and Qwen2.5-1.5B), one query token. "cold": the launches cycle
     // through copies of K/V that together exceed the L2 cache three times, so each launch reads its K/V from
     // memory as a decode step does (between two layers' attention the weights pass through L2); "hot": one
     // copy, launched back to back (32k keys of TQ4_0, 35.7 MB, fit an H100's 50 MB L2: partly L2 reads).
@@ -455,16 +468,37 @@ int main(int argc, char ** argv) {
     CK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, dev));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    // FAB_WAVES: key splits to time besides the plan's (0): "2 3" = about 2 and 3 blocks per SM (plan_waves)
+    std::vector<int> waves_list;
+    {
+        std::istringstream in(getenv("FAB_WAVES") ? getenv("FAB_WAVES") : "0");
+        int w;
+        while (in >> w) waves_list.push_back(std::max(0, w));
+    }
+    std::vector<std::array<int, 3>> shapes; // kv_heads, gqa, head
+    {
+        std::istringstream in(getenv("FAB_SHAPES") ? getenv("FAB_SHAPES") : "8:4:128");
+        std::string w;
+        int kvh, gqa, D;
+        while (in >> w) {
+            if (sscanf(w.c_str(), "%d:%d:%d", &kvh, &gqa, &D) != 3 || kvh < 1 || gqa < 1 || (D != 128 && D != 256)) {
+                fprintf(stderr, "FAB_SHAPES: \"%s\" is not kv_heads:gqa:head (head 128 or 256)\n", w.c_str());
+                return 1;
+            }
+            shapes.push_back({kvh, gqa, D});
+        }
+    }
+    for (const auto & sh : shapes)
     for (auto tt : {std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0), std::make_pair(GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0),
                     std::make_pair(GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0)}) {
         for (int n_kv : {256, 8192, 32768, 65536}) {
             for (int minb : minbs) {
                 fa_data f;
-                if (!setup(f, {128, tt.first, tt.second, n_kv, 8, 4, 1, true, 0.0f, false}, max_blocks, nsm, minb)) {
+                if (!setup(f, {sh[2], tt.first, tt.second, n_kv, sh[0], sh[1], 1, true, 0.0f, false}, nsm, minb)) {
                     release(f);
                     continue;
                 }
-                const double bytes = (double) n_kv*8*(f.rowK + f.rowV);
+                const double bytes = (double) n_kv*sh[0]*(f.rowK + f.rowV);
                 const int n_sets = (int) std::min(256.0, std::ceil(3.0*l2_bytes/bytes));
                 std::vector<char *> dK(n_sets, f.dK), dV(n_sets, f.dV);
                 for (int i = 1; i < n_sets; ++i) {
@@ -472,11 +506,15 @@ int main(int argc, char ** argv) {
                     CK(cudaMalloc(&dV[i], f.V.size())); CK(cudaMemcpy(dV[i], f.dV, f.V.size(), cudaMemcpyDeviceToDevice));
                 }
                 const int iters = n_kv >= 32768 ? 200 : 1000;
+                for (int waves : waves_list)
                 for (int sets : {n_sets, 1}) {
                     tq_fa_i8_params p = f.p;
+                    if (waves > 0) {
+                        plan_waves(p, waves, nsm);
+                    }
                     auto launch = [&](int i) {
                         p.K = dK[i % sets]; p.V = dV[i % sets];
-                        tq_fa_i8_launch(p, f.k, 128, 0);
+                        tq_fa_i8_launch(p, f.k, sh[2], 0);
                     };
                     for (int i = 0; i < 20; ++i) launch(i);
                     CK(cudaDeviceSynchronize());
@@ -488,8 +526,8 @@ int main(int argc, char ** argv) {
                     float ms = 0.0f;
                     CK(cudaEventElapsedTime(&ms, e0, e1));
                     const double us = 1e3*ms/iters;
-                    printf("time %s n_kv=%6d minb=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %-4s (%3d sets)  %8.2f us  %7.1f GB/s (K+V)\n",
-                           pair_name(tt.first, tt.second).c_str(), n_kv, minb, f.p.n_blocks, f.p.n_head_kv/f.p.hb, f.p.keys_per_block, f.p.cp_bytes,
+                    printf("time kv_heads=%d gqa=%d D=%d %s n_kv=%6d minb=%d waves=%d blocks=%3dx%d keys/block=%5d copy=%2d B  %-4s (%3d sets)  %8.2f us  %7.1f GB/s (K+V)\n",
+                           sh[0], sh[1], sh[2], pair_name(tt.first, tt.second).c_str(), n_kv, minb, waves, p.n_blocks, p.n_head_kv/p.hb, p.keys_per_block, p.cp_bytes,
                            sets > 1 ? "cold" : "hot", sets, us, bytes/us*1e-3);
                 }
                 for (int i = 1; i < n_sets; ++i) {

@@ -7,7 +7,7 @@
 #                                  the CUDA unit test, memory bandwidth
 #   dev/gpu/cuda_device.sh unit      the CUDA unit test (tests/cuda) and memory bandwidth, without the llama.cpp build
 #   dev/gpu/cuda_device.sh fabench   the int8 decode kernel alone (bench/cuda/fattn_bench): check against the C reference,
-#                                  then time it at 256..65536 keys
+#                                  then time it at 256..65536 keys (FAB_SHAPES="kv_heads:gqa:head ...": other attention shapes)
 #   dev/gpu/cuda_device.sh faprof    ncu on the int8 decode kernel alone at 32k keys (after fabench)
 #   dev/gpu/cuda_device.sh sass      SASS opcode counts of the int8 decode kernel, its main loop apart (after fabench)
 #   dev/gpu/cuda_device.sh cpu       the CPU kernels' check (tests/c/test-tq-kernels) built for this host (-march=native: AVX-512
@@ -178,6 +178,12 @@ step_faprof() {
         --section MemoryWorkloadAnalysis \
         "$W/fattn_bench-$v" once ${FAB_TYPE:-tq4_0} 32768 ${FAB_MINB:-3} > $OUT/faprof.txt 2>&1 || true
     grep -vE "^==PROF==|^ +-+ *$" $OUT/faprof.txt | grep -E "[A-Za-z]" | sed -E 's/ +/ /g' | grep -vE "^ ?(OPT|INF|WRN)" | head -120
+    # where the warps wait: cycles stalled per issued instruction, by reason (the sections above give only the sum)
+    ncu --clock-control none --launch-skip 2 --launch-count 1 -k regex:tq_fattn_mma_i8 \
+        --metrics 'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$' \
+        "$W/fattn_bench-$v" once ${FAB_TYPE:-tq4_0} 32768 ${FAB_MINB:-3} > $OUT/faprof-stalls.txt 2>&1 || true
+    grep -E "stalled" $OUT/faprof-stalls.txt | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' \
+        | awk '{print $NF, $1}' | sort -gr | head -14
 }
 
 step_sass() {

@@ -52,21 +52,21 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
         return false;
     }
     const tq_fa_i8_kernel_t k = tq_fa_i8_select(D, K->type, V->type);
-    // blocks the GPU holds at once, per device, kernel and shared-memory size (the occupancy query once each;
+    // blocks an SM holds at once, per device, kernel and shared-memory size (the occupancy query once each;
     // backends of several GPUs may run on several threads)
-    static std::mutex slots_mutex;
-    static std::map<std::tuple<int, const void *, int>, int> slots_seen;
-    int slots;
+    static std::mutex occupancy_mutex;
+    static std::map<std::tuple<int, const void *, int>, int> occupancy_seen;
+    int blocks_per_sm;
     {
-        std::lock_guard<std::mutex> lock(slots_mutex);
+        std::lock_guard<std::mutex> lock(occupancy_mutex);
         const auto key = std::make_tuple(ctx.device, (const void *) k, p.smem);
-        auto it = slots_seen.find(key);
-        if (it == slots_seen.end()) {
-            it = slots_seen.emplace(key, tq_fa_i8_slots(k, p, ggml_cuda_info().devices[ctx.device].nsm)).first;
+        auto it = occupancy_seen.find(key);
+        if (it == occupancy_seen.end()) {
+            it = occupancy_seen.emplace(key, tq_fa_i8_blocks_per_sm(k, p)).first;
         }
-        slots = it->second;
+        blocks_per_sm = it->second;
     }
-    tq_fa_i8_plan(p, slots, 256);
+    tq_fa_i8_plan(p, blocks_per_sm, ggml_cuda_info().devices[ctx.device].nsm);
     ggml_cuda_pool_alloc<float>  parts(ctx.pool());
     ggml_cuda_pool_alloc<float2> meta(ctx.pool());
     if (p.n_blocks > 1) {
