@@ -154,23 +154,12 @@ static bool setup(fa_data & f, const fa_case & c, int nsm, int minb) {
         return false;
     }
     tq_fa_i8_plan(p, tq_fa_i8_blocks_per_sm(f.k, p), nsm);
-    // room for the most parts a plan may have (time mode tries other key splits, plan_waves)
+    // room for the most parts a split may have (time mode also tries tq_fa_i8_split's)
     CK(cudaMalloc(&f.dP, tq_fa_part_rows(p, TQ_FA_COMBINE_MAX_PARTS)*c.D*sizeof(float)));
     CK(cudaMalloc(&f.dMeta, tq_fa_part_rows(p, TQ_FA_COMBINE_MAX_PARTS)*sizeof(float2)));
     p.parts = f.dP;
     p.meta  = f.dMeta;
     return true;
-}
-
-// Another key split than tq_fa_i8_plan's, for time mode's FAB_WAVES: about `waves` blocks per SM in all,
-// at least TQ_I8_MIN_TILES stages per block, key ranges rounded to whole stages as the plan rounds them.
-static void plan_waves(tq_fa_i8_params & p, int waves, int nsm) {
-    const int rows = p.n_head_kv/p.hb*p.n_q*p.n_seq;
-    int n_blocks = std::min(std::max(1, waves*nsm/rows), std::max(1, p.n_kv/(TQ_I8_MIN_TILES*TQ_I8_KT)));
-    n_blocks = std::min(n_blocks, TQ_FA_COMBINE_MAX_PARTS);
-    const int kpb = ((p.n_kv + n_blocks - 1)/n_blocks + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
-    p.keys_per_block = kpb;
-    p.n_blocks = (p.n_kv + kpb - 1)/kpb;
 }
 
 static void release(fa_data & f) {
@@ -468,7 +457,7 @@ int main(int argc, char ** argv) {
     CK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, dev));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    // FAB_WAVES: key splits to time besides the plan's (0): "2 3" = about 2 and 3 blocks per SM (plan_waves)
+    // FAB_WAVES: key splits to time besides the plan's (0): "2 3" = about 2 and 3 blocks per SM (tq_fa_i8_split)
     std::vector<int> waves_list;
     {
         std::istringstream in(getenv("FAB_WAVES") ? getenv("FAB_WAVES") : "0");
@@ -510,7 +499,7 @@ int main(int argc, char ** argv) {
                 for (int sets : {n_sets, 1}) {
                     tq_fa_i8_params p = f.p;
                     if (waves > 0) {
-                        plan_waves(p, waves, nsm);
+                        tq_fa_i8_split(p, waves, nsm);
                     }
                     auto launch = [&](int i) {
                         p.K = dK[i % sets]; p.V = dV[i % sets];

@@ -1022,29 +1022,37 @@ static int tq_fa_i8_blocks_per_sm(tq_fa_i8_kernel_t k, const tq_fa_i8_params & p
     return std::max(1, per_sm);
 }
 
-// The key split (flash-decoding), after tq_fa_i8_layout. The blocks resident on an SM share its issue slots,
-// so a split takes about as long as its busiest SM: ceil(blocks/nsm) blocks, each its stages of keys plus a
-// fixed part (rounding the query, filling the ring, writing its partial result) worth about half a stage. Of
-// the splits into about 1 .. blocks_per_sm blocks per SM (one wave: a second, partial one would double the
-// time), the plan takes the cheapest by that count, counted 1.5x where the busiest SM has fewer than 6 warps,
-// too few to hide each other's latency. H200, head 128, 8 KV heads, GQA 4, 32k keys: 256 blocks of 256 keys
-// (2 per SM) take 26.9 µs, 342 of 192 (3 on most SMs) 30.1, 128 of 512 (4 warps per SM) 30.6; the plan used
-// to fill every block slot and took the second (docs/cuda.md, "Key splits").
-static void tq_fa_i8_plan(tq_fa_i8_params & p, int blocks_per_sm, int nsm) {
+// A key split (flash-decoding) of about blocks_per_sm blocks per SM in all, after tq_fa_i8_layout: at least
+// TQ_I8_MIN_TILES stages per block, at most TQ_FA_COMBINE_MAX_PARTS blocks per row, key ranges whole stages.
+static void tq_fa_i8_split(tq_fa_i8_params & p, int blocks_per_sm, int nsm) {
     const int rows       = p.n_head_kv/p.hb*p.n_q*p.n_seq; // blocks that share nothing
-    const int warps      = p.hb*p.n_groups;                // per block
     const int max_blocks = std::min(std::max(1, p.n_kv/(TQ_I8_MIN_TILES*TQ_I8_KT)), TQ_FA_COMBINE_MAX_PARTS);
+    const int n_want     = std::max(1, std::min(blocks_per_sm*nsm/rows, max_blocks));
+    p.keys_per_block = ((p.n_kv + n_want - 1)/n_want + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
+    p.n_blocks       = (p.n_kv + p.keys_per_block - 1)/p.keys_per_block;
+}
+
+// The key split the kernel runs with. The blocks resident on an SM share its issue slots, so a split takes about
+// as long as its busiest SM: ceil(blocks/nsm) blocks, each its stages of keys plus a fixed part (rounding the
+// query, filling the ring, writing its partial result) worth about half a stage. Of the splits into about 1 ..
+// blocks_per_sm blocks per SM (one wave: a second, partial one would double the time), the plan takes the
+// cheapest by that count, counted 1.5x where the busiest SM has fewer than 6 warps, too few to hide each other's
+// latency. H200, head 128, 8 KV heads, GQA 4, 32k keys: 256 blocks of 256 keys (2 per SM) take 26.9 µs, 342 of
+// 192 (3 on most SMs) 30.1, 128 of 512 (4 warps per SM) 30.6; the plan used to fill every block slot and took
+// the second (docs/cuda.md, "Key splits").
+static void tq_fa_i8_plan(tq_fa_i8_params & p, int blocks_per_sm, int nsm) {
+    const int rows  = p.n_head_kv/p.hb*p.n_q*p.n_seq;
+    const int warps = p.hb*p.n_groups; // per block
     float best = INFINITY;
     for (int k = 1; k <= blocks_per_sm; ++k) {
-        const int n_want = std::max(1, std::min(k*nsm/rows, max_blocks));
-        const int kpb    = ((p.n_kv + n_want - 1)/n_want + TQ_I8_KT - 1)/TQ_I8_KT*TQ_I8_KT;
-        const int n      = (p.n_kv + kpb - 1)/kpb;
-        const int on_sm  = (n*rows + nsm - 1)/nsm; // blocks on the busiest SM
-        const float cost = on_sm*((float) kpb/TQ_I8_KT + 0.5f)*(on_sm*warps < 6 ? 1.5f : 1.0f);
+        tq_fa_i8_params q = p;
+        tq_fa_i8_split(q, k, nsm);
+        const int on_sm  = (q.n_blocks*rows + nsm - 1)/nsm; // blocks on the busiest SM
+        const float cost = on_sm*((float) q.keys_per_block/TQ_I8_KT + 0.5f)*(on_sm*warps < 6 ? 1.5f : 1.0f);
         if (cost < best) {
             best = cost;
-            p.keys_per_block = kpb;
-            p.n_blocks       = n;
+            p.keys_per_block = q.keys_per_block;
+            p.n_blocks       = q.n_blocks;
         }
     }
 }
