@@ -461,8 +461,16 @@ int main(int argc, char ** argv) {
     std::vector<int> waves_list;
     {
         std::istringstream in(getenv("FAB_WAVES") ? getenv("FAB_WAVES") : "0");
-        int w;
-        while (in >> w) waves_list.push_back(std::max(0, w));
+        std::string w;
+        while (in >> w) {
+            char * end = nullptr;
+            const long v = strtol(w.c_str(), &end, 10);
+            if (*end != '\0' || v < 0 || v > 32) {
+                fprintf(stderr, "FAB_WAVES: \"%s\" is not a number of blocks per SM (0 for the plan's split, 1 .. 32)\n", w.c_str());
+                return 1;
+            }
+            waves_list.push_back((int) v);
+        }
     }
     std::vector<std::array<int, 3>> shapes; // kv_heads, gqa, head
     {
