@@ -178,6 +178,31 @@ def test_python_llama_rejects_bad_type_name():
         tql.Llama(str(MODEL), cache_type_k="tq5_0")
 
 
+def test_passkey_teacher_forcing_equals_a_fresh_evaluation(llm):
+    """tools/passkey.py scores the answer by teacher forcing after its completion, reusing the prompt's cache
+    cells: each log-probability must be what the prompt and the answer so far give from an empty cache."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    key = 31966
+    text = passkey.prompt(llm, 400, 0.5, key)
+    ptoks = llm.tokenize(text.encode(), add_bos=True)
+    atoks = llm.tokenize(f" {key}".encode(), add_bos=False)
+    llm.reset()
+    llm.create_completion(text, max_tokens=8, temperature=0.0)
+    got = passkey.answer_scores(llm, ptoks, key)
+    # the same batches from an empty cache (the key means are fitted on the first batch: it must be the prompt)
+    want, greedy = [], []
+    llm.reset()
+    llm.eval(ptoks)
+    for t in atoks:
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        want.append(logits[t] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+        greedy.append(int(logits.argmax()) == t)
+        llm.eval([t])
+    np.testing.assert_allclose(got["answer_logprobs"], want, atol=2e-3)
+    assert got["digits_ok"] == all(greedy[1:])
+    assert got["digits_logprob"] == pytest.approx(sum(want[1:]), abs=1e-2)
+
 def _next_logits(llm, tokens):
     llm.reset()
     llm.eval(tokens)

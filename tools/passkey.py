@@ -11,10 +11,18 @@ configuration ("K/V" types, or one type for both) runs the same prompts through 
 library (CPU, flash attention on). The verdict per configuration: it retrieves the passkey in every case where f16
 does (a small model also misses some with f16; those cases say nothing about the cache).
 
+Each case is also scored by teacher forcing: the answer " <key>" (a space, then one token per digit with the
+tokenizers of both models) is fed after the prompt, and each token's log-probability and whether greedy decoding
+picks it are recorded. The first token is where the model decides to answer at all rather than to go on with
+" the pass key is ..."; the digits are the retrieval. A small model at the edge of its context makes that first
+choice by a fraction of a nat even with f16, so a second table counts the cases whose five digits greedy decoding
+gives once the answer has begun, with their mean log-probability, and its verdict compares those with f16's.
+
 Outputs: results/cpu/passkey-<model>.{md,json}.
 """
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -23,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "python"))
+import numpy as np  # noqa: E402
 import quality  # noqa: E402  model paths, machine description
 from ggml_tq.llama import Llama  # noqa: E402
 
@@ -57,20 +66,46 @@ def run_cache(model, cache, lengths, depths, keys, threads):
                 t0 = time.time()
                 out = llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
                 ok = str(key) in out
+                forced = answer_scores(llm, llm.tokenize(text.encode(), add_bos=True), key)
                 rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
-                                 n_prompt=len(llm.tokenize(text.encode(), add_bos=True)), seconds=time.time() - t0))
-                print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}",
-                      flush=True)
+                                 n_prompt=len(llm.tokenize(text.encode(), add_bos=True)), seconds=time.time() - t0,
+                                 **forced))
+                print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
+                      f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
+                      f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
         del llm
     return rows
 
 
-def table(rows, caches, lengths, depths):
+def answer_scores(llm, ptoks, key):
+    """Teacher forcing of the answer " <key>" after the prompt tokens ptoks, which the completion just evaluated:
+    the log-probability of each answer token, and whether it is the greedy choice. Only the last prompt token is
+    evaluated again (its logits were overwritten by the completion's); the cache keeps the rest of the prompt."""
+    atoks = llm.tokenize(f" {key}".encode(), add_bos=False)
+    if list(llm.input_ids[:len(ptoks)]) != list(ptoks):
+        llm.reset()   # the completion tokenized the prompt differently: evaluate it again
+        llm.eval(ptoks[:-1])
+    llm.n_tokens = len(ptoks) - 1   # llm.eval removes the cache cells from here on
+    logprobs, greedy, margin = [], [], None
+    for t, want in zip([ptoks[-1]] + atoks[:-1], atoks):
+        llm.eval([t])
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        top = logits.max()
+        lp = logits - top - math.log(np.exp(logits - top).sum())
+        logprobs.append(float(lp[want]))
+        greedy.append(int(lp.argmax()) == want)
+        if margin is None:   # the first token's log-probability over the best other token's
+            margin = float(lp[want] - np.delete(lp, want).max())
+    return dict(first_logprob=logprobs[0], first_margin=margin, digits_logprob=sum(logprobs[1:]),
+                digits_ok=all(greedy[1:]), answer_logprobs=logprobs)
+
+
+def table(rows, caches, lengths, depths, field="ok"):
     cells = [f"{n}@{d}" for n in lengths for d in depths]
     hit = {}
     for r in rows:
         c = hit.setdefault((r["cache"], f"{r['length']}@{r['depth']}"), [0, 0])
-        c[0] += r["ok"]
+        c[0] += r[field]
         c[1] += 1
     base = {cell: hit[("f16", cell)][0] for cell in cells} if "f16" in caches else None
     out = ["| cache | " + " | ".join(cells) + " | verdict |", "|---|" + "---:|"*len(cells) + "---|"]
@@ -81,6 +116,23 @@ def table(rows, caches, lengths, depths):
             worse = [cell for cell in cells if hit[(c, cell)][0] < base[cell]]
             verdict = "PASS" if not worse else "FAIL (" + ", ".join(worse) + ")"
         out.append(f"| {c} | " + " | ".join(line) + f" | {verdict} |")
+    return "\n".join(out)
+
+
+def logprob_table(rows, caches, lengths, depths):
+    """Mean log-probability of the digits per cell, and of the first answer token (f16's row adds its smallest
+    margin over the best other token: how close f16 itself came to not answering)."""
+    cells = [(n, d) for n in lengths for d in depths]
+    out = ["| cache | " + " | ".join(f"{n}@{d} digits / first" for n, d in cells) + " |", "|---|" + "---:|"*len(cells)]
+    for c in caches:
+        line = []
+        for n, d in cells:
+            rs = [r for r in rows if r["cache"] == c and r["length"] == n and r["depth"] == d]
+            cell = f"{np.mean([r['digits_logprob'] for r in rs]):.2f} / {np.mean([r['first_logprob'] for r in rs]):.2f}"
+            if c == "f16":
+                cell += f" (margin {min(r['first_margin'] for r in rs):+.2f})"
+            line.append(cell)
+        out.append(f"| {c} | " + " | ".join(line) + " |")
     return "\n".join(out)
 
 
@@ -114,16 +166,20 @@ def main():
     for c in caches:
         rows += run_cache(model, c, lengths, depths, keys, a.threads)
     md = table(rows, caches, lengths, depths)
+    md_forced = table(rows, caches, lengths, depths, "digits_ok")
+    md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
     cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
     out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     m = quality.machine()
     head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {m['nproc']} cores of {m['cpu']}; cells: passkeys found "
             f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
-    out.with_suffix(".md").write_text(head + md + "\n")
+    forced_head = ("\nGiven the answer's first token (a space), cases whose five digits greedy decoding gives; then the mean "
+                   "log-probability of the digits, and of the first token with f16's margin for it (nats):\n\n")
+    out.with_suffix(".md").write_text(head + md + "\n" + forced_head + md_forced + "\n")
     out.with_suffix(".json").write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m,
                                                         rows=rows), indent=1) + "\n")
-    print(md)
+    print(md + "\n\n" + md_forced)
     print(f"wrote {out.with_suffix('.md')}")
 
 

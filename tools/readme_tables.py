@@ -9,6 +9,7 @@ The README marks each quoted table with the file it comes from:
     <!-- table: results/cpu/speed.md -->
     | ... the first markdown table of that file ... |
     <!-- /table -->
+and `results/cpu/passkey-gemma3-16k.md#2` quotes the second table of a file that has several.
 
 A marked file that does not exist yet leaves its quote as it is.
 """
@@ -21,22 +22,23 @@ README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
-def first_table(path):
-    lines, started = [], False
-    for line in path.read_text().splitlines():
+def nth_table(path, n=1):
+    tables, lines = [], []
+    for line in path.read_text().splitlines() + [""]:
         if line.startswith("|"):
-            started = True
             lines.append(line)
-        elif started:
-            break
-    if not lines:
-        raise SystemExit(f"{path.relative_to(ROOT)}: no markdown table")
-    return "\n".join(lines) + "\n"
+        elif lines:
+            tables.append(lines)
+            lines = []
+    if len(tables) < n:
+        raise SystemExit(f"{path.relative_to(ROOT)}: no markdown table number {n}")
+    return "\n".join(tables[n - 1]) + "\n"
 
 
 def quote(m):
-    src = ROOT / m.group(2)
-    return m.group(1) + (first_table(src) if src.exists() else m.group(3)) + m.group(4)
+    name, _, n = m.group(2).partition("#")
+    src = ROOT / name
+    return m.group(1) + (nth_table(src, int(n or 1)) if src.exists() else m.group(3)) + m.group(4)
 
 
 def main():

@@ -40,6 +40,16 @@ unpack() {
         tar -C $W/src -xzf .carry/llama-src.tar.gz  # over the old tree: unchanged files keep their times
         echo "$sum" > $W/src.sum
     fi
+    # The pack holds ggml-tq as it was when dev/gpu/pack_llama.sh ran; the working tree that came with this call
+    # is what is meant. Files that differ are copied over (the others keep their times: the build stays incremental).
+    local f n=0
+    while read -r f; do
+        cmp -s "ggml-tq/$f" "$W/src/ggml/src/ggml-tq/$f" && continue
+        mkdir -p "$(dirname "$W/src/ggml/src/ggml-tq/$f")"
+        cp "ggml-tq/$f" "$W/src/ggml/src/ggml-tq/$f"
+        n=$((n + 1))
+    done < <(cd ggml-tq && find . -type f ! -path '*/__pycache__/*')
+    [ $n = 0 ] || log "ggml-tq: $n files of the working tree newer than the pack's"
 }
 
 # the C reference (tq-ref.c) as an object, compiled as ggml-tq.cmake compiles it
