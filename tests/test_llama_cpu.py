@@ -203,6 +203,7 @@ def test_passkey_teacher_forcing_equals_a_fresh_evaluation(llm):
     assert got["digits_ok"] == all(greedy[1:])
     assert got["digits_logprob"] == pytest.approx(sum(want[1:]), abs=1e-2)
 
+
 def _next_logits(llm, tokens):
     llm.reset()
     llm.eval(tokens)

@@ -66,9 +66,10 @@ def run_cache(model, cache, lengths, depths, keys, threads):
                 t0 = time.time()
                 out = llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
                 ok = str(key) in out
-                forced = answer_scores(llm, llm.tokenize(text.encode(), add_bos=True), key)
+                ptoks = llm.tokenize(text.encode(), add_bos=True)
+                forced = answer_scores(llm, ptoks, key)
                 rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
-                                 n_prompt=len(llm.tokenize(text.encode(), add_bos=True)), seconds=time.time() - t0,
+                                 n_prompt=len(ptoks), seconds=time.time() - t0,
                                  **forced))
                 print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
                       f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
