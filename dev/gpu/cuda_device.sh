@@ -14,6 +14,7 @@
 #                                  where it has it, which the development machine lacks), then its --bench
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
+#   dev/gpu/cuda_device.sh gopt_check  greedy llama-cli output with GGML_CUDA_GRAPH_OPT=1 (three streams) equals one stream's
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
@@ -225,10 +226,12 @@ step_perf() {
 
 # A cache as the bench steps name it: "T" or "K/V" types, then optional suffixes: "+rot" / "-norot" force
 # upstream's Hadamard rotation for TQ caches on / off (LLAMA_ATTN_ROT_TQ=1 / 0), "-noi8" turns the int8-scoring
-# decode kernel off (GGML_TQ_FA_I8=0). Prints "K V ENV..." for the caller; the file name is the spec with / as -.
+# decode kernel off (GGML_TQ_FA_I8=0), "+gopt" runs a decode step's Q, K and V branches on three streams
+# (ggml-cuda's GGML_CUDA_GRAPH_OPT=1). Prints "K V ENV..." for the caller; the file name is the spec with / as -.
 cache_args() {
     local t=$1 env="GGML_TQ_FA_I8=1"
     case $t in *-noi8*) env="GGML_TQ_FA_I8=0"; t=${t/-noi8/} ;; esac
+    case $t in *+gopt*) env="$env GGML_CUDA_GRAPH_OPT=1"; t=${t/+gopt/} ;; esac
     case $t in *+rot*) env="$env LLAMA_ATTN_ROT_TQ=1"; t=${t/+rot/} ;; esac
     case $t in *-norot*) env="$env LLAMA_ATTN_ROT_TQ=0"; t=${t/-norot/} ;; esac
     echo "${t%/*} ${t#*/} $env"
@@ -236,11 +239,12 @@ cache_args() {
 
 step_bench() {
     local types=${BENCH_TYPES:-"f16 q8_0 q4_0 tq4_0 tq3_0"} depths=${BENCH_DEPTHS:-0,8192,32768,65536} reps=${BENCH_REPS:-2}
+    local prompt=${BENCH_PROMPT:-512} # 0: decode only
     for t in $types; do
-        local k v env f=bench-${t//\//-}
+        local k v env f=bench-${t//[\/+]/-}
         read -r k v env <<< "$(cache_args $t)"
         log "llama-bench $t ($env)"
-        env $env $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p 512 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
+        env $env $B/llama-bench -m $W/r8b-q4_0.gguf -fa 1 -ngl 99 -p $prompt -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
             > $OUT/$f.json 2> $OUT/$f.err || { tail -20 $OUT/$f.err; }
         python3 - $OUT/$f.json $t <<'PY'
 import json, sys
@@ -271,7 +275,7 @@ step_shapes() {
         fi
         log "shape $name: $layers layers, embd $embd, ff $ff, $heads heads, $kv KV heads (head $((embd / heads)), GQA $((heads / kv)))"
         for t in $types; do
-            local k v env f=shape-$name-${t//\//-}
+            local k v env f=shape-$name-${t//[\/+]/-}
             read -r k v env <<< "$(cache_args $t)"
             env $env $B/llama-bench -m $m -fa 1 -ngl 99 -p 0 -n 128 -d $depths -r $reps -ctk $k -ctv $v -o json \
                 > $OUT/shape.json 2> $OUT/$f.err || tail -5 $OUT/$f.err
@@ -303,6 +307,29 @@ step_long() {
     $B/llama-cli -m $W/r8b-q4_0.gguf --override-kv llama.context_length=int:1048576 -c 1048576 -ngl 99 -fa on \
         -ctk $k -ctv $v -st -p "t1 t2 t3" -n 16 < /dev/null > $OUT/cli-1m.log 2>&1
     echo "llama-cli rc=$?"; grep -E "KV buffer size|llama_kv_cache: size|Generation|error" $OUT/cli-1m.log | head -6
+}
+
+# Greedy generation on the 8B-shaped model, the same tokens whatever the streams: GGML_CUDA_GRAPH_OPT=1 (Q, K and V
+# branches on three streams) against one stream, for each cache in GOPT_TYPES
+step_gopt_check() {
+    local t k v env rc=0
+    for t in ${GOPT_TYPES:-f16 tq4_0 tq3_0 tq4_0/tqv2_0}; do
+        read -r k v env <<< "$(cache_args $t)"
+        for g in 0 1; do
+            GGML_CUDA_GRAPH_OPT=$g $B/llama-cli -m $W/r8b-q4_0.gguf -ngl 99 -fa on -ctk $k -ctv $v -st -p "t1 t2 t3" -n 64 \
+                --temp 0 -lv 4 < /dev/null > $OUT/gopt-${t//\//-}-$g.txt 2> $OUT/gopt-${t//\//-}-$g.err
+        done
+        local a=$OUT/gopt-${t//\//-}-0.txt b=$OUT/gopt-${t//\//-}-1.txt
+        # the text, without the speed line
+        if [ -s $a ] && diff <(grep -v "t/s" $a) <(grep -v "t/s" $b) > /dev/null; then
+            echo "$t: the same output with GGML_CUDA_GRAPH_OPT=0 and 1 ($(grep -v "t/s" $a | wc -c) bytes; $(grep -ho "Generation: [0-9.]* t/s" $a $b | tr '\n' ' '))"
+        else
+            echo "$t: DIFFERENT output with GGML_CUDA_GRAPH_OPT=0 and 1 (or none)"; rc=1
+            diff $a $b | head -6
+        fi
+        grep -h "Launching" $OUT/gopt-${t//\//-}-1.err | head -1 || true
+    done
+    return $rc
 }
 
 step_prof() {
