@@ -14,7 +14,7 @@
 #                                  where it has it, which the development machine lacks), then its --bench
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
-#   dev/gpu/cuda_device.sh gopt_check  greedy llama-cli output with GGML_CUDA_GRAPH_OPT=1 (three streams) equals one stream's
+#   dev/gpu/cuda_device.sh gopt_kld  KLD of decoding with GGML_CUDA_GRAPH_OPT=1 (three streams) against one stream (after model)
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
@@ -227,7 +227,7 @@ step_perf() {
 # A cache as the bench steps name it: "T" or "K/V" types, then optional suffixes: "+rot" / "-norot" force
 # upstream's Hadamard rotation for TQ caches on / off (LLAMA_ATTN_ROT_TQ=1 / 0), "-noi8" turns the int8-scoring
 # decode kernel off (GGML_TQ_FA_I8=0), "+gopt" runs a decode step's Q, K and V branches on three streams
-# (ggml-cuda's GGML_CUDA_GRAPH_OPT=1). Prints "K V ENV..." for the caller; the file name is the spec with / as -.
+# (ggml-cuda's GGML_CUDA_GRAPH_OPT=1). Prints "K V ENV..." for the caller; the file name is the spec with / and + as -.
 cache_args() {
     local t=$1 env="GGML_TQ_FA_I8=1"
     case $t in *-noi8*) env="GGML_TQ_FA_I8=0"; t=${t/-noi8/} ;; esac
@@ -309,27 +309,27 @@ step_long() {
     echo "llama-cli rc=$?"; grep -E "KV buffer size|llama_kv_cache: size|Generation|error" $OUT/cli-1m.log | head -6
 }
 
-# Greedy generation on the 8B-shaped model, the same tokens whatever the streams: GGML_CUDA_GRAPH_OPT=1 (Q, K and V
-# branches on three streams) against one stream, for each cache in GOPT_TYPES
-step_gopt_check() {
-    local t k v env rc=0
-    for t in ${GOPT_TYPES:-f16 tq4_0 tq3_0 tq4_0/tqv2_0}; do
-        read -r k v env <<< "$(cache_args $t)"
-        for g in 0 1; do
-            GGML_CUDA_GRAPH_OPT=$g $B/llama-cli -m $W/r8b-q4_0.gguf -ngl 99 -fa on -ctk $k -ctv $v -st -p "t1 t2 t3" -n 64 \
-                --temp 0 -lv 4 < /dev/null > $OUT/gopt-${t//\//-}-$g.txt 2> $OUT/gopt-${t//\//-}-$g.err
-        done
-        local a=$OUT/gopt-${t//\//-}-0.txt b=$OUT/gopt-${t//\//-}-1.txt
-        # the text, without the speed line
-        if [ -s $a ] && diff <(grep -v "t/s" $a) <(grep -v "t/s" $b) > /dev/null; then
-            echo "$t: the same output with GGML_CUDA_GRAPH_OPT=0 and 1 ($(grep -v "t/s" $a | wc -c) bytes; $(grep -ho "Generation: [0-9.]* t/s" $a $b | tr '\n' ' '))"
-        else
-            echo "$t: DIFFERENT output with GGML_CUDA_GRAPH_OPT=0 and 1 (or none)"; rc=1
-            diff $a $b | head -6
-        fi
-        grep -h "Launching" $OUT/gopt-${t//\//-}-1.err | head -1 || true
+# Single-token decoding with GGML_CUDA_GRAPH_OPT=1 (a decode step's Q, K and V branches on three streams) against
+# one stream, as KLD of llama-perplexity -b 1 -ub 1 on the 8B-shaped model (a random model: its distributions
+# move far for small changes, so compare with what a q8_0 cache moves them). Needs the model step.
+step_gopt_kld() {
+    local a="-m $W/r8b-q4_0.gguf -f README.md -c 256 --chunks 2 -b 1 -ub 1 -ngl 99 -fa on"
+    kld() { # streams (0/1), K type, V type, base, label
+        GGML_CUDA_GRAPH_OPT=$1 $B/llama-perplexity $a -ctk $2 -ctv $3 --kl-divergence --kl-divergence-base $W/gopt-$4.kld \
+            > $OUT/gopt-kld.log 2>&1
+        printf '%-40s %s | %s\n' "$5" "$(grep -E '^Mean +KLD' $OUT/gopt-kld.log | tr -s ' ')" "$(grep -E '^Same top p' $OUT/gopt-kld.log)"
+    }
+    local g t
+    for g in 0 1; do
+        GGML_CUDA_GRAPH_OPT=$g $B/llama-perplexity $a -ctk f16 -ctv f16 --kl-divergence-base $W/gopt-f16-$g.kld > $OUT/gopt-base-$g.log 2>&1
     done
-    return $rc
+    kld 0 q8_0 q8_0 f16-0 "q8_0 vs f16, one stream"
+    kld 1 f16 f16 f16-1 "f16, three streams vs three streams"
+    kld 1 f16 f16 f16-0 "f16, three streams vs one stream"
+    for t in ${GOPT_TYPES:-tq4_0 tq3_0 tq4_0/tqv2_0}; do
+        kld 0 ${t%/*} ${t#*/} f16-0 "$t vs f16, one stream"
+        kld 1 ${t%/*} ${t#*/} f16-1 "$t vs f16, three streams"
+    done
 }
 
 step_prof() {
