@@ -15,6 +15,7 @@
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
 #   dev/gpu/cuda_device.sh gopt_kld  KLD of decoding with GGML_CUDA_GRAPH_OPT=1 (three streams) against one stream (after model)
+#   dev/gpu/cuda_device.sh stock     upstream's llama-perplexity from .carry/stock-src.tar.gz (dev/gpu/pack_llama.sh stock)
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
@@ -113,6 +114,20 @@ step_build() {
     tail -2 $OUT/ninja.log
 }
 
+# Upstream's llama-perplexity, built from the unpatched tree that our patches apply to (.carry/stock-src.tar.gz:
+# dev/gpu/pack_llama.sh stock), in $W/stock: for checks that must tell upstream's behaviour from ours.
+step_stock() {
+    if [ ! -x $W/stock/bin/llama-perplexity ]; then
+        log "stock llama.cpp: llama-perplexity"
+        mkdir -p $W/stock-src && tar -C $W/stock-src -xzf .carry/stock-src.tar.gz
+        cmake -S $W/stock-src -B $W/stock -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > $OUT/stock-cmake.log 2>&1 \
+            || { tail -30 $OUT/stock-cmake.log; exit 1; }
+        ninja -C $W/stock -j${JOBS:-16} llama-perplexity > $OUT/stock-ninja.log 2>&1 || { tail -60 $OUT/stock-ninja.log; exit 1; }
+    fi
+    ls -la $W/stock/bin/llama-perplexity
+}
+
 step_test() {
     log "test-backend-ops -b CUDA0 (TQ cases)"
     [ -x $B/test-backend-ops ] || { echo "no $B/test-backend-ops: run the build step first (on this machine)"; return 1; }
@@ -163,8 +178,10 @@ step_fabench() {
     # FAB_VARIANTS: compile-time variants to compare ("-DNAME=1 ..." each, "base" for none; -DFAB_ALL_MINB=1 adds
     # the kernel for 2 and 4 blocks per SM, FAB_MINB="2 3 4" times them)
     local rc=0 v
+    # (an -I folder first in the include path puts another copy of a kernel header beside this tree's)
     for v in ${FAB_VARIANTS:-base}; do
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
+        v=${v//[^A-Za-z0-9_.=-]/_}  # a file name
         # -use_fast_math as ggml-cuda compiles its kernels (expf -> ex2.approx)
         nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Ibench/cuda \
             bench/cuda/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
@@ -313,20 +330,25 @@ step_long() {
 # one stream, as KLD of llama-perplexity -b 1 -ub 1 on the 8B-shaped model (a random model: its distributions
 # move far for small changes, so compare with what a q8_0 cache moves them). Needs the model step.
 step_gopt_kld() {
-    local a="-m $W/r8b-q4_0.gguf -f README.md -c 256 --chunks 2 -b 1 -ub 1 -ngl 99 -fa on"
+    # GOPT_MODEL: another model than the random 8B one (its base files are named after it)
+    # GOPT_BIN: another llama-perplexity (upstream's: step_stock), GOPT_TYPES="" then for none of the TQ types
+    local m=${GOPT_MODEL:-$W/r8b-q4_0.gguf} P=${GOPT_BIN:-$B/llama-perplexity}
+    local a="-m $m -f README.md -c 256 --chunks 2 -b 1 -ub 1 -ngl 99 -fa on" tag; tag=$(basename "$m" .gguf)
     kld() { # streams (0/1), K type, V type, base, label
-        GGML_CUDA_GRAPH_OPT=$1 $B/llama-perplexity $a -ctk $2 -ctv $3 --kl-divergence --kl-divergence-base $W/gopt-$4.kld \
+        GGML_CUDA_GRAPH_OPT=$1 $P $a -ctk $2 -ctv $3 --kl-divergence --kl-divergence-base $W/gopt-$tag-$4.kld \
             > $OUT/gopt-kld.log 2>&1
         printf '%-40s %s | %s\n' "$5" "$(grep -E '^Mean +KLD' $OUT/gopt-kld.log | tr -s ' ')" "$(grep -E '^Same top p' $OUT/gopt-kld.log)"
     }
     local g t
     for g in 0 1; do
-        GGML_CUDA_GRAPH_OPT=$g $B/llama-perplexity $a -ctk f16 -ctv f16 --kl-divergence-base $W/gopt-f16-$g.kld > $OUT/gopt-base-$g.log 2>&1
+        GGML_CUDA_GRAPH_OPT=$g $P $a -ctk f16 -ctv f16 --kl-divergence-base $W/gopt-$tag-f16-$g.kld > $OUT/gopt-base-$g.log 2>&1
     done
+    printf '%-40s %s / %s\n' "f16 perplexity, one / three streams" "$(grep -oE 'PPL = [0-9.]+' $OUT/gopt-base-0.log)" \
+        "$(grep -oE 'PPL = [0-9.]+' $OUT/gopt-base-1.log)"
     kld 0 q8_0 q8_0 f16-0 "q8_0 vs f16, one stream"
     kld 1 f16 f16 f16-1 "f16, three streams vs three streams"
     kld 1 f16 f16 f16-0 "f16, three streams vs one stream"
-    for t in ${GOPT_TYPES:-tq4_0 tq3_0 tq4_0/tqv2_0}; do
+    for t in ${GOPT_TYPES-tq4_0 tq3_0 tq4_0/tqv2_0}; do
         kld 0 ${t%/*} ${t#*/} f16-0 "$t vs f16, one stream"
         kld 1 ${t%/*} ${t#*/} f16-1 "$t vs f16, three streams"
     done

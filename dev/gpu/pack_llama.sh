@@ -3,12 +3,19 @@
 # no network: .carry/llama-src.tar.gz, about 10 MB without models, docs and the backends we do not build.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-src=$root/build/llama.cpp-src
+# `pack_llama.sh stock` packs the tree before our patches, from the llama-cpp-python sdist tools/setup.sh keeps, as
+# .carry/stock-src.tar.gz (cuda_device.sh stock: upstream's behaviour beside ours).
+src=$root/build/llama.cpp-src out=llama-src.tar.gz
+if [ "${1:-}" = stock ]; then
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    tar -C "$tmp" -xzf "${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}/llama_cpp_python-0.3.36.tar.gz"
+    src=$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp out=stock-src.tar.gz
+fi
 mkdir -p "$root/.carry"
-tar -C "$src" -czhf "$root/.carry/llama-src.tar.gz" \
+tar -C "$src" -czhf "$root/.carry/$out" \
     --exclude=./.git --exclude=./models --exclude=./docs --exclude=./media --exclude=./examples --exclude=./pocs \
     --exclude=./ggml/src/ggml-vulkan --exclude=./ggml/src/ggml-sycl --exclude=./ggml/src/ggml-opencl \
     --exclude=./ggml/src/ggml-hexagon --exclude=./ggml/src/ggml-metal --exclude=./ggml/src/ggml-cann \
     --exclude=./ggml/src/ggml-webgpu --exclude=./ggml/src/ggml-openvino --exclude=./ggml/src/ggml-virtgpu \
     --exclude='./ggml/src/ggml-tq/cuda/__pycache__' .
-ls -la "$root/.carry/llama-src.tar.gz"
+ls -la "$root/.carry/$out"
