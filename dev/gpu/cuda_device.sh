@@ -100,14 +100,19 @@ use_prebuilt() {
 
 # JOBS and CMAKE_EXTRA (space-free cmake arguments) are for dev/gpu/build_cuda_here.sh, which runs this step on
 # the GPU-less machine.
+# configure_cuda SRC BUILD LOG [cmake arguments]: the CUDA (sm_90) Release configure of a llama.cpp tree
+configure_cuda() {
+    local src=$1 build=$2 logf=$3; shift 3
+    cmake -S $src -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_EXAMPLES=OFF "$@" > $logf 2>&1 || { tail -30 $logf; exit 1; }
+}
+
 step_build() {
     unpack
     use_prebuilt && return 0
     if [ ! -f $W/build/build.ninja ]; then
         log "configure"
-        cmake -S $W/src -B $W/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF ${CMAKE_EXTRA:-} > $OUT/cmake.log 2>&1 \
-            || { tail -30 $OUT/cmake.log; exit 1; }
+        configure_cuda $W/src $W/build $OUT/cmake.log -DLLAMA_BUILD_TESTS=ON ${CMAKE_EXTRA:-}
     fi
     log "build"
     ninja -C $W/build -j${JOBS:-16} $CUDA_TOOLS > $OUT/ninja.log 2>&1 || { tail -60 $OUT/ninja.log; exit 1; }
@@ -120,9 +125,7 @@ step_stock() {
     if [ ! -x $W/stock/bin/llama-perplexity ]; then
         log "stock llama.cpp: llama-perplexity"
         mkdir -p $W/stock-src && tar -C $W/stock-src -xzf .carry/stock-src.tar.gz
-        cmake -S $W/stock-src -B $W/stock -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > $OUT/stock-cmake.log 2>&1 \
-            || { tail -30 $OUT/stock-cmake.log; exit 1; }
+        configure_cuda $W/stock-src $W/stock $OUT/stock-cmake.log -DLLAMA_BUILD_TESTS=OFF
         ninja -C $W/stock -j${JOBS:-16} llama-perplexity > $OUT/stock-ninja.log 2>&1 || { tail -60 $OUT/stock-ninja.log; exit 1; }
     fi
     ls -la $W/stock/bin/llama-perplexity

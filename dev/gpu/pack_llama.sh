@@ -3,13 +3,13 @@
 # no network: .carry/llama-src.tar.gz, about 10 MB without models, docs and the backends we do not build.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-# `pack_llama.sh stock` packs the tree before our patches, from the llama-cpp-python sdist tools/setup.sh keeps, as
+# `pack_llama.sh stock` packs the tree before our patches (the tag "upstream" of tools/fetch_llama.sh's git tree) as
 # .carry/stock-src.tar.gz (cuda_device.sh stock: upstream's behaviour beside ours).
 src=$root/build/llama.cpp-src out=llama-src.tar.gz
 if [ "${1:-}" = stock ]; then
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    tar -C "$tmp" -xzf "${GGML_TQ_CACHE:-$HOME/.cache/ggml-tq}/llama_cpp_python-0.3.36.tar.gz"
-    src=$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp out=stock-src.tar.gz
+    git -C "$src" archive upstream | tar -x -C "$tmp"
+    src=$tmp out=stock-src.tar.gz
 fi
 mkdir -p "$root/.carry"
 tar -C "$src" -czhf "$root/.carry/$out" \
