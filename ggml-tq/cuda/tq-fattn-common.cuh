@@ -130,12 +130,27 @@ static __global__ void tq_fattn_combine(const float * parts, const float2 * meta
         s_red[warp] = l;
     }
     __syncthreads();
-    // O: elements 4e..4e+3, splits share, share + SHARES, ...
+    // O: elements 4e..4e+3, splits share, share + SHARES, ...: LOADS of a thread's loads issued before any of
+    // their sums (64 KB of a block's in flight for 16), then the rest one by one
     {
+        constexpr int LOADS = 16;
         const int e = tid % Q4, share = tid / Q4;
         float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-        for (int s = share; s < n_parts; s += SHARES) {
+        int s = share;
+        for (; s + (LOADS - 1)*SHARES < n_parts; s += LOADS*SHARES) {
+            float4 v[LOADS];
+#pragma unroll
+            for (int u = 0; u < LOADS; ++u) {
+                v[u] = o[(int64_t) (s + u*SHARES)*(D/4) + e];
+            }
+            __syncwarp(); // no load is held back past it: ptxas would otherwise keep about 4 in flight
+#pragma unroll
+            for (int u = 0; u < LOADS; ++u) {
+                const float w = s_ml[s + u*SHARES].x;
+                acc.x += w*v[u].x; acc.y += w*v[u].y; acc.z += w*v[u].z; acc.w += w*v[u].w;
+            }
+        }
+        for (; s < n_parts; s += SHARES) {
             const float  w = s_ml[s].x;
             const float4 v = o[(int64_t) s*(D/4) + e];
             acc.x += w*v.x; acc.y += w*v.y; acc.z += w*v.z; acc.w += w*v.w;
