@@ -14,7 +14,8 @@
 #                                  where it has it, which the development machine lacks), then its --bench
 #   dev/gpu/cuda_device.sh model     random Llama-3-8B-shaped model, Q4_0 weights (make_random_llama.py + llama-quantize)
 #   dev/gpu/cuda_device.sh bench     llama-bench -fa 1 -ngl 99, depths 0/8192/32768/65536, one cache type per call
-#   dev/gpu/cuda_device.sh gopt_kld  KLD of decoding with GGML_CUDA_GRAPH_OPT=1 (three streams) against one stream (after model)
+#   dev/gpu/cuda_device.sh gopt_kld  KLD of decoding with GGML_CUDA_GRAPH_OPT=1 (three streams) against one stream (after model);
+#                                  fails where three streams decode otherwise than one
 #   dev/gpu/cuda_device.sh stock     upstream's llama-perplexity from .carry/stock-src.tar.gz (dev/gpu/pack_llama.sh stock)
 #   dev/gpu/cuda_device.sh perf      attention kernels alone at 32k context (test-backend-ops perf): time and GB/s
 #   dev/gpu/cuda_device.sh prof      every kernel of a 4-token decode at depth 0 (ncu, one metric: duration), per cache type
@@ -331,7 +332,9 @@ step_long() {
 
 # Single-token decoding with GGML_CUDA_GRAPH_OPT=1 (a decode step's Q, K and V branches on three streams) against
 # one stream, as KLD of llama-perplexity -b 1 -ub 1 on the 8B-shaped model (a random model: its distributions
-# move far for small changes, so compare with what a q8_0 cache moves them). Needs the model step.
+# move far for small changes, so compare with what a q8_0 cache moves them). Needs the model step. Fails where
+# three streams do not decode what one stream does (patch 0011): f16 three against one above 1e-5, or a TQ cache's
+# KLD against f16 not the same with three streams as with one.
 step_gopt_kld() {
     # GOPT_MODEL: another model than the random 8B one (its base files are named after it)
     # GOPT_BIN: another llama-perplexity (upstream's: step_stock), GOPT_TYPES="" then for none of the TQ types
@@ -341,8 +344,9 @@ step_gopt_kld() {
         GGML_CUDA_GRAPH_OPT=$1 $P $a -ctk $2 -ctv $3 --kl-divergence --kl-divergence-base $W/gopt-$tag-$4.kld \
             > $OUT/gopt-kld.log 2>&1
         printf '%-40s %s | %s\n' "$5" "$(grep -E '^Mean +KLD' $OUT/gopt-kld.log | tr -s ' ')" "$(grep -E '^Same top p' $OUT/gopt-kld.log)"
+        kld_last=$(grep -oE '^Mean +KLD: +-?[0-9.]+' $OUT/gopt-kld.log | awk '{print $NF}' || true)
     }
-    local g t
+    local g t kld_last kld_one rc=0
     for g in 0 1; do
         GGML_CUDA_GRAPH_OPT=$g $P $a -ctk f16 -ctv f16 --kl-divergence-base $W/gopt-$tag-f16-$g.kld > $OUT/gopt-base-$g.log 2>&1
     done
@@ -351,10 +355,13 @@ step_gopt_kld() {
     kld 0 q8_0 q8_0 f16-0 "q8_0 vs f16, one stream"
     kld 1 f16 f16 f16-1 "f16, three streams vs three streams"
     kld 1 f16 f16 f16-0 "f16, three streams vs one stream"
+    awk -v k="$kld_last" 'BEGIN { exit !(k != "" && k*k <= 1e-10) }' || { echo "FAIL: three streams move f16 by $kld_last"; rc=1; }
     for t in ${GOPT_TYPES-tq4_0 tq3_0 tq4_0/tqv2_0}; do
-        kld 0 ${t%/*} ${t#*/} f16-0 "$t vs f16, one stream"
+        kld 0 ${t%/*} ${t#*/} f16-0 "$t vs f16, one stream"; kld_one=$kld_last
         kld 1 ${t%/*} ${t#*/} f16-1 "$t vs f16, three streams"
+        [ -n "$kld_one" ] && [ "$kld_one" = "$kld_last" ] || { echo "FAIL: $t, one stream $kld_one, three $kld_last"; rc=1; }
     done
+    return $rc
 }
 
 step_prof() {
