@@ -204,6 +204,27 @@ def test_passkey_teacher_forcing_equals_a_fresh_evaluation(llm):
     assert got["digits_logprob"] == pytest.approx(sum(want[1:]), abs=1e-2)
 
 
+def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
+    """--pool compares each cache with the base on the prompts both ran, and refuses runs that disagree."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+
+    def row(cache, depth, lp, ok=True):
+        return dict(cache=cache, length=100, depth=depth, key=12345, ok=ok, digits_ok=ok, digits_logprob=lp)
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [row("f16", 0.1, -1.0), row("f16", 0.5, -2.0, ok=False), row("tq4_0", 0.1, -1.5),
+                                      row("tq4_0", 0.5, -1.0)]}))
+    b.write_text(json.dumps({"rows": [row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)]}))
+    lines = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in passkey.pool([a, b]).splitlines()[2:]}
+    assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2"]   # prompts, kept, extra, free answers
+    assert lines["tq4_0"][5].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
+    assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1"]
+    b.write_text(json.dumps({"rows": [row("f16", 0.5, -2.5, ok=False)]}))
+    with pytest.raises(SystemExit, match="differs"):
+        passkey.pool([a, b])
+
+
 def _next_logits(llm, tokens):
     llm.reset()
     llm.eval(tokens)

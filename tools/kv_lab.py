@@ -314,6 +314,8 @@ def codecs(head):
     c["tqv2_0 nosearch"] = tq(2, shipped=True, gains=(1.0,))
     c["tqv2_0 search"] = tq(2, grid=W)
     c["tqv2_0 headrot search"] = tq(2, rot="head", grid=W)
+    c["tqv2_0 centered"] = tq(2, shipped=True, center=True)
+    c["tqv2_0 centered256"] = tq(2, shipped=True, center=256)
     q = head // 4
     c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
     c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
@@ -362,6 +364,15 @@ def candidates(names):
     for kb, vb in ((4, 4), (3, 3)):
         out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
     out.append(("tq4_0 centered/tqv2_0 search", "tq4_0 centered", "tqv2_0 search"))
+    # centered values: v - m stored, m added to the output (the weights sum to one)
+    for s in ("", "256"):
+        out.append((f"tq4_0 centered{s}/tqv2_0", f"tq4_0 centered{s}", "tqv2_0"))
+        for vt in ("tq4_0", "tq3_0", "tqv2_0"):
+            out.append((f"tq4_0 centered{s}/{vt} centered{s}", f"tq4_0 centered{s}", f"{vt} centered{s}"))
+        out.append((f"tq3_0 centered{s}/tq3_0 centered{s}", f"tq3_0 centered{s}", f"tq3_0 centered{s}"))
+        out.append((f"f16 K/tqv2_0 centered{s} V", "f16", f"tqv2_0 centered{s}"))
+        out.append((f"f16 K/tq3_0 centered{s} V", "f16", f"tq3_0 centered{s}"))
+        out.append((f"f16 K/tq3_0 V", "f16", "tq3_0"))
     out.append(("tq3_0 centered/tqv2_0 search", "tq3_0 centered", "tqv2_0 search"))
     for n in names:
         if n.startswith("split"):

@@ -19,6 +19,12 @@ choice by a fraction of a nat even with f16, so a second table counts the cases 
 gives once the answer has begun, with their mean log-probability, and its verdict compares those with f16's.
 
 Outputs: results/cpu/passkey-<model>.{md,json}.
+
+  .venv/bin/python tools/passkey.py --pool results/cpu/passkey-gemma3-32k*.json   # runs of one length, pooled
+
+--pool counts, over the prompts of several runs (each with f16 beside its caches), how many of the prompts whose
+digits f16 gives each cache gives too, and how far each cache moves the digits' log-probability from f16's (or --base's) on
+the same prompt: a paired comparison, which single hits and misses at the edge of a model's context are too coarse for.
 """
 import argparse
 import json
@@ -137,6 +143,36 @@ def logprob_table(rows, caches, lengths, depths):
     return "\n".join(out)
 
 
+def pool(files, base="f16"):
+    """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
+    twice must have given the same scores (decoding is deterministic), else the runs are not comparable."""
+    seen, caches = {}, []
+    for f in files:
+        for r in json.loads(Path(f).read_text())["rows"]:
+            case = (r["length"], r["depth"], r["key"])
+            old = seen.setdefault((r["cache"], case), r)
+            if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
+                raise SystemExit(f"{f}: {r['cache']} at {case} differs from an earlier run of the same prompt")
+            if r["cache"] not in caches:
+                caches.append(r["cache"])
+    if base not in caches:
+        raise SystemExit(f"--pool: no {base} rows to compare with")
+    out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers | "
+           f"digits log-prob - {base}'s, mean ± s.e. (nats) |", "|---|---:|---:|---:|---:|---:|"]
+    for c in caches:
+        cases = sorted(case for cc, case in seen if cc == c and (base, case) in seen)
+        ref = [seen[(base, case)] for case in cases]
+        mine = [seen[(c, case)] for case in cases]
+        kept = sum(m["digits_ok"] for m, b in zip(mine, ref) if b["digits_ok"])
+        extra = sum(m["digits_ok"] for m, b in zip(mine, ref) if not b["digits_ok"])
+        d = np.array([m["digits_logprob"] - b["digits_logprob"] for m, b in zip(mine, ref)])
+        se = d.std(ddof=1)/math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
+                   f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {sum(m['ok'] for m in mine)}/{len(cases)} | "
+                   + ("" if c == base else f"{d.mean():+.2f} ± {se:.2f}") + " |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a .gguf path")
@@ -144,9 +180,22 @@ def main():
     ap.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="relative positions of the passkey")
     ap.add_argument("--caches", default=DEFAULT_CACHES, help="cache configurations: a type, or K/V types")
     ap.add_argument("--trials", type=int, default=1, help="passkeys per length and depth")
+    ap.add_argument("--seed", type=int, default=20261202,
+                    help="draws the passkeys: every length and depth hides the same --trials keys, so another seed "
+                         "gives other numbers")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written)")
+    ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
+                                  "--pool, a .md to write the table to")
+    ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
+    ap.add_argument("--base", default="f16", help="with --pool: the cache the others are compared with")
     a = ap.parse_args()
+    if a.pool:
+        md = pool(a.pool, a.base)
+        if a.out:
+            cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
+            Path(a.out).write_text(f"# Passkey prompts of several runs, pooled\n\n`.venv/bin/python {cmd}`\n\n{md}\n")
+        print(md)
+        return
     if a.model in MODELS:
         default_lengths, find = MODELS[a.model]
         model, name = find(), a.model
@@ -161,7 +210,7 @@ def main():
         for t in c.split("/"):
             if t not in quality.BITS and t not in ("f32", "bf16", "q4_1", "q5_0"):
                 raise SystemExit(f"unknown cache type {t!r} in {c!r}")
-    rng = random.Random(20261202)
+    rng = random.Random(a.seed)
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
     rows = []
     for c in caches:
