@@ -171,6 +171,23 @@ int main() {
             }
         }
     }
+    // a context longer than 32768 keys (Gemma-3's training length; offsets past 2^15 rows), every recommended
+    // pairing, head 256: split-KV decode (one query row) and the tiled path (64 rows)
+    const std::pair<ggml_type, ggml_type> long_pairs[] = {
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 },
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 } };
+    for (auto kv : long_pairs) {
+        for (int n_q : { 1, 64 }) {
+            result r = run_case(kv.first, kv.second, 256, 1, 4, 33000, n_q, 2, false);
+            const double rel = r.max_abs/r.ref_max;
+            const bool ok = r.finite && rel < tol;
+            (ok ? passed : failed)++;
+            if (!ok) {
+                printf("FAIL K=%s V=%s D=256 n_kv=33000 n_q=%d: max rel diff %.3g\n",
+                       ggml_type_name(kv.first), ggml_type_name(kv.second), n_q, rel);
+            }
+        }
+    }
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
