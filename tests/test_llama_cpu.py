@@ -212,17 +212,25 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     def row(cache, depth, lp, ok=True):
         return dict(cache=cache, length=100, depth=depth, key=12345, ok=ok, digits_ok=ok, digits_logprob=lp)
 
+    def run_json(*rows, model="m.gguf"):
+        return json.dumps({"model": model, "rows": list(rows)})
+
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps({"rows": [row("f16", 0.1, -1.0), row("f16", 0.5, -2.0, ok=False), row("tq4_0", 0.1, -1.5),
-                                      row("tq4_0", 0.5, -1.0)]}))
-    b.write_text(json.dumps({"rows": [row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)]}))
+    a.write_text(run_json(row("f16", 0.1, -1.0), row("f16", 0.5, -2.0, ok=False), row("tq4_0", 0.1, -1.5),
+                     row("tq4_0", 0.5, -1.0)))
+    b.write_text(run_json(row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)))
     lines = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in passkey.pool([a, b]).splitlines()[2:]}
     assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2"]   # prompts, kept, extra, free answers
     assert lines["tq4_0"][5].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
     assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1"]
-    b.write_text(json.dumps({"rows": [row("f16", 0.5, -2.5, ok=False)]}))
+    b.write_text(run_json(row("f16", 0.5, -2.5, ok=False)))
     with pytest.raises(SystemExit, match="differs"):
         passkey.pool([a, b])
+    b.write_text(run_json(model="other.gguf"))
+    with pytest.raises(SystemExit, match="other.gguf"):
+        passkey.pool([a, b])
+    with pytest.raises(SystemExit, match="not a passkey.py result"):
+        passkey.pool([a, tmp_path / "missing.json"])
 
 
 def _next_logits(llm, tokens):

@@ -22,9 +22,9 @@ Outputs: results/cpu/passkey-<model>.{md,json}.
 
   .venv/bin/python tools/passkey.py --pool results/cpu/passkey-gemma3-32k*.json   # runs of one length, pooled
 
---pool counts, over the prompts of several runs (each with f16 beside its caches), how many of the prompts whose
-digits f16 gives each cache gives too, and how far each cache moves the digits' log-probability from f16's (or --base's) on
-the same prompt: a paired comparison, which single hits and misses at the edge of a model's context are too coarse for.
+--pool counts, over the prompts of several runs of one model, how many of the prompts whose digits f16 gives each
+cache gives too, and how far each cache moves the digits' log-probability from f16's (or --base's) on the same
+prompt: a paired comparison, which single hits and misses at the edge of a model's context are too coarse for.
 """
 import argparse
 import json
@@ -146,9 +146,17 @@ def logprob_table(rows, caches, lengths, depths):
 def pool(files, base="f16"):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
     twice must have given the same scores (decoding is deterministic), else the runs are not comparable."""
-    seen, caches = {}, []
+    seen, caches, models = {}, [], set()
     for f in files:
-        for r in json.loads(Path(f).read_text())["rows"]:
+        try:
+            run = json.loads(Path(f).read_text())
+            rows, model = run["rows"], run["model"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--pool: {f} is not a passkey.py result ({e})")
+        models.add(model)
+        if len(models) > 1:
+            raise SystemExit(f"--pool: {f} is a run of {model}, the others of {sorted(models - {model})}")
+        for r in rows:
             case = (r["length"], r["depth"], r["key"])
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
