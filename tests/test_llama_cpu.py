@@ -217,7 +217,7 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(run_json(row("f16", 0.1, -1.0), row("f16", 0.5, -2.0, ok=False), row("tq4_0", 0.1, -1.5),
-                     row("tq4_0", 0.5, -1.0)))
+                          row("tq4_0", 0.5, -1.0)))
     b.write_text(run_json(row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)))
     lines = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in passkey.pool([a, b]).splitlines()[2:]}
     assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2"]   # prompts, kept, extra, free answers

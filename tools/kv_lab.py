@@ -372,7 +372,7 @@ def candidates(names):
         out.append((f"tq3_0 centered{s}/tq3_0 centered{s}", f"tq3_0 centered{s}", f"tq3_0 centered{s}"))
         out.append((f"f16 K/tqv2_0 centered{s} V", "f16", f"tqv2_0 centered{s}"))
         out.append((f"f16 K/tq3_0 centered{s} V", "f16", f"tq3_0 centered{s}"))
-        out.append((f"f16 K/tq3_0 V", "f16", "tq3_0"))
+    out.append(("f16 K/tq3_0 V", "f16", "tq3_0"))
     out.append(("tq3_0 centered/tqv2_0 search", "tq3_0 centered", "tqv2_0 search"))
     for n in names:
         if n.startswith("split"):

@@ -146,7 +146,7 @@ def logprob_table(rows, caches, lengths, depths):
 def pool(files, base="f16"):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
     twice must have given the same scores (decoding is deterministic), else the runs are not comparable."""
-    seen, caches, models = {}, [], set()
+    seen, models = {}, set()
     for f in files:
         try:
             run = json.loads(Path(f).read_text())
@@ -161,8 +161,7 @@ def pool(files, base="f16"):
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
                 raise SystemExit(f"{f}: {r['cache']} at {case} differs from an earlier run of the same prompt")
-            if r["cache"] not in caches:
-                caches.append(r["cache"])
+    caches = list(dict.fromkeys(c for c, _ in seen))   # in the order the runs name them
     if base not in caches:
         raise SystemExit(f"--pool: no {base} rows to compare with")
     out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers | "
@@ -197,10 +196,10 @@ def main():
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
     ap.add_argument("--base", default="f16", help="with --pool: the cache the others are compared with")
     a = ap.parse_args()
+    cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
     if a.pool:
         md = pool(a.pool, a.base)
         if a.out:
-            cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
             Path(a.out).write_text(f"# Passkey prompts of several runs, pooled\n\n`.venv/bin/python {cmd}`\n\n{md}\n")
         print(md)
         return
@@ -226,7 +225,6 @@ def main():
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
-    cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
     out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     m = quality.machine()
