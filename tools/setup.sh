@@ -39,6 +39,12 @@ fi
 tools/fetch_llama.sh
 build=build/llama.cpp
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DGGML_RPC=ON)
+# No AMX: on an AMX Xeon the pinned llama.cpp's AMX weight matmul faults at its first ldtilecfg in a worker
+# thread, whatever the cache type (upstream issue 20824; PR 26954 fixes it). Without it ggml uses AVX-512.
+if [ "$(uname -m)" = x86_64 ]; then
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    cmake_args+=("-DCMAKE_C_FLAGS=$no_amx" "-DCMAKE_CXX_FLAGS=$no_amx")
+fi
 if [ "${GGML_CUDA:-OFF}" = "ON" ]; then
     build=build/llama.cpp-cuda
     cmake_args+=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90})
