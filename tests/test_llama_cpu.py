@@ -204,6 +204,29 @@ def test_passkey_teacher_forcing_equals_a_fresh_evaluation(llm):
     assert got["digits_logprob"] == pytest.approx(sum(want[1:]), abs=1e-2)
 
 
+def test_passkey_server_scores_as_in_process(llm):
+    """tools/passkey.py --server: llama-server's completion and teacher forcing give what llama-cpp-python gives on
+    the same prompt, cache types and batches."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    key = 31966
+    text = passkey.prompt(llm, 400, 0.5, key)
+    ptoks = llm.tokenize(text.encode(), add_bos=True)
+    llm.reset()
+    out = llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+    want = passkey.answer_scores(llm, ptoks, key)
+    srv = passkey.Server(str(BIN / "llama-server"), MODEL, "tq4_0", "tq4_0", 512, "-t 2")
+    try:
+        assert srv.tokenize(text.encode(), add_bos=True) == list(ptoks)
+        assert srv.complete(text, ptoks) == out
+        got = srv.answer_scores(ptoks, key)
+    finally:
+        srv.close()
+    np.testing.assert_allclose(got["answer_logprobs"], want["answer_logprobs"], atol=2e-3)
+    assert got["digits_ok"] == want["digits_ok"] and got["logprob_upper_bounds"] == 0
+    assert got["first_margin"] == pytest.approx(want["first_margin"], abs=2e-3)
+
+
 def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     """--pool compares each cache with the base on the prompts both ran, and refuses runs that disagree."""
     sys.path.insert(0, str(ROOT / "tools"))
@@ -228,6 +251,9 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
         passkey.pool([a, b])
     b.write_text(run_json(model="other.gguf"))
     with pytest.raises(SystemExit, match="other.gguf"):
+        passkey.pool([a, b])
+    b.write_text(json.dumps({"model": "m.gguf", "backend": "llama-server -ngl 99", "rows": []}))
+    with pytest.raises(SystemExit, match="llama-server -ngl 99"):   # the same model on another backend
         passkey.pool([a, b])
     with pytest.raises(SystemExit, match="not a passkey.py result"):
         passkey.pool([a, tmp_path / "missing.json"])

