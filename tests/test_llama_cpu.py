@@ -225,6 +225,8 @@ def test_passkey_server_scores_as_in_process(llm):
     np.testing.assert_allclose(got["answer_logprobs"], want["answer_logprobs"], atol=2e-3)
     assert got["digits_ok"] == want["digits_ok"] and got["logprob_upper_bounds"] == 0
     assert got["first_margin"] == pytest.approx(want["first_margin"], abs=2e-3)
+    with pytest.raises(SystemExit, match="llama-server exited"):   # a server that does not start says why
+        passkey.Server(str(BIN / "llama-server"), MODEL, "tq4_0", "tq5_0", 512, "-t 2")
 
 
 def test_passkey_pool_pairs_prompts_across_runs(tmp_path):

@@ -139,6 +139,8 @@ class InProcess:
     def tokenize(self, text, add_bos):
         return self.llm.tokenize(text, add_bos=add_bos)
 
+    # complete() gets the prompt as text and as tokens: llama-cpp-python's completion takes the text as the runs
+    # before --server did, a server takes the tokens so that its cache holds exactly what teacher forcing extends
     def complete(self, text, ptoks):
         return self.llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
 
@@ -154,8 +156,10 @@ class Server:
     and teacher forcing on whatever backend that server runs (a GPU build, say). The prompt is sent as tokens and
     the server keeps it in its cache between requests (--swa-full, as the CPU runs have it: a sliding-window cache
     of window size could not be reused), so forcing each answer token evaluates one token. A log-probability
-    comes from the server's softmax over the whole vocabulary (n_probs, before sampling); for a wanted token
-    outside the N_PROBS best, the N_PROBS-th best's is recorded, an upper bound, and the row says so."""
+    comes from the server's softmax over the whole vocabulary (n_probs, before sampling), summed in float32: it
+    differs from llama-cpp-python's by up to about 1e-2 nats on a large vocabulary, one reason --pool keeps
+    backends apart. For a wanted token outside the N_PROBS best, the N_PROBS-th best's is recorded, an upper bound,
+    and the row counts it (logprob_upper_bounds); the tables mark such means ("<=", "bounded")."""
     N_PROBS = 1000
 
     def __init__(self, binary, model, k, v, n_ctx, extra):
@@ -167,27 +171,36 @@ class Server:
         cmd = [binary, "-m", str(model), "-c", str(n_ctx), "-b", "512", "-ub", "512", "-np", "1", "-fa", "on",
                "--swa-full", "-ctk", k, "-ctv", v, "--host", "127.0.0.1", "--port", str(self.port)] + shlex.split(extra)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        t0 = time.time()
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"llama-server exited ({self.proc.returncode}): {' '.join(cmd)}\n"
-                                 + Path(self.log.name).read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.time() - t0 > 600:
-                self.close()
-                raise SystemExit(f"llama-server not ready after 600 s: {' '.join(cmd)}")
-            time.sleep(0.5)
+        try:
+            t0 = time.time()
+            while True:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"llama-server exited ({self.proc.returncode}): {shlex.join(cmd)}\n{self.tail()}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.time() - t0 > 600:
+                    raise SystemExit(f"llama-server not ready after 600 s: {shlex.join(cmd)}\n{self.tail()}")
+                time.sleep(0.5)
+        except BaseException:   # Ctrl-C included: never leave a server holding the GPU
+            self.close()
+            raise
+
+    def tail(self):
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-2000:]
 
     def post(self, path, body):
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=3600) as r:
-            return json.loads(r.read())
+        try:
+            with urllib.request.urlopen(req, timeout=3600) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"llama-server {path}: {e.code} {e.read().decode(errors='replace')}\n{self.tail()}")
 
     def tokenize(self, text, add_bos):
         return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
@@ -218,6 +231,7 @@ class Server:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.log.close()
         os.unlink(self.log.name)
 
@@ -250,7 +264,9 @@ def logprob_table(rows, caches, lengths, depths):
         line = []
         for n, d in cells:
             rs = [r for r in rows if r["cache"] == c and r["length"] == n and r["depth"] == d]
-            cell = f"{np.mean([r['digits_logprob'] for r in rs]):.2f} / {np.mean([r['first_logprob'] for r in rs]):.2f}"
+            le = "<=" if any(r.get("logprob_upper_bounds") for r in rs) else ""
+            cell = (f"{le}{np.mean([r['digits_logprob'] for r in rs]):.2f} / "
+                    f"{np.mean([r['first_logprob'] for r in rs]):.2f}")
             if c == "f16":
                 cell += f" (margin {min(r['first_margin'] for r in rs):+.2f})"
             line.append(cell)
@@ -289,9 +305,11 @@ def pool(files, base="f16"):
         extra = sum(m["digits_ok"] for m, b in zip(mine, ref) if not b["digits_ok"])
         d = np.array([m["digits_logprob"] - b["digits_logprob"] for m, b in zip(mine, ref)])
         se = d.std(ddof=1)/math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        # a server's log-probability below its N_PROBS best is a bound: such a difference is not exact
+        bound = " (bounded)" if any(r.get("logprob_upper_bounds") for r in mine + ref) else ""
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
                    f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {sum(m['ok'] for m in mine)}/{len(cases)} | "
-                   + ("" if c == base else f"{d.mean():+.2f} ± {se:.2f}") + " |")
+                   + ("" if c == base else f"{d.mean():+.2f} ± {se:.2f}{bound}") + " |")
     return "\n".join(out)
 
 
@@ -347,8 +365,9 @@ def main():
     out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     m = quality.machine()
-    backend = f"llama-server {a.server_args}".strip() if a.server else IN_PROCESS
-    where = (f"through `{backend}` on {gpu_name() or m['cpu']}" if a.server else f"{m['nproc']} cores of {m['cpu']}")
+    # a server's arguments say where it computes (-ngl 99: the GPU, if this machine has one)
+    backend = f"llama-server {a.server_args} on {gpu_name() or m['cpu']}" if a.server else IN_PROCESS
+    where = f"through `{backend}`" if a.server else f"{m['nproc']} cores of {m['cpu']}"
     head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {where}; cells: passkeys found "
             f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
     forced_head = ("\nGiven the answer's first token (a space), cases whose five digits greedy decoding gives; then the mean "

@@ -25,7 +25,7 @@
 #   dev/gpu/cuda_device.sh gemma3    keeps the Gemma-3-270m chunks that this call carries (.venv/.../data/*.partNN, one
 #                                  a call: the four are over the 64 MiB a call takes) and joins them once all four came
 #   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
-#                                  gemma3), one run and one result file per cache of PASSKEY_CACHES, PASSKEY_ARGS for the rest
+#                                  gemma3), one run per cache of PASSKEY_CACHES; PASSKEY_ARGS: lengths, depths, trials
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -378,7 +378,8 @@ step_gemma3() {
     if [ ! -f $gguf ] && [ "$(ls $W/gemma3-parts | wc -l)" = 4 ]; then
         cat $W/gemma3-parts/*.part* > $gguf.tmp && mv $gguf.tmp $gguf
     fi
-    [ ! -f $gguf ] || sha256sum $gguf
+    # the file tools/quality.py joins from the same chunks
+    [ ! -f $gguf ] || echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $gguf" | sha256sum -c
 }
 
 step_passkey() {
@@ -389,9 +390,9 @@ step_passkey() {
         f=passkey-gemma3-gpu-${c//\//-}
         log "passkey $c"
         PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
-            --server-args "-ngl 99" ${PASSKEY_ARGS:-} --caches $c --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
+            --server-args "-ngl 99" ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} --caches $c --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
         grep -E "forced" $OUT/$f.log | sed -E 's/^ +//' || true
-        # what comes back: the JSON of every run so far, in one file (a call returns 8 files at most)
+        # what comes back: every run so far (.json, .md, .log), in one file (a call returns 8 files at most)
         tar -C $OUT -czf $RES/passkey.tgz $(cd $OUT && ls passkey-gemma3-gpu-*)
     done
     return $rc
