@@ -372,11 +372,14 @@ def main():
             f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
     forced_head = ("\nGiven the answer's first token (a space), cases whose five digits greedy decoding gives; then the mean "
                    "log-probability of the digits, and of the first token with f16's margin for it (nats):\n\n")
-    out.with_suffix(".md").write_text(head + md + "\n" + forced_head + md_forced + "\n")
-    out.with_suffix(".json").write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend,
+    # --out names both files: a stem ("...-d0.8-rows" has no suffix to replace), or either file
+    stem = out.with_suffix("") if out.suffix in (".md", ".json") else out
+    md_path, json_path = Path(f"{stem}.md"), Path(f"{stem}.json")
+    md_path.write_text(head + md + "\n" + forced_head + md_forced + "\n")
+    json_path.write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend,
                                                         rows=rows), indent=1) + "\n")
     print(md + "\n\n" + md_forced)
-    print(f"wrote {out.with_suffix('.md')}")
+    print(f"wrote {md_path}")
 
 
 if __name__ == "__main__":
