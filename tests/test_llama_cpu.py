@@ -242,12 +242,14 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(run_json(row("f16", 0.1, -1.0), row("f16", 0.5, -2.0, ok=False), row("tq4_0", 0.1, -1.5),
-                          row("tq4_0", 0.5, -1.0)))
+                          row("tq4_0", 0.5, -1.0), row("q8_0", 0.1, -1.0, ok=False), row("q8_0", 0.5, -2.0)))
     b.write_text(run_json(row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)))
     lines = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in passkey.pool([a, b]).splitlines()[2:]}
-    assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2"]   # prompts, kept, extra, free answers
+    assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2 (-0 +1)"]   # prompts, kept, extra, free answers
+    assert lines["q8_0"][4] == "1/2 (-1 +1)"   # the same count as f16's, each prompt flipped
+    assert lines["f16"][4] == "1/2"
     assert lines["tq4_0"][5].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
-    assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1"]
+    assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1 (-0 +0)"]
     b.write_text(run_json(row("f16", 0.5, -2.5, ok=False)))
     with pytest.raises(SystemExit, match="differs"):
         passkey.pool([a, b])

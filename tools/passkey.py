@@ -295,7 +295,9 @@ def pool(files, base="f16"):
     caches = list(dict.fromkeys(c for c, _ in seen))   # in the order the runs name them
     if base not in caches:
         raise SystemExit(f"--pool: no {base} rows to compare with")
-    out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers | "
+    # free answers are paired too: a cache may keep the count while flipping many prompts each way
+    out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers ({base}'s lost, "
+           f"gained) | "
            f"digits log-prob - {base}'s, mean ± s.e. (nats) |", "|---|---:|---:|---:|---:|---:|"]
     for c in caches:
         cases = sorted(case for cc, case in seen if cc == c and (base, case) in seen)
@@ -305,10 +307,13 @@ def pool(files, base="f16"):
         extra = sum(m["digits_ok"] for m, b in zip(mine, ref) if not b["digits_ok"])
         d = np.array([m["digits_logprob"] - b["digits_logprob"] for m, b in zip(mine, ref)])
         se = d.std(ddof=1)/math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        lost = sum(b["ok"] and not m["ok"] for m, b in zip(mine, ref))
+        gained = sum(m["ok"] and not b["ok"] for m, b in zip(mine, ref))
+        free = f"{sum(m['ok'] for m in mine)}/{len(cases)}" + ("" if c == base else f" (-{lost} +{gained})")
         # a server's log-probability below its N_PROBS best is a bound: such a difference is not exact
         bound = " (bounded)" if any(r.get("logprob_upper_bounds") for r in mine + ref) else ""
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
-                   f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {sum(m['ok'] for m in mine)}/{len(cases)} | "
+                   f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
                    + ("" if c == base else f"{d.mean():+.2f} ± {se:.2f}{bound}") + " |")
     return "\n".join(out)
 
