@@ -261,6 +261,17 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
         passkey.pool([a, b])
     with pytest.raises(SystemExit, match="not a passkey.py result"):
         passkey.pool([a, tmp_path / "missing.json"])
+    # f16 computed another way (--variant) pools beside f16, which leads the table whatever the files' order
+    b.write_text(run_json(row("f16 [-fa off]", 0.1, -0.5, ok=False), row("f16 [-fa off]", 0.5, -2.0)))
+    table = passkey.pool([b, a]).splitlines()[2:]
+    assert [l.split(" | ")[0].strip("| ") for l in table][:2] == ["f16", "f16 [-fa off]"]
+    assert table[1].split(" | ")[4] == "1/2 (-1 +1)"
+
+
+def test_passkey_variant_needs_a_server():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--variant", "-fa off"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--variant needs --server" in r.stderr
 
 
 def _next_logits(llm, tokens):

