@@ -66,10 +66,15 @@ def prompt(llm, n_tokens, depth, key):
     return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
 
 
+def cache_label(cache, variant):
+    """How a run's rows name its cache: "f16", or "f16 [-fa off]" for f16 computed with --variant "-fa off"."""
+    return f"{cache} [{variant}]" if variant else cache
+
+
 def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant=""):
     k, _, v = cache.partition("/")
     v = v or k
-    label = f"{cache} [{variant}]" if variant else cache
+    label = cache_label(cache, variant)
     rows = []
     for n in lengths:
         lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}") if server
@@ -353,6 +358,8 @@ def main():
             Path(a.out).write_text(f"# Passkey prompts of several runs, pooled\n\n`.venv/bin/python {cmd}`\n\n{md}\n")
         print(md)
         return
+    if a.variant and not a.server:
+        raise SystemExit("--variant needs --server (its arguments are llama-server's)")
     if a.model in MODELS:
         default_lengths, find = MODELS[a.model]
         model, name = find(), a.model
@@ -362,8 +369,6 @@ def main():
             raise SystemExit(f"model file not found: {model}")
     lengths = [int(x) for x in (a.lengths or default_lengths).split(",")]
     depths = [float(x) for x in a.depths.split(",")]
-    if a.variant and not a.server:
-        raise SystemExit("--variant needs --server (its arguments are llama-server's)")
     caches = a.caches.split(",")
     for c in caches:
         for t in c.split("/"):
@@ -374,8 +379,7 @@ def main():
     rows = []
     for c in caches:
         rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant)
-    if a.variant:
-        caches = [f"{c} [{a.variant}]" for c in caches]
+    caches = [cache_label(c, a.variant) for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
