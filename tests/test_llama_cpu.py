@@ -256,8 +256,17 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     b.write_text(run_json(model="other.gguf"))
     with pytest.raises(SystemExit, match="other.gguf"):
         passkey.pool([a, b])
-    b.write_text(json.dumps({"model": "m.gguf", "backend": "llama-server -ngl 99", "rows": []}))
-    with pytest.raises(SystemExit, match="llama-server -ngl 99"):   # the same model on another backend
+    # the same model on another backend: pooled only where the base ran there too and scored alike
+    b.write_text(json.dumps({"model": "m.gguf", "backend": "llama-server -ngl 99",
+                             "rows": [row("q4_0", 0.5, -3.0, ok=False)]}))
+    with pytest.raises(SystemExit, match="llama-server -ngl 99"):
+        passkey.pool([a, b])
+    b.write_text(json.dumps({"model": "m.gguf", "backend": "llama-server -ngl 99",
+                             "rows": [row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)]}))
+    assert "| q4_0 | 1 |" in passkey.pool([a, b])
+    b.write_text(json.dumps({"model": "m.gguf", "backend": "llama-server -ngl 99",
+                             "rows": [row("f16", 0.5, -2.0001, ok=False), row("q4_0", 0.5, -3.0, ok=False)]}))
+    with pytest.raises(SystemExit, match="differs"):
         passkey.pool([a, b])
     with pytest.raises(SystemExit, match="not a passkey.py result"):
         passkey.pool([a, tmp_path / "missing.json"])

@@ -283,22 +283,32 @@ def logprob_table(rows, caches, lengths, depths):
 
 def pool(files, base="f16"):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
-    twice must have given the same scores (decoding is deterministic), else the runs are not comparable."""
-    seen, models = {}, set()
+    twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
+    one model through several backends (two GPUs, say) pool only where the base ran on each backend and scored the
+    prompts they share identically: then they compute alike, and the others' rows are draws of the same noise."""
+    seen, models, base_cases = {}, set(), {}
     for f in files:
         try:
             run = json.loads(Path(f).read_text())
-            rows, model = run["rows"], (run["model"], run.get("backend", IN_PROCESS))
+            rows, model, backend = run["rows"], run["model"], run.get("backend", IN_PROCESS)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--pool: {f} is not a passkey.py result ({e})")
         models.add(model)
-        if len(models) > 1:   # another model, or the same through another backend: other arithmetic, other draws
+        if len(models) > 1:
             raise SystemExit(f"--pool: {f} is a run of {model}, the others of {sorted(models - {model})}")
+        cases = base_cases.setdefault(backend, set())
         for r in rows:
             case = (r["length"], r["depth"], r["key"])
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
                 raise SystemExit(f"{f}: {r['cache']} at {case} differs from an earlier run of the same prompt")
+            if r["cache"] == base:
+                cases.add(case)
+    for backend, cases in base_cases.items():
+        others = set().union(*(c for b, c in base_cases.items() if b != backend))
+        if len(base_cases) > 1 and not cases & others:
+            raise SystemExit(f"--pool: runs through {backend} and through {sorted(set(base_cases) - {backend})} pool "
+                             f"only where {base} ran on each and scored the prompts they share identically")
     caches = list(dict.fromkeys(c for c, _ in seen))   # the base first, the others in the order the runs name them
     if base not in caches:
         raise SystemExit(f"--pool: no {base} rows to compare with")
@@ -339,7 +349,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--server", metavar="LLAMA_SERVER",
                     help="run each cache through this llama-server binary instead of llama-cpp-python (a GPU build, "
-                         "say); the run's JSON records it, and --pool does not mix its runs with others")
+                         "say); the run's JSON records it, and --pool mixes its runs with others only where f16 scored the "
+                         "same prompts identically on both")
     ap.add_argument("--server-args", default="", help="more llama-server arguments, e.g. \"-ngl 99\"")
     ap.add_argument("--variant", default="", metavar="ARGS",
                     help="with --server: llama-server arguments that change how the same cache is computed, not what "

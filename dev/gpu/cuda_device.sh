@@ -26,8 +26,8 @@
 #                                  a call: the four are over the 64 MiB a call takes) and joins them once all four came
 #   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
 #                                  gemma3), one run per seed of PASSKEY_SEEDS and cache of PASSKEY_CACHES (empty: none),
-#                                  and f16 per PASSKEY_VARIANTS ("-fa off,-ub 128": --variant); PASSKEY_ARGS: lengths,
-#                                  depths, trials
+#                                  and each of PASSKEY_VARIANT_CACHES (f16) per PASSKEY_VARIANTS ("-fa off,-ub 128":
+#                                  --variant); PASSKEY_ARGS: lengths, depths, trials
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -390,9 +390,12 @@ step_passkey() {
     local s c v f rc=0 variants
     IFS=, read -ra variants <<< "${PASSKEY_VARIANTS:-}"
     for s in ${PASSKEY_SEEDS:-20261202}; do
-        # each cache of PASSKEY_CACHES, then f16 once per variant (other arithmetic, same cache: the noise floor)
-        for c in ${PASSKEY_CACHES-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0} "${variants[@]/#/f16+}"; do
-            v=${c#f16+}; [ "$v" != "$c" ] && c=f16 || v=
+        # each cache of PASSKEY_CACHES, then each of PASSKEY_VARIANT_CACHES (f16) once per variant (other
+        # arithmetic, same cache: the noise floor)
+        local runs=() vc
+        for vc in ${PASSKEY_VARIANT_CACHES:-f16}; do runs+=("${variants[@]/#/$vc+}"); done
+        for c in ${PASSKEY_CACHES-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0} "${runs[@]}"; do
+            v=${c#*+}; [ "$v" != "$c" ] && c=${c%%+*} || v=
             f=passkey-gemma3-gpu-seed$s-${c//\//-}${v:+-$(sed -E 's/^-+//; s/ +-*/-/g' <<< "$v")}
             log "passkey seed $s $c${v:+ [$v]}"
             PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
