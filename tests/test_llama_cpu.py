@@ -250,6 +250,10 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     assert lines["f16"][4] == "1/2"
     assert lines["tq4_0"][5].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
     assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1 (-0 +0)"]
+    c = tmp_path / "c.json"   # --lengths keeps one length's prompts of runs that hold several
+    c.write_text(run_json(dict(row("f16", 0.1, -1.0), length=200), dict(row("tq4_0", 0.1, -9.0), length=200)))
+    assert passkey.pool([a, b, c], lengths=[100]) == passkey.pool([a, b])
+    assert "| tq4_0 | 3 |" in passkey.pool([a, b, c])
     b.write_text(run_json(row("f16", 0.5, -2.5, ok=False)))
     with pytest.raises(SystemExit, match="differs"):
         passkey.pool([a, b])

@@ -281,7 +281,7 @@ def logprob_table(rows, caches, lengths, depths):
     return "\n".join(out)
 
 
-def pool(files, base="f16"):
+def pool(files, base="f16", lengths=None):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
     twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
     one model through several backends (two GPUs, say) pool only where the base ran on each backend and scored the
@@ -298,6 +298,8 @@ def pool(files, base="f16"):
             raise SystemExit(f"--pool: {f} is a run of {model}, the others of {sorted(models - {model})}")
         cases = base_cases.setdefault(backend, set())
         for r in rows:
+            if lengths and r["length"] not in lengths:
+                continue
             case = (r["length"], r["depth"], r["key"])
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
@@ -339,7 +341,8 @@ def pool(files, base="f16"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a .gguf path")
-    ap.add_argument("--lengths", help="prompt lengths in tokens (default: 4096,8192 for smollm2, 8192 for gemma3)")
+    ap.add_argument("--lengths", help="prompt lengths in tokens (default: 4096,8192 for smollm2, 8192 for gemma3); "
+                                      "with --pool, the lengths to pool (default: all)")
     ap.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9", help="relative positions of the passkey")
     ap.add_argument("--caches", default=DEFAULT_CACHES, help="cache configurations: a type, or K/V types")
     ap.add_argument("--trials", type=int, default=1, help="passkeys per length and depth")
@@ -364,7 +367,7 @@ def main():
     a = ap.parse_args()
     cmd = shlex.join(["tools/passkey.py"] + sys.argv[1:])
     if a.pool:
-        md = pool(a.pool, a.base)
+        md = pool(a.pool, a.base, a.lengths and [int(x) for x in a.lengths.split(",")])
         if a.out:
             Path(a.out).write_text(f"# Passkey prompts of several runs, pooled\n\n`.venv/bin/python {cmd}`\n\n{md}\n")
         print(md)

@@ -27,7 +27,8 @@
 #   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
 #                                  gemma3), one run per seed of PASSKEY_SEEDS and cache of PASSKEY_CACHES (empty: none),
 #                                  and each of PASSKEY_VARIANT_CACHES (f16) per PASSKEY_VARIANTS ("-fa off,-ub 128":
-#                                  --variant); PASSKEY_ARGS: lengths, depths, trials
+#                                  --variant); PASSKEY_ARGS: lengths, depths, trials; PASSKEY_TAG: a word in the
+#                                  file names (runs of other lengths, say)
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -396,7 +397,7 @@ step_passkey() {
         for vc in ${PASSKEY_VARIANT_CACHES:-f16}; do runs+=("${variants[@]/#/$vc+}"); done
         for c in ${PASSKEY_CACHES-f16 q4_0 tq4_0 tq4_0/tq3_0 tq4_0/tqv2_0} "${runs[@]}"; do
             v=${c#*+}; [ "$v" != "$c" ] && c=${c%%+*} || v=
-            f=passkey-gemma3-gpu-seed$s-${c//\//-}${v:+-$(sed -E 's/^-+//; s/ +-*/-/g' <<< "$v")}
+            f=passkey-gemma3-gpu${PASSKEY_TAG:+-$PASSKEY_TAG}-seed$s-${c//\//-}${v:+-$(sed -E 's/^-+//; s/ +-*/-/g' <<< "$v")}
             log "passkey seed $s $c${v:+ [$v]}"
             PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
                 --server-args "-ngl 99" ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} \
