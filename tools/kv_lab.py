@@ -154,7 +154,14 @@ def dump(a):
 
     # llama-perplexity: tokenize the whole text with add_special, cut chunks of n_ctx, first token = BOS.
     # A prefix of the text gives the same first tokens (cut at a line end, well past what is needed).
-    text = Path(info["path"]).read_text(errors="replace")
+    if a.text == "passkey":
+        # tools/passkey.py's prompt: one sentence repeated, a number hidden at a fifth of it, the question
+        import passkey
+        n = a.chunks * a.ctx // 16   # more filler than the chunks need (a repetition is ~24 tokens)
+        text = (passkey.INTRO + passkey.FILLER*(n//5) + passkey.NEEDLE.format(key=78417) + passkey.FILLER*(n - n//5)
+                + passkey.QUESTION)
+    else:
+        text = Path(a.text or info["path"]).read_text(errors="replace")
     need = a.chunks * a.ctx
     cut = text.rfind("\n", 0, need * 8) + 1
     toks = tokenize(llama_cpp, vocab, text[:cut], True)
@@ -206,7 +213,7 @@ def dump(a):
     meta = {"model": a.model, "model_path": quality.rel(mpath), "n_layer": n_layer, "n_head": n_head,
             "n_head_kv": n_head_kv, "head_dim": int(out["k0"][0].shape[-1]), "ctx": a.ctx, "chunks": a.chunks,
             "scale": scales, "window": windows, "softcap": caps, "checks": checks,
-            "corpus_sha256": info["sha256"], "add_bos": bool(add_bos)}
+            "corpus_sha256": info["sha256"], "text": a.text or "corpus", "add_bos": bool(add_bos)}
     LAB.mkdir(parents=True, exist_ok=True)
     path = Path(a.out or LAB / f"{a.model}.npz")
     np.savez(path, meta=json.dumps(meta), **{k: np.stack(v) for k, v in out.items()})
@@ -302,7 +309,7 @@ def codecs(head):
         c[n + " headrot search-ls"] = tq(b, rot="head", scale="ls", grid=W)
         c[n + " centered"] = tq(b, shipped=True, center=True)
         c[n + " centered search"] = tq(b, grid=W, center=True)
-        for nt in (16, 64, 256):
+        for nt in (1, 16, 64, 256):
             c[n + f" centered{nt}"] = tq(b, shipped=True, center=nt)
         c[n + " centered +hdrot"] = tq(b, shipped=True, center=True, up="hd")
         if head > 64:
@@ -316,6 +323,7 @@ def codecs(head):
     c["tqv2_0 headrot search"] = tq(2, rot="head", grid=W)
     c["tqv2_0 centered"] = tq(2, shipped=True, center=True)
     c["tqv2_0 centered256"] = tq(2, shipped=True, center=256)
+    c["tqv2_0 centered1"] = tq(2, shipped=True, center=1)
     q = head // 4
     c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
     c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
@@ -373,6 +381,11 @@ def candidates(names):
         out.append((f"f16 K/tqv2_0 centered{s} V", "f16", f"tqv2_0 centered{s}"))
         out.append((f"f16 K/tq3_0 centered{s} V", "f16", f"tq3_0 centered{s}"))
     out.append(("f16 K/tq3_0 V", "f16", "tq3_0"))
+    # values offset by the first token's (an attention sink): stored exactly as zero, while every other value moves
+    # by a vector a fraction of its norm
+    for vt in ("tq4_0", "tq3_0", "tqv2_0"):
+        out.append((f"tq4_0 centered/{vt} centered1", "tq4_0 centered", f"{vt} centered1"))
+        out.append((f"f16 K/{vt} centered1 V", "f16", f"{vt} centered1"))
     out.append(("tq3_0 centered/tqv2_0 search", "tq3_0 centered", "tqv2_0 search"))
     for n in names:
         if n.startswith("split"):
@@ -431,7 +444,7 @@ def score(a):
         for role, X in (("k", K), ("v", V)):
             X0 = X[0].reshape(T, -1)
             ctx["mean_" + role] = X0.mean(0)
-            for nt in (16, 64, 256):
+            for nt in (1, 16, 64, 256):
                 ctx[f"mean{nt}_" + role] = X0[:nt].mean(0)
             rms = X[0].pow(2).mean(0)                       # (Hkv, D)
             order = rms.argsort(-1, descending=True)
@@ -483,6 +496,11 @@ def score(a):
             rec = acc.setdefault(("v", n), {})
             rec.setdefault("mse", []).append(rel(Vq[n], V, (0, 1, 3)).mean().item())
             rec.setdefault("out", []).append(rel(out(p0, Vq[n]), o0, (0, 2, 3)).mean().item())
+            # how the value errors add up in the output: |sum p e|^2 over sum p^2 |e|^2, 1 where they are
+            # independent, more where alike rows (repeated text) carry alike errors
+            err = Vq[n] - V
+            inc = torch.einsum("chqk,ckh->chq", p0.pow(2), err.pow(2).sum(-1).repeat_interleave(g, dim=2))
+            rec.setdefault("coh", []).append((out(p0, err).pow(2).sum() / inc.sum()).item())
         for label, kc, vc in cands:
             rec = acc.setdefault(("kv", label), {})
             rec.setdefault("out", []).append(rel(out(P[kc], Vq[vc]), o0, (0, 2, 3)).mean().item())
@@ -499,18 +517,21 @@ def score(a):
         rows.append({"name": label, "k": kc, "v": vc, "bits": bits,
                      "k_mse": m("k", kc, "mse"), "score_rms": m("k", kc, "score_rms"), "attn_kl": m("k", kc, "attn_kl"),
                      "out_k": m("k", kc, "out"), "v_mse": m("v", vc, "mse"), "out_v": m("v", vc, "out"),
+                     "v_coh": m("v", vc, "coh"),
                      "out_kv": m("kv", label, "out"), "kld": kld.get(label)})
     rows.sort(key=lambda r: r["out_kv"])
     f16_out = next((r["out_kv"] for r in rows if r["name"] == "f16"), None)
     print(f"\n## {meta['model']}: head_dim {head}, heads {H}/{Hkv}, {len(layers)} layers, {C} chunk(s) x {T} tokens, "
           f"queries every {a.q_stride}; windows {sorted(set(meta['window']))}; scored in {dt:.1f}s\n")
     print("Errors relative to exact f32 attention, mean over layers (and KV heads). out = |o'-o|^2/|o|^2 of the "
-          "attention output; score rms = scaled q.k error; attn KL = KL(p||p') of the attention weights.\n")
-    print("| candidate (K/V) | bits | K rel MSE | score rms | attn KL | out K-only | V rel MSE | out V-only | out K+V | real KLD |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "attention output; score rms = scaled q.k error; attn KL = KL(p||p') of the attention weights; V err "
+          "coherence = |sum p e|^2 / sum p^2 |e|^2 of the value errors e (1: independent).\n")
+    print("| candidate (K/V) | bits | K rel MSE | score rms | attn KL | out K-only | V rel MSE | out V-only | V err "
+          "coherence | out K+V | real KLD |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['name']} | {r['bits']:.3g} | {r['k_mse']:.2e} | {r['score_rms']:.4f} | {r['attn_kl']:.2e} | "
-              f"{r['out_k']:.2e} | {r['v_mse']:.2e} | {r['out_v']:.2e} | {r['out_kv']:.2e} | "
+              f"{r['out_k']:.2e} | {r['v_mse']:.2e} | {r['out_v']:.2e} | {r['v_coh']:.2f} | {r['out_kv']:.2e} | "
               f"{'' if r['kld'] is None else format(r['kld'], '.4f')} |")
     if a.per_layer:
         for kind, n in sorted(acc):
@@ -570,6 +591,8 @@ def main():
     d.add_argument("--chunks", type=int, default=2)
     d.add_argument("-t", "--threads", type=int, default=2)
     d.add_argument("--cache-dir", default="~/.cache/ggml-tq")
+    d.add_argument("--text", help="a text file to dump instead of the KLD runs' text, or \"passkey\": "
+                                   "tools/passkey.py's filler with a key hidden at a fifth of it")
     d.add_argument("--out")
     d.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log")
     s = sub.add_parser("score", help="score candidate codecs on a dump")

@@ -51,6 +51,7 @@ INTRO = ("There is an important piece of information hidden inside a lot of irre
          "it. I will quiz you about it afterwards.\n")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 QUESTION = "\nWhat is the pass key? The pass key is"
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 IN_PROCESS = "llama-cpp-python"   # the backend of runs without --server (and of runs that predate it)
 DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
 MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
@@ -58,7 +59,7 @@ MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", qua
 
 def prompt(llm, n_tokens, depth, key):
     """INTRO, filler, the needle at `depth` (0..1) of the filler, filler, QUESTION: about n_tokens tokens."""
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    needle = NEEDLE.format(key=key)
     fixed = len(llm.tokenize((INTRO + needle + QUESTION).encode(), add_bos=True))
     per = len(llm.tokenize(FILLER.encode(), add_bos=False))
     n = max(1, (n_tokens - fixed) // per)
