@@ -281,6 +281,42 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     assert table[1].split(" | ")[4] == "1/2 (-1 +1)"
 
 
+def test_passkey_prose_filler(tmp_path):
+    """--filler-text: lines of a text around the needle, about the asked length, from a line drawn per key; runs
+    with other filler are not pooled with the repeated sentence's."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    import random
+
+    class Words:   # a tokenizer of whitespace-separated words
+        def tokenize(self, b, add_bos):
+            return [0]*add_bos + b.split()
+
+    lm = Words()
+    text = "".join(f"line {i} " + "word "*9 + "\n" for i in range(20000))
+    chunks = passkey.passages(text, [11111, 22222], 2000, random.Random(1))
+    assert chunks[11111] != chunks[22222] and all(c.startswith("line ") for c in chunks.values())
+    assert chunks == passkey.passages(text, [11111, 22222], 2000, random.Random(1))   # --seed decides
+    for depth in (0.1, 0.5, 0.9):
+        p = passkey.prompt(lm, 2000, depth, 11111, chunks[11111])
+        needle = passkey.NEEDLE.format(key=11111)
+        assert p.startswith(passkey.INTRO) and p.endswith(passkey.QUESTION) and p.count("11111") == 2
+        assert abs(len(lm.tokenize(p.encode(), True)) - 2000) <= 20
+        body = p[len(passkey.INTRO):-len(passkey.QUESTION)]
+        at = body.index(needle)
+        assert (at == 0 or body[at - 1] == "\n") and body[at + len(needle)] == "\n"
+        assert abs(at/(len(body) - len(needle) - 1) - depth) < 0.02
+    with pytest.raises(SystemExit, match="filler-text"):
+        passkey.passages(text[:5000], [11111], 2000, random.Random(1))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    row = dict(cache="f16", length=100, depth=0.5, key=1, ok=True, digits_ok=True, digits_logprob=-1.0)
+    a.write_text(json.dumps({"model": "m.gguf", "rows": [row]}))
+    b.write_text(json.dumps({"model": "m.gguf", "filler": {"text": "t.txt", "sha256": "0"}, "rows": [row]}))
+    with pytest.raises(SystemExit, match="t.txt"):
+        passkey.pool([a, b])
+    assert "| f16 | 1 |" in passkey.pool([b, b])
+
+
 def test_passkey_variant_needs_a_server():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--variant", "-fa off"],
                        capture_output=True, text=True)

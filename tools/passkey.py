@@ -6,10 +6,12 @@
   .venv/bin/python tools/passkey.py --caches f16,tq4_0/tq4_0 --depths 0.5 --trials 1   # quick look
 
 A five-digit passkey is stated once at a relative depth of a prompt of the given length (the classic filler of
-Mohtashami & Jaggi, "The grass is green. ..."), then asked for; greedy decoding must print it. Each cache
-configuration ("K/V" types, or one type for both) runs the same prompts through llama-cpp-python on the patched
-library (CPU, flash attention on). The verdict per configuration: it retrieves the passkey in every case where f16
-does (a small model also misses some with f16; those cases say nothing about the cache).
+Mohtashami & Jaggi, "The grass is green. ...", or with --filler-text lines of a text, which do not repeat: on the
+repeated sentence the coding errors of low-bit values add up instead of averaging out), then asked for; greedy
+decoding must print it. Each cache configuration ("K/V" types, or one type for both) runs the same prompts through
+llama-cpp-python on the patched library (CPU, flash attention on). The verdict per configuration: it retrieves the
+passkey in every case where f16 does (a small model also misses some with f16; those cases say nothing about the
+cache).
 
 Each case is also scored by teacher forcing: the answer " <key>" (a space, then one token per digit with the
 tokenizers of both models) is fed after the prompt, and each token's log-probability and whether greedy decoding
@@ -57,14 +59,39 @@ DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
 MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
 
 
-def prompt(llm, n_tokens, depth, key):
-    """INTRO, filler, the needle at `depth` (0..1) of the filler, filler, QUESTION: about n_tokens tokens."""
+def prompt(llm, n_tokens, depth, key, passage=None):
+    """INTRO, filler, the needle at `depth` (0..1) of the filler, filler, QUESTION: about n_tokens tokens. The filler
+    is FILLER repeated, or with `passage` the first lines of that text (the needle on a line of its own)."""
     needle = NEEDLE.format(key=key)
     fixed = len(llm.tokenize((INTRO + needle + QUESTION).encode(), add_bos=True))
-    per = len(llm.tokenize(FILLER.encode(), add_bos=False))
-    n = max(1, (n_tokens - fixed) // per)
-    before = round(n*depth)
-    return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
+    if passage is None:
+        per = len(llm.tokenize(FILLER.encode(), add_bos=False))
+        n = max(1, (n_tokens - fixed) // per)
+        before = round(n*depth)
+        return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
+    # cut at a line end, by characters, rescaled until the tokens fit (the text's density varies)
+    budget = n_tokens - fixed
+    chars = len(passage)
+    for _ in range(8):
+        body = passage[:passage.rfind("\n", 0, chars) + 1] or passage[:chars]
+        n = len(llm.tokenize(body.encode(), add_bos=False))
+        if n <= budget:
+            break
+        chars = len(body)*budget // n
+    at = body.rfind("\n", 0, round(len(body)*depth)) + 1
+    return INTRO + body[:at] + needle + "\n" + body[at:] + QUESTION
+
+
+def passages(text, keys, n_tokens, rng):
+    """A passage of `text` per key, from a line start drawn by rng: 8 characters a token is more than enough."""
+    span = 8*n_tokens
+    if len(text) < 2*span:
+        raise SystemExit(f"--filler-text: {len(text)} characters, need at least {2*span} for {n_tokens} tokens")
+    out = {}
+    for key in keys:
+        start = text.find("\n", rng.randrange(len(text) - span - 1)) + 1
+        out[key] = text[start:start + span]
+    return out
 
 
 def cache_label(cache, variant):
@@ -72,7 +99,7 @@ def cache_label(cache, variant):
     return f"{cache} [{variant}]" if variant else cache
 
 
-def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant=""):
+def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant="", filler=None):
     k, _, v = cache.partition("/")
     v = v or k
     label = cache_label(cache, variant)
@@ -83,7 +110,7 @@ def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_
         try:
             for d in depths:
                 for key in keys:
-                    text = prompt(lm, n, d, key)
+                    text = prompt(lm, n, d, key, filler and filler[key])
                     t0 = time.time()
                     ptoks = lm.tokenize(text.encode(), add_bos=True)
                     out = lm.complete(text, ptoks)
@@ -292,11 +319,13 @@ def pool(files, base="f16", lengths=None):
         try:
             run = json.loads(Path(f).read_text())
             rows, model, backend = run["rows"], run["model"], run.get("backend", IN_PROCESS)
+            filler = json.dumps(run.get("filler"))   # null: the repeated sentence
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--pool: {f} is not a passkey.py result ({e})")
-        models.add(model)
-        if len(models) > 1:
-            raise SystemExit(f"--pool: {f} is a run of {model}, the others of {sorted(models - {model})}")
+        models.add((model, filler))
+        if len(models) > 1:   # another model, or other prompts: the same key and depth mean another case
+            raise SystemExit(f"--pool: {f} is a run of {model} with filler {filler}, the others of "
+                             f"{sorted(models - {(model, filler)})}")
         cases = base_cases.setdefault(backend, set())
         for r in rows:
             if lengths and r["length"] not in lengths:
@@ -361,6 +390,9 @@ def main():
                          "it holds (\"-fa off\", say); its rows name the cache \"f16 [-fa off]\", and --pool sets "
                          "them beside the base's runs of the same prompts: how far f16 moves from f16 by arithmetic "
                          "alone, the floor under any cache's flips")
+    ap.add_argument("--filler-text", metavar="FILE",
+                    help="fill the prompts with lines of this text instead of the repeated sentence, from a line "
+                         "drawn per key by --seed (prose does not repeat: errors of low-bit values then average out)")
     ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
@@ -391,9 +423,14 @@ def main():
                 raise SystemExit(f"unknown cache type {t!r} in {c!r}")
     rng = random.Random(a.seed)
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
+    filler, filler_info = None, None
+    if a.filler_text:
+        text = Path(a.filler_text).read_text(errors="replace")
+        filler = passages(text, keys, max(lengths), rng)
+        filler_info = dict(text=Path(a.filler_text).name, sha256=quality.sha256(Path(a.filler_text)))
     rows = []
     for c in caches:
-        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant)
+        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler)
     caches = [cache_label(c, a.variant) for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
@@ -413,7 +450,7 @@ def main():
     md_path, json_path = Path(f"{stem}.md"), Path(f"{stem}.json")
     md_path.write_text(head + md + "\n" + forced_head + md_forced + "\n")
     json_path.write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend,
-                                                        rows=rows), indent=1) + "\n")
+                                         filler=filler_info, rows=rows), indent=1) + "\n")
     print(md + "\n\n" + md_forced)
     print(f"wrote {md_path}")
 
