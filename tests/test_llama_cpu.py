@@ -254,6 +254,9 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     c.write_text(run_json(dict(row("f16", 0.1, -1.0), length=200), dict(row("tq4_0", 0.1, -9.0), length=200)))
     assert passkey.pool([a, b, c], lengths=[100]) == passkey.pool([a, b])
     assert "| tq4_0 | 3 |" in passkey.pool([a, b, c])
+    # a backend none of whose rows are of the lengths pooled does not count as one
+    c.write_text(json.dumps({"model": "m.gguf", "backend": "gpu", "rows": [dict(row("q4_0", 0.1, -1.0), length=200)]}))
+    assert passkey.pool([a, b, c], lengths=[100]) == passkey.pool([a, b])
     b.write_text(run_json(row("f16", 0.5, -2.5, ok=False)))
     with pytest.raises(SystemExit, match="differs"):
         passkey.pool([a, b])
@@ -293,21 +296,25 @@ def test_passkey_prose_filler(tmp_path):
             return [0]*add_bos + b.split()
 
     lm = Words()
-    text = "".join(f"line {i} " + "word "*9 + "\n" for i in range(20000))
-    chunks = passkey.passages(text, [11111, 22222], 2000, random.Random(1))
-    assert chunks[11111] != chunks[22222] and all(c.startswith("line ") for c in chunks.values())
-    assert chunks == passkey.passages(text, [11111, 22222], 2000, random.Random(1))   # --seed decides
+    text = "".join(f"line {i} " + "word "*9 + "\n" for i in range(20000))   # keys above 19999: never in the text
+    chunks = passkey.passages(text, [55555, 66666], 1)
+    assert chunks[55555] != chunks[66666] and all(c.startswith("line ") for c in chunks.values())
+    # the seed and the key alone decide a key's text, whatever the other keys of the run
+    assert passkey.passages(text, [66666], 1)[66666] == chunks[66666] != passkey.passages(text, [66666], 2)[66666]
     for depth in (0.1, 0.5, 0.9):
-        p = passkey.prompt(lm, 2000, depth, 11111, chunks[11111])
-        needle = passkey.NEEDLE.format(key=11111)
-        assert p.startswith(passkey.INTRO) and p.endswith(passkey.QUESTION) and p.count("11111") == 2
+        p = passkey.prompt(lm, 2000, depth, 55555, chunks[55555])
+        needle = passkey.NEEDLE.format(key=55555)
+        assert p.startswith(passkey.INTRO) and p.endswith(passkey.QUESTION) and p.count("55555") == 2
         assert abs(len(lm.tokenize(p.encode(), True)) - 2000) <= 20
         body = p[len(passkey.INTRO):-len(passkey.QUESTION)]
         at = body.index(needle)
         assert (at == 0 or body[at - 1] == "\n") and body[at + len(needle)] == "\n"
         assert abs(at/(len(body) - len(needle) - 1) - depth) < 0.02
-    with pytest.raises(SystemExit, match="filler-text"):
-        passkey.passages(text[:5000], [11111], 2000, random.Random(1))
+    with pytest.raises(SystemExit, match="fewer than 100 lines"):
+        passkey.passages(text.replace("\n", " "), [55555], 1)
+    short = passkey.passages(text[:text.index("line 150 ")], [55555], 1)[55555]   # 150 lines, about 1650 tokens
+    with pytest.raises(SystemExit, match="tokens of filler"):
+        passkey.prompt(lm, 2000, 0.5, 55555, short)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     row = dict(cache="f16", length=100, depth=0.5, key=1, ok=True, digits_ok=True, digits_logprob=-1.0)
     a.write_text(json.dumps({"model": "m.gguf", "rows": [row]}))

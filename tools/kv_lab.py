@@ -23,6 +23,7 @@ dumped windows). The reference is exact f32 attention. Queries are every --q-str
 """
 import argparse
 import ctypes
+import hashlib
 import json
 import math
 import re
@@ -155,7 +156,8 @@ def dump(a):
     # llama-perplexity: tokenize the whole text with add_special, cut chunks of n_ctx, first token = BOS.
     # A prefix of the text gives the same first tokens (cut at a line end, well past what is needed).
     if a.text == "passkey":
-        # tools/passkey.py's prompt: one sentence repeated, a number hidden at a fifth of it, the question
+        # tools/passkey.py's prompt: one sentence repeated, a number hidden a fifth into it (about a third into the
+        # dump, which keeps the first chunks*ctx tokens), the question (cut off)
         import passkey
         n = a.chunks * a.ctx // 16   # more filler than the chunks need (a repetition is ~24 tokens)
         text = (passkey.INTRO + passkey.FILLER*(n//5) + passkey.NEEDLE.format(key=78417) + passkey.FILLER*(n - n//5)
@@ -213,9 +215,10 @@ def dump(a):
     meta = {"model": a.model, "model_path": quality.rel(mpath), "n_layer": n_layer, "n_head": n_head,
             "n_head_kv": n_head_kv, "head_dim": int(out["k0"][0].shape[-1]), "ctx": a.ctx, "chunks": a.chunks,
             "scale": scales, "window": windows, "softcap": caps, "checks": checks,
-            "corpus_sha256": info["sha256"], "text": a.text or "corpus", "add_bos": bool(add_bos)}
+            "corpus_sha256": info["sha256"], "text": a.text or "corpus",
+            "text_sha256": hashlib.sha256(text[:cut].encode()).hexdigest(), "add_bos": bool(add_bos)}
     LAB.mkdir(parents=True, exist_ok=True)
-    path = Path(a.out or LAB / f"{a.model}.npz")
+    path = Path(a.out or LAB / (f"{a.model}.npz" if not a.text else f"{a.model}-{Path(a.text).stem}.npz"))
     np.savez(path, meta=json.dumps(meta), **{k: np.stack(v) for k, v in out.items()})
     print(f"wrote {quality.rel(path)}: {n_layer} layers x {a.chunks} chunks x {a.ctx} tokens, "
           f"heads {n_head}/{n_head_kv}, head_dim {meta['head_dim']}; windows {sorted(set(windows))}; "
@@ -427,7 +430,8 @@ def score(a):
         cands = [c for c in cands if c[0] in want]
     kn = sorted({c[1] for c in cands}, key=list(allc).index)
     vn = sorted({c[2] for c in cands}, key=list(allc).index)
-    kld = load_kld(a, meta["model"])
+    # the real KLD was measured on the KLD runs' text: beside a dump of another text it would mislead
+    kld = load_kld(a, meta["model"]) if meta.get("text", "corpus") == "corpus" else {}
     layers = range(meta["n_layer"]) if not a.layers else [int(x) for x in a.layers.split(",")]
     C = meta["chunks"] if a.chunks is None else min(a.chunks, meta["chunks"])
     acc = {}   # (kind, name, metric) -> list over layers of values
@@ -592,7 +596,8 @@ def main():
     d.add_argument("-t", "--threads", type=int, default=2)
     d.add_argument("--cache-dir", default="~/.cache/ggml-tq")
     d.add_argument("--text", help="a text file to dump instead of the KLD runs' text, or \"passkey\": "
-                                   "tools/passkey.py's filler with a key hidden at a fifth of it")
+                                   "tools/passkey.py's repeated sentence with a key about a third into the dump "
+                                   "(default output build/lab/<model>-<text>.npz)")
     d.add_argument("--out")
     d.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log")
     s = sub.add_parser("score", help="score candidate codecs on a dump")

@@ -71,26 +71,29 @@ def prompt(llm, n_tokens, depth, key, passage=None):
         return INTRO + FILLER*before + needle + FILLER*(n - before) + QUESTION
     # cut at a line end, by characters, rescaled until the tokens fit (the text's density varies)
     budget = n_tokens - fixed
-    chars = len(passage)
+    chars = min(len(passage), 8*budget)   # 8 characters a token is more than enough
     for _ in range(8):
-        body = passage[:passage.rfind("\n", 0, chars) + 1] or passage[:chars]
+        body = passage[:passage.rfind("\n", 0, chars) + 1]
         n = len(llm.tokenize(body.encode(), add_bos=False))
         if n <= budget:
             break
         chars = len(body)*budget // n
+    if not budget*0.9 <= n <= budget:
+        raise SystemExit(f"--filler-text: {n} tokens of filler where {budget} were wanted (a text too short for "
+                         f"{n_tokens} tokens, or lines too long)")
     at = body.rfind("\n", 0, round(len(body)*depth)) + 1
     return INTRO + body[:at] + needle + "\n" + body[at:] + QUESTION
 
 
-def passages(text, keys, n_tokens, rng):
-    """A passage of `text` per key, from a line start drawn by rng: 8 characters a token is more than enough."""
-    span = 8*n_tokens
-    if len(text) < 2*span:
-        raise SystemExit(f"--filler-text: {len(text)} characters, need at least {2*span} for {n_tokens} tokens")
+def passages(text, keys, seed):
+    """The filler text per key: `text` from a line start drawn by the seed and the key alone (so a key names the
+    same prompt whatever the other keys and lengths of a run), wrapping around at its end."""
+    if text.count("\n") < 100:
+        raise SystemExit("--filler-text: fewer than 100 lines (the needle goes between lines)")
     out = {}
     for key in keys:
-        start = text.find("\n", rng.randrange(len(text) - span - 1)) + 1
-        out[key] = text[start:start + span]
+        start = text.find("\n", random.Random(f"{seed}-{key}").randrange(len(text))) + 1
+        out[key] = text[start:] + text[:start]
     return out
 
 
@@ -313,7 +316,8 @@ def pool(files, base="f16", lengths=None):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
     twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
     one model through several backends (two GPUs, say) pool only where the base ran on each backend and scored the
-    prompts they share identically: then they compute alike, and the others' rows are draws of the same noise."""
+    prompts they share identically (at least one each): then they compute alike, and the others' rows are draws of
+    the same noise."""
     seen, models, base_cases = {}, set(), {}
     for f in files:
         try:
@@ -326,10 +330,10 @@ def pool(files, base="f16", lengths=None):
         if len(models) > 1:   # another model, or other prompts: the same key and depth mean another case
             raise SystemExit(f"--pool: {f} is a run of {model} with filler {filler}, the others of "
                              f"{sorted(models - {(model, filler)})}")
-        cases = base_cases.setdefault(backend, set())
         for r in rows:
             if lengths and r["length"] not in lengths:
                 continue
+            cases = base_cases.setdefault(backend, set())
             case = (r["length"], r["depth"], r["key"])
             old = seen.setdefault((r["cache"], case), r)
             if old["digits_logprob"] != r["digits_logprob"] or old["ok"] != r["ok"]:
@@ -382,8 +386,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--server", metavar="LLAMA_SERVER",
                     help="run each cache through this llama-server binary instead of llama-cpp-python (a GPU build, "
-                         "say); the run's JSON records it, and --pool mixes its runs with others only where f16 scored the "
-                         "same prompts identically on both")
+                         "say); the run's JSON records it, and --pool mixes its runs with others only where the base cache "
+                         "(--base) scored the prompts they share identically on both")
     ap.add_argument("--server-args", default="", help="more llama-server arguments, e.g. \"-ngl 99\"")
     ap.add_argument("--variant", default="", metavar="ARGS",
                     help="with --server: llama-server arguments that change how the same cache is computed, not what "
@@ -392,7 +396,8 @@ def main():
                          "alone, the floor under any cache's flips")
     ap.add_argument("--filler-text", metavar="FILE",
                     help="fill the prompts with lines of this text instead of the repeated sentence, from a line "
-                         "drawn per key by --seed (prose does not repeat: errors of low-bit values then average out)")
+                         "drawn by --seed and the key (prose does not repeat, so the coding errors of low-bit values "
+                         "mostly average out: tools/kv_lab.py, 8k tokens)")
     ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
@@ -426,7 +431,7 @@ def main():
     filler, filler_info = None, None
     if a.filler_text:
         text = Path(a.filler_text).read_text(errors="replace")
-        filler = passages(text, keys, max(lengths), rng)
+        filler = passages(text, keys, a.seed)
         filler_info = dict(text=Path(a.filler_text).name, sha256=quality.sha256(Path(a.filler_text)))
     rows = []
     for c in caches:
