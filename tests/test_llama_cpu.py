@@ -324,6 +324,13 @@ def test_passkey_prose_filler(tmp_path):
     assert "| f16 | 1 |" in passkey.pool([b, b])
 
 
+def test_passkey_filler_text_missing(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--filler-text", str(tmp_path / "none.txt"),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode != 0 and "--filler-text:" in r.stderr and "none.txt" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out.json").exists()
+
+
 def test_passkey_variant_needs_a_server():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--variant", "-fa off"],
                        capture_output=True, text=True)

@@ -430,7 +430,10 @@ def main():
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
     filler, filler_info = None, None
     if a.filler_text:
-        text = Path(a.filler_text).read_text(errors="replace")
+        try:
+            text = Path(a.filler_text).read_text(errors="replace")
+        except OSError as e:
+            raise SystemExit(f"--filler-text: {e}")
         filler = passages(text, keys, a.seed)
         filler_info = dict(text=Path(a.filler_text).name, sha256=quality.sha256(Path(a.filler_text)))
     rows = []
