@@ -331,6 +331,20 @@ def test_passkey_filler_text_missing(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "out.json").exists()
 
 
+def test_passkey_filler_text_jargon(tmp_path, monkeypatch):
+    """--filler-text jargon reads the KLD runs' corpus and records it under the name a copy of the file would have,
+    so runs made with the file and with the word pool together."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    f = tmp_path / "jargon.txt"
+    f.write_text("a line\n" * 3)
+    monkeypatch.setattr(passkey.quality, "corpus", lambda cache_dir: {"path": str(f)})
+    assert passkey.filler_text("jargon") == passkey.filler_text(str(f)) == (
+        "a line\n" * 3, {"text": "jargon.txt", "sha256": passkey.quality.sha256(f)})
+    with pytest.raises(SystemExit, match="--filler-text:.*jargon2"):
+        passkey.filler_text(str(tmp_path / "jargon2"))
+
+
 def test_passkey_variant_needs_a_server():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--variant", "-fa off"],
                        capture_output=True, text=True)

@@ -85,6 +85,17 @@ def prompt(llm, n_tokens, depth, key, passage=None):
     return INTRO + body[:at] + needle + "\n" + body[at:] + QUESTION
 
 
+def filler_text(arg, cache_dir="~/.cache/ggml-tq"):
+    """The text of --filler-text and what the run records of it: a file, or "jargon" for quality.py's corpus (the
+    text the KLD tables are measured on; a file of that name in the working folder is not looked for)."""
+    path = Path(quality.corpus(cache_dir)["path"]) if arg == "jargon" else Path(arg)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise SystemExit(f"--filler-text: {e}")
+    return text, dict(text=path.name, sha256=quality.sha256(path))
+
+
 def passages(text, keys, seed):
     """The filler text per key: `text` from a line start drawn by the seed and the key alone (so a key names the
     same prompt whatever the other keys and lengths of a run), wrapping around at its end."""
@@ -396,8 +407,8 @@ def main():
                          "alone, the floor under any cache's flips")
     ap.add_argument("--filler-text", metavar="FILE",
                     help="fill the prompts with lines of this text instead of the repeated sentence, from a line "
-                         "drawn by --seed and the key (prose does not repeat, so the coding errors of low-bit values "
-                         "mostly average out: tools/kv_lab.py, 8k tokens)")
+                         "drawn by --seed and the key; \"jargon\": the text of tools/quality.py's KLD runs (the "
+                         "Jargon File, fetched once into ~/.cache/ggml-tq)")
     ap.add_argument("--out", help="results/cpu/passkey-<model> by default (.md and .json are written); with "
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
@@ -430,12 +441,8 @@ def main():
     keys = [rng.randrange(10000, 100000) for _ in range(a.trials)]
     filler, filler_info = None, None
     if a.filler_text:
-        try:
-            text = Path(a.filler_text).read_text(errors="replace")
-        except OSError as e:
-            raise SystemExit(f"--filler-text: {e}")
+        text, filler_info = filler_text(a.filler_text)
         filler = passages(text, keys, a.seed)
-        filler_info = dict(text=Path(a.filler_text).name, sha256=quality.sha256(Path(a.filler_text)))
     rows = []
     for c in caches:
         rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler)
