@@ -7,7 +7,8 @@
 
 A five-digit passkey is stated once at a relative depth of a prompt of the given length (the classic filler of
 Mohtashami & Jaggi, "The grass is green. ...", or with --filler-text lines of a text, which do not repeat: on the
-repeated sentence the coding errors of low-bit values add up instead of averaging out), then asked for; greedy
+repeated sentence the coding errors of low-bit values add up instead of averaging out; --filler-text jargon takes
+the KLD runs' text), then asked for; greedy
 decoding must print it. Each cache configuration ("K/V" types, or one type for both) runs the same prompts through
 llama-cpp-python on the patched library (CPU, flash attention on). The verdict per configuration: it retrieves the
 passkey in every case where f16 does (a small model also misses some with f16; those cases say nothing about the
