@@ -380,7 +380,7 @@ def pool(files, base="f16", lengths=None):
         bound = " (bounded)" if any(r.get("logprob_upper_bounds") for r in mine + ref) else ""
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
                    f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
-                   + ("" if c == base else f"{d.mean():+.2f} ± {se:.2f}{bound}") + " |")
+                   + ("" if c == base else f"{d.mean():+.2f}" + (f" ± {se:.2f}" if len(d) > 1 else " (one prompt)") + bound) + " |")
     return "\n".join(out)
 
 
