@@ -372,7 +372,7 @@ def pool(files, base="f16", lengths=None):
         kept = sum(m["digits_ok"] for m, b in zip(mine, ref) if b["digits_ok"])
         extra = sum(m["digits_ok"] for m, b in zip(mine, ref) if not b["digits_ok"])
         d = np.array([m["digits_logprob"] - b["digits_logprob"] for m, b in zip(mine, ref)])
-        se = d.std(ddof=1)/math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        spread = f" ± {d.std(ddof=1)/math.sqrt(len(d)):.2f}" if len(d) > 1 else " (one prompt)"   # standard error
         lost = sum(b["ok"] and not m["ok"] for m, b in zip(mine, ref))
         gained = sum(m["ok"] and not b["ok"] for m, b in zip(mine, ref))
         free = f"{sum(m['ok'] for m in mine)}/{len(cases)}" + ("" if c == base else f" (-{lost} +{gained})")
@@ -380,7 +380,7 @@ def pool(files, base="f16", lengths=None):
         bound = " (bounded)" if any(r.get("logprob_upper_bounds") for r in mine + ref) else ""
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
                    f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
-                   + ("" if c == base else f"{d.mean():+.2f}" + (f" ± {se:.2f}" if len(d) > 1 else " (one prompt)") + bound) + " |")
+                   + ("" if c == base else f"{d.mean():+.2f}" + spread + bound) + " |")
     return "\n".join(out)
 
 
