@@ -229,6 +229,17 @@ def test_passkey_server_scores_as_in_process(llm):
         passkey.Server(str(BIN / "llama-server"), MODEL, "tq4_0", "tq5_0", 512, "-t 2")
 
 
+def test_passkey_length_beyond_a_server_slot():
+    """llama-server caps a slot at the model's training context (8192 tokens for SmolLM2) whatever -c asks: a prompt
+    that does not fit with its answer is refused before it is sent, with the slot's size, not with the server's
+    error halfway through a run."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    with pytest.raises(SystemExit, match=r"--lengths 9000: .* has \d+ tokens .* a slot holds 8192"):
+        passkey.run_cache(MODEL, "f16", [9000], [0.5], [31966], 2, server=str(BIN / "llama-server"),
+                          server_args="-t 2")
+
+
 def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     """--pool compares each cache with the base on the prompts both ran, and refuses runs that disagree."""
     sys.path.insert(0, str(ROOT / "tools"))

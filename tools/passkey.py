@@ -55,6 +55,7 @@ INTRO = ("There is an important piece of information hidden inside a lot of irre
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 QUESTION = "\nWhat is the pass key? The pass key is"
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+ANSWER_TOKENS = 8   # what a completion may add to the prompt (teacher forcing adds fewer: the key's tokens but one)
 IN_PROCESS = "llama-cpp-python"   # the backend of runs without --server (and of runs that predate it)
 DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
 MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
@@ -128,6 +129,10 @@ def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_
                     text = prompt(lm, n, d, key, filler and filler[key])
                     t0 = time.time()
                     ptoks = lm.tokenize(text.encode(), add_bos=True)
+                    if len(ptoks) + ANSWER_TOKENS >= lm.n_ctx:
+                        raise SystemExit(f"--lengths {n}: the prompt at depth {d}, key {key} has {len(ptoks)} tokens "
+                                         f"and its answer needs {ANSWER_TOKENS} more, where a slot holds {lm.n_ctx} "
+                                         f"(llama-server caps it at the model's training context): ask for fewer")
                     out = lm.complete(text, ptoks)
                     ok = str(key) in out
                     forced = lm.answer_scores(ptoks, key)
@@ -185,6 +190,7 @@ class InProcess:
         from ggml_tq.llama import Llama
         self.llm = Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n_ctx, n_batch=512, n_threads=threads,
                          verbose=False)
+        self.n_ctx = self.llm.n_ctx()
 
     def tokenize(self, text, add_bos):
         return self.llm.tokenize(text, add_bos=add_bos)
@@ -192,7 +198,7 @@ class InProcess:
     # complete() gets the prompt as text and as tokens: llama-cpp-python's completion takes the text as the runs
     # before --server did, a server takes the tokens so that its cache holds exactly what teacher forcing extends
     def complete(self, text, ptoks):
-        return self.llm.create_completion(text, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        return self.llm.create_completion(text, max_tokens=ANSWER_TOKENS, temperature=0.0)["choices"][0]["text"]
 
     def answer_scores(self, ptoks, key):
         return answer_scores(self.llm, ptoks, key)
@@ -235,6 +241,9 @@ class Server:
                 if time.time() - t0 > 600:
                     raise SystemExit(f"llama-server not ready after 600 s: {shlex.join(cmd)}\n{self.tail()}")
                 time.sleep(0.5)
+            # a slot's context, which llama-server caps at the model's training context whatever -c asks
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/props", timeout=60) as r:
+                self.n_ctx = json.loads(r.read())["default_generation_settings"]["n_ctx"]
         except BaseException:   # Ctrl-C included: never leave a server holding the GPU
             self.close()
             raise
@@ -256,7 +265,7 @@ class Server:
         return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
 
     def complete(self, text, ptoks):
-        return self.post("/completion", {"prompt": ptoks, "n_predict": 8, "temperature": 0.0,
+        return self.post("/completion", {"prompt": ptoks, "n_predict": ANSWER_TOKENS, "temperature": 0.0,
                                          "cache_prompt": True})["content"]
 
     def answer_scores(self, ptoks, key):
