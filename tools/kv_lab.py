@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import quality  # noqa: E402  (corpus and model paths: the same text and files as the KLD runs)
 
 LAB = ROOT / "build" / "lab"
+POS_EDGES = [512, 1024, 2048, 4096]   # --by-position: query position ranges 0-512, 512-1024, ..., 4096-end
 NAME_RE = re.compile(r"^(Qcur|Kcur|Vcur)-(\d+)$")
 
 
@@ -479,6 +480,24 @@ def score(a):
         s0, lp0 = attend(Qs, K)
         p0 = lp0.exp()
         o0 = out(p0, V)
+        # --by-position: output errors of the full-attention layers by how many keys a query sees
+        bucket = torch.bucketize(qpos, torch.tensor(POS_EDGES), right=True) if a.by_position and not window else None
+
+        def by_pos(kind, n, o1):
+            if bucket is None:
+                return
+            e, ref = ((o1 - o0) ** 2).sum((0, 1, 3)), (o0 ** 2).sum((0, 1, 3))   # per query position
+            rec = acc.setdefault((kind + "pos", n), {})
+            for b in range(len(POS_EDGES) + 1):
+                sel = bucket == b
+                if sel.any():
+                    rec.setdefault(b, []).append((e[sel].sum() / ref[sel].sum()).item())
+            if kind == "k" and n == kn[0]:
+                top = acc.setdefault(("top", ""), {})
+                for b in range(len(POS_EDGES) + 1):
+                    sel = bucket == b
+                    if sel.any():
+                        top.setdefault(b, []).append(p0[:, :, sel].amax(-1).mean().item())
         P = {}
         for n in kn:
             bits, f, fq = allc[n]
@@ -493,6 +512,7 @@ def score(a):
             kl = torch.where(allowed, p0 * (lp0 - lp1), 0.0).sum(-1)
             rec.setdefault("attn_kl", []).append(kl.mean().item())
             rec.setdefault("out", []).append(rel(out(P[n], V), o0, (0, 2, 3)).mean().item())
+            by_pos("k", n, out(P[n], V))
         Vq = {}
         for n in vn:
             bits, f, _ = allc[n]
@@ -500,6 +520,7 @@ def score(a):
             rec = acc.setdefault(("v", n), {})
             rec.setdefault("mse", []).append(rel(Vq[n], V, (0, 1, 3)).mean().item())
             rec.setdefault("out", []).append(rel(out(p0, Vq[n]), o0, (0, 2, 3)).mean().item())
+            by_pos("v", n, out(p0, Vq[n]))
             # how the value errors add up in the output: |sum p e|^2 over sum p^2 |e|^2, 1 where they are
             # independent, more where alike rows (repeated text) carry alike errors
             err = Vq[n] - V
@@ -537,6 +558,20 @@ def score(a):
         print(f"| {r['name']} | {r['bits']:.3g} | {r['k_mse']:.2e} | {r['score_rms']:.4f} | {r['attn_kl']:.2e} | "
               f"{r['out_k']:.2e} | {r['v_mse']:.2e} | {r['out_v']:.2e} | {r['v_coh']:.2f} | {r['out_kv']:.2e} | "
               f"{'' if r['kld'] is None else format(r['kld'], '.4f')} |")
+    if a.by_position and ("top", "") in acc:
+        top = acc[("top", "")]
+        heads = [f"{lo}-{min(hi, T)}" for lo, hi in zip([0] + POS_EDGES, POS_EDGES + [T])][:len(top)]
+        print(f"\nFull-attention layers (window 0), by the position of the query (keys it sees): out = |o'-o|^2/|o|^2 "
+              f"summed over the queries of the range, mean over the {len(top[0])} layers; top weight = mean largest "
+              f"attention weight (f16).\n")
+        print("| K or V only | " + " | ".join(heads) + " |")
+        print("|---|" + "---:|" * len(heads))
+        print("| top weight | " + " | ".join(f"{np.mean(top[b]):.3f}" for b in sorted(top)) + " |")
+        for kind in ("k", "v"):
+            for n in (kn if kind == "k" else vn):
+                rec = acc.get((kind + "pos", n))
+                if rec:
+                    print(f"| {kind.upper()} {n} | " + " | ".join(f"{np.mean(rec[b]):.2e}" for b in sorted(rec)) + " |")
     if a.per_layer:
         for kind, n in sorted(acc):
             if kind == "k":
@@ -613,6 +648,8 @@ def main():
                    help="a real KLD for a candidate label (repeatable)")
     s.add_argument("--json", help="write the rows here")
     s.add_argument("--per-layer", action="store_true")
+    s.add_argument("--by-position", action="store_true",
+                   help="also the K-only and V-only output errors of the full-attention layers by query position")
     s.add_argument("-t", "--threads", type=int, default=2)
     s.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args()
