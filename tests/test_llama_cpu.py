@@ -230,14 +230,54 @@ def test_passkey_server_scores_as_in_process(llm):
 
 
 def test_passkey_length_beyond_a_server_slot():
-    """llama-server caps a slot at the model's training context (8192 tokens for SmolLM2) whatever -c asks: a prompt
-    that does not fit with its answer is refused before it is sent, with the slot's size, not with the server's
-    error halfway through a run."""
+    """llama-server caps a slot at the model's training context (8192 tokens for SmolLM2) whatever -c asks: run_cache
+    reads the slot's size from the server and refuses a prompt that does not fit with its answer, naming that size,
+    before sending any (rather than the server's error on the first prompt that overflows)."""
     sys.path.insert(0, str(ROOT / "tools"))
     import passkey
-    with pytest.raises(SystemExit, match=r"--lengths 9000: .* has \d+ tokens .* a slot holds 8192"):
+    with pytest.raises(SystemExit, match=r"--lengths 9000: .* has \d+ tokens .* the context holds 8192"):
         passkey.run_cache(MODEL, "f16", [9000], [0.5], [31966], 2, server=str(BIN / "llama-server"),
                           server_args="-t 2")
+
+
+def test_passkey_answer_room_checked_before_any_prompt_runs(monkeypatch):
+    """run_cache tokenizes every prompt of a length first and refuses, before any runs, one that leaves fewer than
+    ANSWER_TOKENS + 1 positions of the context free (a completion stops short of the last one)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    ran = []
+
+    class Fake:   # one token a word; the prompt for key 22222 is 50 tokens longer than the others
+        n_ctx = None
+
+        def __init__(self, *args):
+            pass
+
+        def tokenize(self, text, add_bos):
+            text = text.decode()
+            return [0] * (len(text.split()) + add_bos + (50 if "22222" in text and passkey.FILLER in text else 0))
+
+        def complete(self, text, ptoks):
+            ran.append(len(ptoks))
+            return " 11111."
+
+        def answer_scores(self, ptoks, key):
+            return dict(first_logprob=0.0, first_margin=1.0, digits_ok=True, digits_logprob=0.0)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(passkey, "InProcess", Fake)
+    n = len(Fake().tokenize(passkey.prompt(Fake(), 300, 0.5, 11111).encode(), True))
+    Fake.n_ctx = n + passkey.ANSWER_TOKENS
+    with pytest.raises(SystemExit, match=f"has {n} tokens .* the context holds {Fake.n_ctx}"):
+        passkey.run_cache("m", "f16", [300], [0.5], [11111], 2)
+    Fake.n_ctx += 1
+    assert len(passkey.run_cache("m", "f16", [300], [0.5], [11111], 2)) == 1 and ran == [n]
+    ran.clear()
+    with pytest.raises(SystemExit, match=f"key 22222 has {n + 50} tokens"):
+        passkey.run_cache("m", "f16", [300], [0.5], [11111, 22222], 2)
+    assert ran == []
 
 
 def test_passkey_pool_pairs_prompts_across_runs(tmp_path):

@@ -562,8 +562,8 @@ def score(a):
         top = acc[("top", "")]
         heads = [f"{lo}-{min(hi, T)}" for lo, hi in zip([0] + POS_EDGES, POS_EDGES + [T])][:len(top)]
         print(f"\nFull-attention layers (window 0), by the position of the query (keys it sees): out = |o'-o|^2/|o|^2 "
-              f"summed over the queries of the range, mean over the {len(top[0])} layers; top weight = mean largest "
-              f"attention weight (f16).\n")
+              f"summed over the heads and the queries of the range, mean over the {len(top[0])} layers; top weight = "
+              f"mean largest weight of exact attention on the dumped rows.\n")
         print("| K or V only | " + " | ".join(heads) + " |")
         print("|---|" + "---:|" * len(heads))
         print("| top weight | " + " | ".join(f"{np.mean(top[b]):.3f}" for b in sorted(top)) + " |")

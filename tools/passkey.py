@@ -124,24 +124,29 @@ def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_
         lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}") if server
               else InProcess(model, k, v, n + 64, threads))
         try:
+            # every prompt of this length before any runs: one that leaves its answer no room in the context is
+            # refused (a llama-server caps a slot at the model's training context, whatever -c asks)
+            cases = []
             for d in depths:
                 for key in keys:
                     text = prompt(lm, n, d, key, filler and filler[key])
-                    t0 = time.time()
                     ptoks = lm.tokenize(text.encode(), add_bos=True)
                     if len(ptoks) + ANSWER_TOKENS >= lm.n_ctx:
                         raise SystemExit(f"--lengths {n}: the prompt at depth {d}, key {key} has {len(ptoks)} tokens "
-                                         f"and its answer needs {ANSWER_TOKENS} more, where a slot holds {lm.n_ctx} "
-                                         f"(llama-server caps it at the model's training context): ask for fewer")
-                    out = lm.complete(text, ptoks)
-                    ok = str(key) in out
-                    forced = lm.answer_scores(ptoks, key)
-                    rows.append(dict(cache=label, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
-                                     n_prompt=len(ptoks), seconds=time.time() - t0,
-                                     **forced))
-                    print(f"{label:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
-                          f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
-                          f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
+                                         f"and its answer needs {ANSWER_TOKENS} more, where the context holds "
+                                         f"{lm.n_ctx}: ask for fewer")
+                    cases.append((d, key, text, ptoks))
+            for d, key, text, ptoks in cases:
+                t0 = time.time()
+                out = lm.complete(text, ptoks)
+                ok = str(key) in out
+                forced = lm.answer_scores(ptoks, key)
+                rows.append(dict(cache=label, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
+                                 n_prompt=len(ptoks), seconds=time.time() - t0,
+                                 **forced))
+                print(f"{label:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
+                      f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
+                      f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
         finally:
             lm.close()
     return rows
