@@ -481,23 +481,18 @@ def score(a):
         p0 = lp0.exp()
         o0 = out(p0, V)
         # --by-position: output errors of the full-attention layers by how many keys a query sees
-        bucket = torch.bucketize(qpos, torch.tensor(POS_EDGES), right=True) if a.by_position and not window else None
+        ranges = []
+        if a.by_position and not window:
+            bucket = torch.bucketize(qpos, torch.tensor(POS_EDGES), right=True)
+            ranges = [(b, bucket == b) for b in range(len(POS_EDGES) + 1) if (bucket == b).any()]
+            top = acc.setdefault(("top", ""), {})
+            for b, sel in ranges:
+                top.setdefault(b, []).append(p0[:, :, sel].amax(-1).mean().item())
 
         def by_pos(kind, n, o1):
-            if bucket is None:
-                return
             e, ref = ((o1 - o0) ** 2).sum((0, 1, 3)), (o0 ** 2).sum((0, 1, 3))   # per query position
-            rec = acc.setdefault((kind + "pos", n), {})
-            for b in range(len(POS_EDGES) + 1):
-                sel = bucket == b
-                if sel.any():
-                    rec.setdefault(b, []).append((e[sel].sum() / ref[sel].sum()).item())
-            if kind == "k" and n == kn[0]:
-                top = acc.setdefault(("top", ""), {})
-                for b in range(len(POS_EDGES) + 1):
-                    sel = bucket == b
-                    if sel.any():
-                        top.setdefault(b, []).append(p0[:, :, sel].amax(-1).mean().item())
+            for b, sel in ranges:
+                acc.setdefault((kind + "pos", n), {}).setdefault(b, []).append((e[sel].sum() / ref[sel].sum()).item())
         P = {}
         for n in kn:
             bits, f, fq = allc[n]
@@ -511,16 +506,18 @@ def score(a):
             rec.setdefault("score_rms", []).append((ds.pow(2).sum((0, 2, 3)) / allowed.sum() / C).sqrt().mean().item())
             kl = torch.where(allowed, p0 * (lp0 - lp1), 0.0).sum(-1)
             rec.setdefault("attn_kl", []).append(kl.mean().item())
-            rec.setdefault("out", []).append(rel(out(P[n], V), o0, (0, 2, 3)).mean().item())
-            by_pos("k", n, out(P[n], V))
+            o1 = out(P[n], V)
+            rec.setdefault("out", []).append(rel(o1, o0, (0, 2, 3)).mean().item())
+            by_pos("k", n, o1)
         Vq = {}
         for n in vn:
             bits, f, _ = allc[n]
             Vq[n] = f(V.reshape(-1, Hkv * head), "v", ctx).reshape(V.shape)
             rec = acc.setdefault(("v", n), {})
             rec.setdefault("mse", []).append(rel(Vq[n], V, (0, 1, 3)).mean().item())
-            rec.setdefault("out", []).append(rel(out(p0, Vq[n]), o0, (0, 2, 3)).mean().item())
-            by_pos("v", n, out(p0, Vq[n]))
+            o1 = out(p0, Vq[n])
+            rec.setdefault("out", []).append(rel(o1, o0, (0, 2, 3)).mean().item())
+            by_pos("v", n, o1)
             # how the value errors add up in the output: |sum p e|^2 over sum p^2 |e|^2, 1 where they are
             # independent, more where alike rows (repeated text) carry alike errors
             err = Vq[n] - V
