@@ -335,6 +335,38 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     assert table[1].split(" | ")[4] == "1/2 (-1 +1)"
 
 
+def test_passkey_pair(tmp_path):
+    """--pair: one cache against another, or against the sum of several caches' shifts, prompt by prompt, on the
+    prompts where the base gives the digits and all of them ran."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+
+    def row(cache, depth, lp, ok=True):
+        return dict(cache=cache, length=100, depth=depth, key=12345, ok=ok, digits_ok=ok, digits_logprob=lp)
+
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"model": "m.gguf", "rows": [
+        row("f16", 0.1, -1.0), row("f16", 0.5, -2.0), row("f16", 0.9, -3.0, ok=False),
+        row("kv", 0.1, -2.0), row("kv", 0.5, -2.5, ok=False), row("kv", 0.9, -9.0),
+        row("k", 0.1, -1.5), row("k", 0.5, -2.0), row("k", 0.9, -9.0),
+        row("v", 0.1, -1.0), row("v", 0.5, -2.5)]}))   # v did not run depth 0.9
+    seen = passkey.pooled_rows([a])
+    lines = passkey.pair(seen, "f16", "kv", ["k", "v"]).splitlines()
+    assert lines[0] == "2 prompts where f16 gives the digits"   # depth 0.9: f16 misses the digits
+    assert "| kv | -0.75 ± 0.25 |" in lines                      # shifts -1.0, -0.5
+    assert "| k + v | -0.50 ± 0.00 |" in lines                   # -0.5 + 0, 0 + -0.5
+    assert "| kv - (k + v) | -0.25 ± 0.25 |" in lines
+    one = passkey.pair(seen, "f16", "kv", ["k"])
+    assert "| kv - k | -0.50 ± 0.00 |" in one and "digits only kv gives: 0, only k gives: 1" in one
+    with pytest.raises(SystemExit, match="1 prompts"):   # no standard error from one prompt
+        passkey.pair({key: r for key, r in seen.items() if key[1][1] != 0.5}, "f16", "kv", ["k"])
+    with pytest.raises(SystemExit, match="0 prompts .* missing"):
+        passkey.pair(seen, "f16", "kv", ["missing"])
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "passkey.py"), "--pair", "kv", "k"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "--pair needs --pool" in r.stderr
+
+
 def test_passkey_prose_filler(tmp_path):
     """--filler-text: lines of a text around the needle, about the asked length, from a line drawn per key; runs
     with other filler are not pooled with the repeated sentence's."""

@@ -338,12 +338,8 @@ def logprob_table(rows, caches, lengths, depths):
     return "\n".join(out)
 
 
-def pool(files, base="f16", lengths=None):
-    """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
-    twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
-    one model through several backends (two GPUs, say) pool only where the base ran on each backend and scored the
-    prompts they share identically (at least one each): then they compute alike, and the others' rows are draws of
-    the same noise."""
+def pooled_rows(files, base="f16", lengths=None):
+    """The rows of several runs by (cache, prompt), checked as --pool says (pool(), below)."""
     seen, models, base_cases = {}, set(), {}
     for f in files:
         try:
@@ -371,6 +367,16 @@ def pool(files, base="f16", lengths=None):
         if len(base_cases) > 1 and not cases & others:
             raise SystemExit(f"--pool: runs through {backend} and through {sorted(set(base_cases) - {backend})} pool "
                              f"only where {base} ran on each and scored the prompts they share identically")
+    return seen
+
+
+def pool(files, base="f16", lengths=None):
+    """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
+    twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
+    one model through several backends (two GPUs, say) pool only where the base ran on each backend and scored the
+    prompts they share identically (at least one each): then they compute alike, and the others' rows are draws of
+    the same noise."""
+    seen = pooled_rows(files, base, lengths)
     caches = list(dict.fromkeys(c for c, _ in seen))   # the base first, the others in the order the runs name them
     if base not in caches:
         raise SystemExit(f"--pool: no {base} rows to compare with")
@@ -395,6 +401,29 @@ def pool(files, base="f16", lengths=None):
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
                    f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
                    + ("" if c == base else f"{d.mean():+.2f}" + spread + bound) + " |")
+    return "\n".join(out)
+
+
+def pair(seen, base, a, terms):
+    """--pair: cache `a` against the sum of the shifts of `terms` (one cache, or several added with +: a key-only and a
+    value-only run, say), prompt by prompt, on the prompts where `base` gives the digits and every cache ran."""
+    names = [a] + terms
+    cases = sorted(case for c, case in seen if c == base and seen[(c, case)]["digits_ok"]
+                   and all((n, case) in seen for n in names))
+    if len(cases) < 2:
+        raise SystemExit(f"--pair: {len(cases)} prompts where {base} gives the digits and {', '.join(names)} all ran")
+    shift = {n: np.array([seen[(n, case)]["digits_logprob"] - seen[(base, case)]["digits_logprob"] for case in cases])
+             for n in names}
+    total = sum(shift[t] for t in terms)
+    rows = [(n, shift[n]) for n in names] + ([(" + ".join(terms), total)] if len(terms) > 1 else [])
+    rows.append((f"{a} - ({' + '.join(terms)})" if len(terms) > 1 else f"{a} - {terms[0]}", shift[a] - total))
+    out = [f"{len(cases)} prompts where {base} gives the digits", "",
+           f"| cache | digits log-prob - {base}'s, mean ± s.e. (nats) |", "|---|---:|"]
+    out += [f"| {n} | {d.mean():+.2f} ± {d.std(ddof=1)/math.sqrt(len(d)):.2f} |" for n, d in rows]
+    if len(terms) == 1:
+        ok = {n: [seen[(n, case)]["digits_ok"] for case in cases] for n in names}
+        out.append(f"\ndigits only {a} gives: {sum(x and not y for x, y in zip(ok[a], ok[terms[0]]))}, only "
+                   f"{terms[0]} gives: {sum(y and not x for x, y in zip(ok[a], ok[terms[0]]))}")
     return "\n".join(out)
 
 
@@ -428,8 +457,17 @@ def main():
                                   "--pool, a .md to write the table to")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="pool the prompts of these runs (nothing is run)")
     ap.add_argument("--base", default="f16", help="with --pool: the cache the others are compared with")
+    ap.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                    help="with --pool: A against B prompt by prompt instead of the table; B may add caches with + "
+                         "(\"tq4_0/f16+f16/tq3_0\": does A's shift equal the sum of theirs?)")
     a = ap.parse_args()
     cmd = shlex.join(["tools/passkey.py"] + sys.argv[1:])
+    if a.pair and not a.pool:
+        raise SystemExit("--pair needs --pool (it compares the runs' rows)")
+    if a.pool and a.pair:
+        print(pair(pooled_rows(a.pool, a.base, a.lengths and [int(x) for x in a.lengths.split(",")]), a.base,
+                   a.pair[0], a.pair[1].split("+")))
+        return
     if a.pool:
         md = pool(a.pool, a.base, a.lengths and [int(x) for x in a.lengths.split(",")])
         if a.out:
