@@ -28,6 +28,8 @@ Outputs: results/cpu/passkey-<model>.{md,json}.
 --pool counts, over the prompts of several runs of one model, how many of the prompts whose digits f16 gives each
 cache gives too, and how far each cache moves the digits' log-probability from f16's (or --base's) on the same
 prompt: a paired comparison, which single hits and misses at the edge of a model's context are too coarse for.
+--pair A B sets two caches side by side on the prompts where f16 gives the digits; B may be a sum, "K/f16+f16/V",
+to ask whether A's shift is the sum of a key-only and a value-only run's.
 """
 import argparse
 import json
