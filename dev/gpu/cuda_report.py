@@ -22,7 +22,7 @@ out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "results" / "cuda-h200"
 # caches as cuda_device.sh names them (K-V for a mix; -norot / +rot: upstream's rotation forced off / on for TQ;
 # -noi8: the int8-scoring decode kernel off), in table order: those of the run, known ones first
 ORDER = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-norot", "tq4_0+rot", "tq4_0+krot", "tq4_0-noi8", "tq3_0",
-         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot", "tq4_0-tqv2_0"]
+         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot", "tq4_0-tqv2_0", "q8_0-tq4_0", "q8_0-tq3_0"]
 found = sorted(f.name[len("bench-"):-len(".json")] for f in run.glob("bench-*.json"))
 types = [t for t in ORDER if t in found] + [t for t in found if t not in ORDER]
 bench, records = {}, []
@@ -57,7 +57,8 @@ md = [f"# KV-cache speed on CUDA (llama-bench): {dev.get('gpu_info', '?')}", "",
       "|---|" + "---:|" * len(cols)]
 for t in types:
     md.append(f"| {t} | " + " | ".join(f"{v(t, tt, dp):.1f}" if (t, tt, dp) in bench else "n/a" for tt, dp in cols) + " |")
-for num, den in [(t, "f16") for t in types if t.startswith("tq")] + [("tq4_0", "q4_0")]:
+# every cache with a TQ side against f16
+for num, den in [(t, "f16") for t in types if t.startswith("tq") or "-tq" in t] + [("tq4_0", "q4_0")]:
     if num in types and den in types:
         md.append(f"| **{num}/{den}** | " + " | ".join(f"{v(num, tt, dp) / v(den, tt, dp):.2f}x" for tt, dp in cols) + " |")
 if any(t.endswith("+krot") for t in types):
@@ -77,19 +78,20 @@ if perf.exists():
     bw = (run / "bw.txt").read_text() if (run / "bw.txt").exists() else ""
     m = re.search(r"read\s+(\d+) GB/s", bw)
     read_gbs = float(m.group(1)) if m else float("nan")
-    bits = {"f16": 16, "q8_0": 8.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25}
+    bits = {"f16": 16, "q8_0": 8.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25, "tqv2_0": 2.25}
     md += ["## The attention kernels alone, 32k context (test-backend-ops perf -o FLASH_ATTN_EXT)", "",
            "Head size 128, 8 KV heads, GQA 4, 32768 keys, 1 query token. Bytes: K and V read once; bandwidth: bytes / "
            "time, against the read bandwidth dev/gpu/bw.cu measured in the same run.", "",
            "| cache | us/run | K+V bytes | achieved GB/s | of read bandwidth |", "|---|---:|---:|---:|---:|"]
     seen = set()
     for line in perf.read_text().splitlines():
-        m = re.search(r"type_K=([a-z0-9_]+),.*?([0-9.]+) us/run", line)
-        if m and m.group(1) not in seen and m.group(1) in bits:
-            t, us = m.group(1), float(m.group(2))
-            seen.add(t)
-            nbytes = 2 * 32768 * 8 * 128 * bits[t] / 8
+        m = re.search(r"type_K=([a-z0-9_]+),type_V=([a-z0-9_]+),.*?([0-9.]+) us/run", line)
+        if m and m.group(1, 2) not in seen and m.group(1) in bits and m.group(2) in bits:
+            tk, tv, us = m.group(1), m.group(2), float(m.group(3))
+            seen.add((tk, tv))
+            nbytes = 32768 * 8 * 128 * (bits[tk] + bits[tv]) / 8
             gbs = nbytes / (us * 1e-6) / 1e9
+            t = tk if tk == tv else f"{tk}-{tv}"
             md.append(f"| {t} | {us:.1f} | {nbytes / 1e6:.1f} MB | {gbs:.0f} | {gbs / read_gbs * 100:.0f}% |")
     md += ["", f"Device read bandwidth (dev/gpu/bw.cu): {read_gbs:.0f} GB/s.", ""]
 

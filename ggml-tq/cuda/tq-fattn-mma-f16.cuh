@@ -1,6 +1,6 @@
 // Flash-attention decode over TQ K/V in any layout, on the f16 tensor cores: the kernel that
 // tq-fattn.cu runs where tq-fattn-mma-i8.cuh's does not (head 64, heads not side by side in a key's row, short
-// rows).
+// rows, q8_0 keys).
 //
 // Why a kernel of its own: ggml-cuda's vector kernel handles one query head per block (GQA siblings re-read
 // the same K/V through L2) and quantized K against a q8_1 query; its tensor-core kernels want f16 K/V.
@@ -12,6 +12,11 @@
 //   - each warp is one key split (flash-decoding): tq_fattn_combine merges them and rotates O back.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
 // the cache's own 4.25 / 3.25 / 2.25 bits per value.
+//
+// Keys may also be upstream's q8_0 beside TQ values (-ctk q8_0 -ctv tq4_0: the keys carry a TQ cache's loss
+// at long context, the values little of it). Their int8 values are exact in f16 and go into the same fragments
+// against the query as given (upstream's own Hadamard rotation, if any, is already in Q and K); only V and the
+// output live in the rotated domain.
 #pragma once
 
 #include "tq-fattn-common.cuh"
@@ -43,14 +48,17 @@ static __device__ __forceinline__ uint32_t tq_fa_ld16(const uint8_t * p) {
 }
 
 // ---- K: the B fragment of S = Q K^T --------------------------------------------------------------------
-// For k-step kk (dims kk*16 .. +15 of a block) lane (g = lane/4, t = lane%4) needs elements
+// For k-step kk (dims kk*16 .. +15 of a 64-dim block) lane (g = lane/4, t = lane%4) needs elements
 // j0 = kk*16 + 2t, j0+1 (b0) and j0+8, j0+9 (b1) of its key's block. The raw bits for all four k-steps
-// are loaded once per block (kbits), the indices are cut out per k-step.
+// are loaded once per block (kbits), the indices are cut out per k-step (tq_fa_kfrag). A TQ key has one
+// scale per 64 dims, a q8_0 key two (N_SCALE: k-steps 0, 1 and 2, 3).
 template <ggml_type type> struct tq_fa_kbits;
 
 template <> struct tq_fa_kbits<GGML_TYPE_TQ4_0> {
+    static constexpr int N_SCALE = 1;
     uint32_t u0, u1, u2, u3;
-    __device__ __forceinline__ void load(const block_tq4_0 * b, int t) {
+    __device__ __forceinline__ void load(const char * row, int blk, int t) {
+        const block_tq4_0 * b = (const block_tq4_0 *) row + blk;
         u0 = tq_fa_ld16(b->qs + 2*t);      // bytes 2t, 2t+1:     elements 2t, 2t+1 (low) and +32 (high)
         u1 = tq_fa_ld16(b->qs + 2*t + 8);  // bytes 2t+8, 2t+9
         u2 = tq_fa_ld16(b->qs + 2*t + 16);
@@ -66,8 +74,10 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQ4_0> {
 };
 
 template <> struct tq_fa_kbits<GGML_TYPE_TQ3_0> {
+    static constexpr int N_SCALE = 1;
     uint32_t s0, s1, h;
-    __device__ __forceinline__ void load(const block_tq3_0 * b, int t) {
+    __device__ __forceinline__ void load(const char * row, int blk, int t) {
+        const block_tq3_0 * b = (const block_tq3_0 *) row + blk;
         s0 = tq_fa_ld16(b->qs + 2*t);      // low 2 bits of elements 2t, 2t+1 (+16k in bits 2k)
         s1 = tq_fa_ld16(b->qs + 2*t + 8);  // elements 2t+8, 2t+9
         h  = tq_fa_ld16(b->qh + 2*t);      // third bit of elements 2t, 2t+1 (+8k in bit k)
@@ -82,8 +92,10 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQ3_0> {
 };
 
 template <> struct tq_fa_kbits<GGML_TYPE_TQV2_0> { // tq3_0's low bits alone
+    static constexpr int N_SCALE = 1;
     uint32_t s0, s1;
-    __device__ __forceinline__ void load(const block_tqv2_0 * b, int t) {
+    __device__ __forceinline__ void load(const char * row, int blk, int t) {
+        const block_tqv2_0 * b = (const block_tqv2_0 *) row + blk;
         s0 = tq_fa_ld16(b->qs + 2*t);      // elements 2t, 2t+1 (+16k in bits 2k)
         s1 = tq_fa_ld16(b->qs + 2*t + 8);  // elements 2t+8, 2t+9
     }
@@ -93,6 +105,47 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQV2_0> { // tq3_0's low bits alone
         i2 = (s1 >> sl) & 3;  i3 = (s1 >> (8 + sl)) & 3;
     }
 };
+
+// upstream's q8_0: 64 dims are two of its 32-value blocks; k-step kk reads block kk/2, bytes 16(kk%2) + 2t, +1
+// (b0) and + 8, + 9 (b1), an int8 pair each (rows of K start on an even byte: blocks are 34 bytes)
+template <> struct tq_fa_kbits<GGML_TYPE_Q8_0> {
+    static constexpr int N_SCALE = 2;
+    uint32_t u[4]; // k-step kk: its b0 pair in the low half, its b1 pair in the high half
+    __device__ __forceinline__ void load(const char * row, int blk, int t) {
+        const block_q8_0 * b = (const block_q8_0 *) row + 2*blk;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const uint8_t * qs = (const uint8_t *) b[kk >> 1].qs + 16*(kk & 1) + 2*t;
+            u[kk] = tq_fa_ld16(qs) | (tq_fa_ld16(qs + 8) << 16);
+        }
+    }
+};
+
+// k-step kk's B fragment (b0, b1) of a key: codebook values of its indices, or q8_0's integers
+template <ggml_type type>
+static __device__ __forceinline__ void tq_fa_kfrag(const tq_fa_kbits<type> & kb, int kk, float codebook_lane, uint32_t & b0, uint32_t & b1) {
+    if constexpr (type == GGML_TYPE_Q8_0) {
+        const uint32_t x = kb.u[kk];
+        b0 = tq_fa_pack((float) (int8_t) (x      ), (float) (int8_t) (x >>  8));
+        b1 = tq_fa_pack((float) (int8_t) (x >> 16), (float) (int8_t) (x >> 24));
+    } else {
+        int i0, i1, i2, i3;
+        kb.idx(kk, i0, i1, i2, i3);
+        b0 = tq_fa_pack(tq_cuda_codebook_lookup(codebook_lane, i0), tq_cuda_codebook_lookup(codebook_lane, i1));
+        b1 = tq_fa_pack(tq_cuda_codebook_lookup(codebook_lane, i2), tq_cuda_codebook_lookup(codebook_lane, i3));
+    }
+}
+
+// scale sc (< N_SCALE) of a key's 64-dim block blk
+template <ggml_type type>
+static __device__ __forceinline__ half tq_fa_kscale(const char * row, int blk, int sc) {
+    if constexpr (type == GGML_TYPE_Q8_0) {
+        return *(const half *) &((const block_q8_0 *) row)[2*blk + sc].d;
+    } else {
+        using block = typename tq_cuda_type<ggml_tq_cuda_bits(type)>::block;
+        return *(const half *) &((const block *) row)[blk].d;
+    }
+}
 
 // ---- V: the B fragment of O = P V ----------------------------------------------------------------------
 // The dims of a block are permuted over the 8 n-tiles so that a lane reads 4 consecutive bytes of a row:
@@ -145,9 +198,9 @@ __launch_bounds__(TQ_FA_F16_WARPS*32, TQ_FA_F16_MINB)
 static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
     ggml_cuda_pdl_sync(); // launched early (ggml_cuda_kernel_launch): Q, K and V come from the kernels before
     ggml_cuda_pdl_lc();
-    constexpr int bits_K = ggml_tq_cuda_bits(type_K);
+    constexpr int bits_K = ggml_tq_cuda_bits(type_K); // 0: q8_0 keys
     constexpr int bits_V = ggml_tq_cuda_bits(type_V);
-    using block_K = typename tq_cuda_type<bits_K>::block;
+    constexpr int NSC    = tq_fa_kbits<type_K>::N_SCALE;
     using block_V = typename tq_cuda_type<bits_V>::block;
     constexpr int NB = D/QK_TQ; // blocks per row
 
@@ -162,18 +215,24 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
     const int seq     = blockIdx.z / p.n_q;
     const int head0   = kv_head*p.gqa + group*p.G; // first query head of this warp's rows
 
-    // Q of the group, rotated and scaled once, shared by the block's warps
-    __shared__ float q_rot[TQ_FA_MAX_G][D];
+    // Q of the group in the keys' domain (rotated for TQ keys, as given for q8_0 ones) and scaled, once, shared
+    // by the block's warps
+    __shared__ float q_k[TQ_FA_MAX_G][D];
     const float q_scale = p.logit_softcap != 0.0f ? p.scale/p.logit_softcap : p.scale;
     for (int gg = warp; gg < p.G; gg += TQ_FA_F16_WARPS) {
         const float * q = (const float *) (p.Q + iq*p.nbq1 + (head0 + gg)*p.nbq2 + seq*p.nbq3);
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
-            float v0 = q[b*QK_TQ + lane]*tq_fa_signs[lane];
-            float v1 = q[b*QK_TQ + lane + 32]*tq_fa_signs[lane + 32];
-            tq_cuda_fwht64_warp(v0, v1, lane);
-            q_rot[gg][b*QK_TQ + lane]      = v0*0.125f*q_scale;
-            q_rot[gg][b*QK_TQ + lane + 32] = v1*0.125f*q_scale;
+            if constexpr (bits_K == 0) {
+                q_k[gg][b*QK_TQ + lane]      = q[b*QK_TQ + lane]*q_scale;
+                q_k[gg][b*QK_TQ + lane + 32] = q[b*QK_TQ + lane + 32]*q_scale;
+            } else {
+                float v0 = q[b*QK_TQ + lane]*tq_fa_signs[lane];
+                float v1 = q[b*QK_TQ + lane + 32]*tq_fa_signs[lane + 32];
+                tq_cuda_fwht64_warp(v0, v1, lane);
+                q_k[gg][b*QK_TQ + lane]      = v0*0.125f*q_scale;
+                q_k[gg][b*QK_TQ + lane + 32] = v1*0.125f*q_scale;
+            }
         }
     }
     __syncthreads();
@@ -183,11 +242,14 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
 #pragma unroll
     for (int ks = 0; ks < D/16; ++ks) {
         const int c = ks*16 + 2*t;
-        qa0[ks] = g < p.G ? tq_fa_pack(q_rot[g][c],     q_rot[g][c + 1]) : 0u;
-        qa2[ks] = g < p.G ? tq_fa_pack(q_rot[g][c + 8], q_rot[g][c + 9]) : 0u;
+        qa0[ks] = g < p.G ? tq_fa_pack(q_k[g][c],     q_k[g][c + 1]) : 0u;
+        qa2[ks] = g < p.G ? tq_fa_pack(q_k[g][c + 8], q_k[g][c + 9]) : 0u;
     }
 
-    const float cbK = tq_cuda_codebook_lane<bits_K>(lane);
+    float cbK = 0.0f; // q8_0 keys have no codebook
+    if constexpr (bits_K != 0) {
+        cbK = tq_cuda_codebook_lane<bits_K>(lane);
+    }
     const float cbV = tq_cuda_codebook_lane<bits_V>(lane);
     const int   h   = head0 + g;
     const float slope = g < p.G ? get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1) : 0.0f;
@@ -213,19 +275,21 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
     for (int k0 = k_begin; k0 < k_end; k0 += TQ_FA_F16_TILE) {
         // ---- loads first, so that they are all in flight before the first use
         tq_fa_kbits<type_K> kb[2][NB];
-        half dK[2][NB][2];
+        half dK[2][NB][NSC][2];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-            const int kr = min(k0 + nt*8 + g, p.n_kv - 1);         // B operand: key g of the n-tile
-            const block_K * rowb = (const block_K *) (K + kr*p.nbk1);
+            const char * rowb = K + min(k0 + nt*8 + g, p.n_kv - 1)*p.nbk1; // B operand: key g of the n-tile
             // C layout: keys 2t, 2t+1 of the n-tile, whose block scales multiply this lane's scores
-            const block_K * rc0 = (const block_K *) (K + min(k0 + nt*8 + 2*t,     p.n_kv - 1)*p.nbk1);
-            const block_K * rc1 = (const block_K *) (K + min(k0 + nt*8 + 2*t + 1, p.n_kv - 1)*p.nbk1);
+            const char * rc0 = K + min(k0 + nt*8 + 2*t,     p.n_kv - 1)*p.nbk1;
+            const char * rc1 = K + min(k0 + nt*8 + 2*t + 1, p.n_kv - 1)*p.nbk1;
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                kb[nt][b].load(rowb + b, t);
-                dK[nt][b][0] = *(const half *) &rc0[b].d;
-                dK[nt][b][1] = *(const half *) &rc1[b].d;
+                kb[nt][b].load(rowb, b, t);
+#pragma unroll
+                for (int sc = 0; sc < NSC; ++sc) {
+                    dK[nt][b][sc][0] = tq_fa_kscale<type_K>(rc0, b, sc);
+                    dK[nt][b][sc][1] = tq_fa_kscale<type_K>(rc1, b, sc);
+                }
             }
         }
         // V: keys 2t, 2t+1 (b0) and 2t+8, 2t+9 (b1) of the tile, column g of every n-tile
@@ -251,24 +315,25 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
             }
         }
 
-        // ---- S = Q K^T for the 16 keys: two n-tiles of 8 keys, block by block (each has its own d)
+        // ---- S = Q K^T for the 16 keys: two n-tiles of 8 keys, scale block by scale block (each has its own d)
         float s[2][2];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             s[nt][0] = s[nt][1] = 0.0f;
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                float c0 = 0.0f, c1 = 0.0f;
 #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    int i0, i1, i2, i3;
-                    kb[nt][b].idx(kk, i0, i1, i2, i3);
-                    const uint32_t b0 = tq_fa_pack(tq_cuda_codebook_lookup(cbK, i0), tq_cuda_codebook_lookup(cbK, i1));
-                    const uint32_t b1 = tq_fa_pack(tq_cuda_codebook_lookup(cbK, i2), tq_cuda_codebook_lookup(cbK, i3));
-                    tq_fa_mma_rows8(c0, c1, qa0[b*4 + kk], qa2[b*4 + kk], b0, b1);
+                for (int sc = 0; sc < NSC; ++sc) {
+                    float c0 = 0.0f, c1 = 0.0f;
+#pragma unroll
+                    for (int kk = sc*4/NSC; kk < (sc + 1)*4/NSC; ++kk) {
+                        uint32_t b0, b1;
+                        tq_fa_kfrag(kb[nt][b], kk, cbK, b0, b1);
+                        tq_fa_mma_rows8(c0, c1, qa0[b*4 + kk], qa2[b*4 + kk], b0, b1);
+                    }
+                    s[nt][0] += __half2float(dK[nt][b][sc][0])*c0;
+                    s[nt][1] += __half2float(dK[nt][b][sc][1])*c1;
                 }
-                s[nt][0] += __half2float(dK[nt][b][0])*c0;
-                s[nt][1] += __half2float(dK[nt][b][1])*c1;
             }
         }
 
@@ -383,6 +448,7 @@ static void tq_fa_f16_launch_types(const tq_fa_f16_params & p, ggml_type tk, ggm
         case GGML_TYPE_TQ4_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ4_0> (p, tv, stream); break;
         case GGML_TYPE_TQ3_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ3_0> (p, tv, stream); break;
         case GGML_TYPE_TQV2_0: tq_fa_f16_launch_v<D, GGML_TYPE_TQV2_0>(p, tv, stream); break;
+        case GGML_TYPE_Q8_0:   tq_fa_f16_launch_v<D, GGML_TYPE_Q8_0>  (p, tv, stream); break;
         default: GGML_ABORT("TQ flash attention: K type %s", ggml_type_name(tk));
     }
 }

@@ -1,8 +1,9 @@
-// Flash-attention decode over TQ K/V caches (any pair of TQ types): which kernel runs, as ggml-cuda's fattn.cu
-// chooses among its own. Both kernels score in the rotated domain on the tensor cores (tq-fattn-common.cuh):
+// Flash-attention decode over TQ K/V caches (any pair of TQ types, or q8_0 keys with TQ values): which kernel
+// runs, as ggml-cuda's fattn.cu chooses among its own. Both kernels score in the rotated domain on the tensor
+// cores (tq-fattn-common.cuh):
 //   - tq-fattn-mma-i8.cuh: S on the int8 tensor cores, about half the instructions per key; head 128/256, the
 //     cache's own layout (a token's heads side by side), from TQ_FA_I8_MIN_KV keys on;
-//   - tq-fattn-mma-f16.cuh: codebook values as f16 mma fragments; any layout, head 64/128/256.
+//   - tq-fattn-mma-f16.cuh: codebook values as f16 mma fragments; any layout, head 64/128/256, q8_0 keys.
 #include "tq-fattn.cuh"
 #include "tq-fattn-mma-f16.cuh"
 #include "tq-fattn-mma-i8.cuh"
@@ -26,7 +27,9 @@ bool ggml_cuda_flash_attn_ext_tq_supported(int device, const ggml_tensor * dst) 
     const ggml_tensor * V = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     const int64_t D = K->ne[0];
-    return ggml_tq_cuda_is_tq_type(K->type) && ggml_tq_cuda_is_tq_type(V->type) && Q->type == GGML_TYPE_F32 &&
+    // q8_0 keys beside TQ values: where a TQ cache's keys lose retrieval at long context (README, "Passkey")
+    const bool K_ok = ggml_tq_cuda_is_tq_type(K->type) || K->type == GGML_TYPE_Q8_0;
+    return K_ok && ggml_tq_cuda_is_tq_type(V->type) && Q->type == GGML_TYPE_F32 &&
         (D == 64 || D == 128 || D == 256) && V->ne[0] == D && Q->ne[0] == D &&
         Q->ne[1] <= TQ_FA_MAX_Q && Q->ne[2] % K->ne[2] == 0 && K->ne[2] == V->ne[2] &&
         (mask == nullptr || (mask->type == GGML_TYPE_F16 && mask->ne[2] == 1)) &&
@@ -43,7 +46,7 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
     const int D = (int) K->ne[0];
-    if (!enabled || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
+    if (!enabled || !ggml_tq_cuda_is_tq_type(K->type) || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
         return false;
     }
     tq_fa_i8_params p = {};

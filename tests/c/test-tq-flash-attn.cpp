@@ -66,13 +66,13 @@ static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv,
     };
     store(tk, k);
     store(tv, v);
-    // the reference holds a TQ side as its f32 dequantization and keeps an f16 side as it is, so that
-    // both graphs round Q and the V sum to f16 alike where upstream's f16 path does
-    const auto ref_type = [](ggml_type t) { return t == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32; };
+    // the reference holds a TQ side as its f32 dequantization and keeps an upstream side (f16, q8_0 keys) as it
+    // is, so that both graphs round Q and the V sum to f16, or Q to q8_0, alike where upstream's paths do
+    const auto ref_type = [](ggml_type t) { return t == GGML_TYPE_F16 || t == GGML_TYPE_Q8_0 ? t : GGML_TYPE_F32; };
     ggml_tensor * tk32 = ggml_new_tensor_4d(ctx, ref_type(type_k), D, n_kv, n_head_kv, 1);
     ggml_tensor * tv32 = ggml_new_tensor_4d(ctx, ref_type(type_v), D, n_kv, n_head_kv, 1);
-    store(tk32, kd);
-    store(tv32, vd);
+    store(tk32, tk32->type == type_k ? k : kd);
+    store(tv32, tv32->type == type_v ? v : vd);
 
     // causal-style mask with some fully visible rows and some masked keys
     ggml_tensor * mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv, n_q, 1, 1);
@@ -166,6 +166,23 @@ int main() {
                             printf("FAIL K=tq4_0 V=%s D=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
                                    ggml_type_name(tv), D, n_kv, n_q, nth, rel);
                         }
+                    }
+                }
+            }
+        }
+    }
+    // upstream's q8_0 keys beside TQ values (the long-context pairing): the reference keeps the same q8_0 keys, so
+    // that the scores are alike in both graphs and only the rotated V sum differs (decode, a few rows, prefill)
+    for (ggml_type tv : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
+        for (int D : { 64, 128, 256 }) {
+            for (int n_kv : { 113, 1024 }) {
+                for (int n_q : { 1, 3, 64 }) {
+                    result r = run_case(GGML_TYPE_Q8_0, tv, D, 2, 4, n_kv, n_q, 2, n_q == 3);
+                    const double rel = r.max_abs/r.ref_max;
+                    const bool ok = r.finite && rel < tol;
+                    (ok ? passed : failed)++;
+                    if (!ok) {
+                        printf("FAIL K=q8_0 V=%s D=%d n_kv=%d n_q=%d: max rel diff %.3g\n", ggml_type_name(tv), D, n_kv, n_q, rel);
                     }
                 }
             }
