@@ -4,7 +4,8 @@
 //
 // Both kernels stay in the rotated domain: Q is rotated once per block of 64 (signs, then tq-common.cuh's
 // Walsh-Hadamard transform), scores and V sums are taken against the blocks' codebook values as stored, and the
-// output is rotated back once per row. A row's keys are split over blocks (flash-decoding); each split leaves
+// output is rotated back once per row. (q8_0 keys, which the f16 kernel also takes, are scored against Q as
+// given; only V and the output are rotated then.) A row's keys are split over blocks (flash-decoding); each split leaves
 // its softmax state in parts and meta, laid out as for ggml-cuda's flash_attn_combine_results, and
 // tq_fattn_combine merges them.
 #pragma once

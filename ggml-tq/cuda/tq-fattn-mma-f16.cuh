@@ -1,4 +1,4 @@
-// Flash-attention decode over TQ K/V in any layout, on the f16 tensor cores: the kernel that
+// Flash-attention decode over TQ K/V (or q8_0 K, TQ V) in any layout, on the f16 tensor cores: the kernel that
 // tq-fattn.cu runs where tq-fattn-mma-i8.cuh's does not (head 64, heads not side by side in a key's row, short
 // rows, q8_0 keys).
 //
@@ -11,7 +11,7 @@
 //   - O += softmax(S) * (d * codebook values of V), still rotated;
 //   - each warp is one key split (flash-decoding): tq_fattn_combine merges them and rotates O back.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
-// the cache's own 4.25 / 3.25 / 2.25 bits per value.
+// the cache's own 4.25 / 3.25 / 2.25 bits per value (8.5 for q8_0 keys).
 //
 // Keys may also be upstream's q8_0 beside TQ values (-ctk q8_0 -ctv tq4_0: the keys carry a TQ cache's loss
 // at long context, the values little of it). Their int8 values are exact in f16 and go into the same fragments
@@ -106,8 +106,9 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQV2_0> { // tq3_0's low bits alone
     }
 };
 
-// upstream's q8_0: 64 dims are two of its 32-value blocks; k-step kk reads block kk/2, bytes 16(kk%2) + 2t, +1
-// (b0) and + 8, + 9 (b1), an int8 pair each (rows of K start on an even byte: blocks are 34 bytes)
+// upstream's q8_0 (the values themselves, not indices): 64 dims are two of its 32-value blocks; k-step kk reads
+// block kk/2, bytes 16(kk%2) + 2t, +1 (b0) and + 8, + 9 (b1), an int8 pair each. The 16-bit loads are aligned:
+// a q8_0 row, its heads and its blocks (34 bytes, qs at byte 2) all start on even bytes.
 template <> struct tq_fa_kbits<GGML_TYPE_Q8_0> {
     static constexpr int N_SCALE = 2;
     uint32_t u[4]; // k-step kk: its b0 pair in the low half, its b1 pair in the high half

@@ -1,6 +1,6 @@
 // Flash-attention decode over TQ K/V caches (any pair of TQ types, or q8_0 keys with TQ values): which kernel
-// runs, as ggml-cuda's fattn.cu chooses among its own. Both kernels score in the rotated domain on the tensor
-// cores (tq-fattn-common.cuh):
+// runs, as ggml-cuda's fattn.cu chooses among its own. Both kernels score on the tensor cores and sum V in the
+// rotated domain (tq-fattn-common.cuh):
 //   - tq-fattn-mma-i8.cuh: S on the int8 tensor cores, about half the instructions per key; head 128/256, the
 //     cache's own layout (a token's heads side by side), from TQ_FA_I8_MIN_KV keys on;
 //   - tq-fattn-mma-f16.cuh: codebook values as f16 mma fragments; any layout, head 64/128/256, q8_0 keys.
@@ -27,7 +27,7 @@ bool ggml_cuda_flash_attn_ext_tq_supported(int device, const ggml_tensor * dst) 
     const ggml_tensor * V = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     const int64_t D = K->ne[0];
-    // q8_0 keys beside TQ values: where a TQ cache's keys lose retrieval at long context (README, "Passkey")
+    // q8_0 keys beside TQ values: where 4-bit keys lose retrieval at long context (README, "Which to choose")
     const bool K_ok = ggml_tq_cuda_is_tq_type(K->type) || K->type == GGML_TYPE_Q8_0;
     return K_ok && ggml_tq_cuda_is_tq_type(V->type) && Q->type == GGML_TYPE_F32 &&
         (D == 64 || D == 128 || D == 256) && V->ne[0] == D && Q->ne[0] == D &&

@@ -172,7 +172,8 @@ int main() {
         }
     }
     // upstream's q8_0 keys beside TQ values (the long-context pairing): the reference keeps the same q8_0 keys, so
-    // that the scores are alike in both graphs and only the rotated V sum differs (decode, a few rows, prefill)
+    // that the scores are alike in both graphs and only the rotated V sum differs. A q8_0 key takes neither fast
+    // path (split-KV, tiled): every case here runs row by row, the path this pairing takes on the CPU.
     for (ggml_type tv : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
