@@ -53,10 +53,12 @@ TQ = ["tq4_0", "tq3_0"]
 VALUE_TYPES = ["tqv2_0"]  # V only: not run as K+V by default, only in the mixed rows
 ALL_TYPES = UPSTREAM + TQ
 # extra rows: (row name, K type, V type, extra environment). K errors move the softmax, V errors only
-# average out, so a 4-bit K with a 3-bit V (3.75 bits per value) or a 2-bit V (3.25) is measured too.
+# average out, so a 4-bit K with a 3-bit V (3.75 bits per value) or a 2-bit V (3.25) is measured too, and
+# upstream's q8_0 keys with tq4_0 values (6.375), the long-context pairing (README, "Which to choose").
 EXTRAS = [("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
           ("tq4_0/tq3_0", "tq4_0", "tq3_0", {}),
-          ("tq4_0/tqv2_0", "tq4_0", "tqv2_0", {})]
+          ("tq4_0/tqv2_0", "tq4_0", "tqv2_0", {}),
+          ("q8_0/tq4_0", "q8_0", "tq4_0", {})]
 # rows run on request (--extra NAME, repeatable): which of K and V carries the loss, and the mixes and
 # rotation settings tools/kv_lab.py ranks high
 OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
@@ -354,7 +356,8 @@ def plot(rows, fit, path, title):
                         xytext=(5, -10) if r["name"] == "iq4_nl" else (5, 5))
     style = {"tq4_0": ("*", "tab:red", "full"), "tq3_0": ("D", "tab:purple", "full"),
              "tq4_0 +rot": ("*", "tab:red", "none"), "q4_0 norot": ("s", "tab:gray", "none"),
-             "tq4_0/tq3_0": ("P", "tab:orange", "full"), "tq4_0/tqv2_0": ("X", "tab:green", "full")}
+             "tq4_0/tq3_0": ("P", "tab:orange", "full"), "tq4_0/tqv2_0": ("X", "tab:green", "full"),
+             "q8_0/tq4_0": ("h", "tab:brown", "full")}
     for r in ok:
         if r["name"] in style:
             m, c, fill = style[r["name"]]
@@ -365,7 +368,7 @@ def plot(rows, fit, path, title):
         ax.text(0.01, 0.01, "not on the log axis (KLD <= 0 or missing): " + ", ".join(off), transform=ax.transAxes,
                 fontsize=7, va="bottom")
     if fit:
-        xs = [3.0 + 0.05 * i for i in range(61)]
+        xs = [3.0 + 0.05 * i for i in range(71)]
         ax.plot(xs, [fit["at"](x) for x in xs], "--", color="tab:blue", alpha=0.5,
                 label="upstream curve (q4_0–q5_1, extended)")
     ax.set_yscale("log")
