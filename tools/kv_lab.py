@@ -328,6 +328,10 @@ def codecs(head):
     c["tqv2_0 centered"] = tq(2, shipped=True, center=True)
     c["tqv2_0 centered256"] = tq(2, shipped=True, center=256)
     c["tqv2_0 centered1"] = tq(2, shipped=True, center=1)
+    # keys at more bits (a long-context key codec): the lab's encoder with its grid search, keys centered on the
+    # first 256 tokens; 4 bits the same way, to compare like with like
+    for b in (4, 5, 6):
+        c[f"tq{b}_0 centered256 search"] = tq(b, grid=W, center=256)
     q = head // 4
     c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
     c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
@@ -385,6 +389,11 @@ def candidates(names):
         out.append((f"f16 K/tqv2_0 centered{s} V", "f16", f"tqv2_0 centered{s}"))
         out.append((f"f16 K/tq3_0 centered{s} V", "f16", f"tq3_0 centered{s}"))
     out.append(("f16 K/tq3_0 V", "f16", "tq3_0"))
+    # keys for long contexts: upstream's 8- and 6-bit keys, TQ keys at 4-6 bits, alone and beside tq4_0 values
+    out += [("q8_0 K/f16 V", "q8_0", "f16"), ("q5_1 K/f16 V", "q5_1", "f16"), ("q8_0/tq4_0", "q8_0", "tq4_0")]
+    for b in (4, 5, 6):
+        out += [(f"tq{b}_0 centered256 search K/f16 V", f"tq{b}_0 centered256 search", "f16"),
+                (f"tq{b}_0 centered256 search/tq4_0", f"tq{b}_0 centered256 search", "tq4_0")]
     # values offset by the first token's (an attention sink): stored exactly as zero, while every other value moves
     # by a vector a fraction of its norm
     for vt in ("tq4_0", "tq3_0", "tqv2_0"):
