@@ -69,7 +69,8 @@ if any(t.endswith("+krot") for t in types):
 md += ["", "![decode tokens/s against depth](speed.png)", "", "## Commands", "", "```",
        "dev/gpu/pack_llama.sh                                   # here: the patched llama.cpp source for the GPU machine",
        f"BENCH_TYPES=\"{' '.join(t.replace('-tq', '/tq') for t in types)}\" BENCH_REPS={reps} "
-       f"BENCH_DEPTHS={','.join(map(str, depths))} dev/gpu/cuda_device.sh build model bench   # there",
+       f"BENCH_DEPTHS={','.join(map(str, depths))} dev/gpu/cuda_device.sh build model bench"
+       + (" perf" if (run / "tbo-perf.log").exists() else "") + "   # there",
        f".venv/bin/python dev/gpu/cuda_report.py RUN_DIR {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}",
        "```", ""]
 
