@@ -466,12 +466,12 @@ def main():
     cmd = shlex.join(["tools/passkey.py"] + sys.argv[1:])
     if a.pair and not a.pool:
         raise SystemExit("--pair needs --pool (it compares the runs' rows)")
+    pool_lengths = a.lengths and [int(x) for x in a.lengths.split(",")]
     if a.pool and a.pair:
-        print(pair(pooled_rows(a.pool, a.base, a.lengths and [int(x) for x in a.lengths.split(",")]), a.base,
-                   a.pair[0], a.pair[1].split("+")))
+        print(pair(pooled_rows(a.pool, a.base, pool_lengths), a.base, a.pair[0], a.pair[1].split("+")))
         return
     if a.pool:
-        md = pool(a.pool, a.base, a.lengths and [int(x) for x in a.lengths.split(",")])
+        md = pool(a.pool, a.base, pool_lengths)
         if a.out:
             Path(a.out).write_text(f"# Passkey prompts of several runs, pooled\n\n`.venv/bin/python {cmd}`\n\n{md}\n")
         print(md)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
+from quality import BITS  # noqa: E402  bits per value of each cache type
 from speed import PLOT_TYPES, decode_series, plot_decode  # noqa: E402  the CPU table's plot, the same way
 
 run = Path(sys.argv[1])
@@ -79,7 +80,6 @@ if perf.exists():
     bw = (run / "bw.txt").read_text() if (run / "bw.txt").exists() else ""
     m = re.search(r"read\s+(\d+) GB/s", bw)
     read_gbs = float(m.group(1)) if m else float("nan")
-    bits = {"f16": 16, "q8_0": 8.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25, "tqv2_0": 2.25}
     md += ["## The attention kernels alone, 32k context (test-backend-ops perf -o FLASH_ATTN_EXT)", "",
            "Head size 128, 8 KV heads, GQA 4, 32768 keys, 1 query token. Bytes: K and V read once; bandwidth: bytes / "
            "time, against the read bandwidth dev/gpu/bw.cu measured in the same run.", "",
@@ -87,10 +87,10 @@ if perf.exists():
     seen = set()
     for line in perf.read_text().splitlines():
         m = re.search(r"type_K=([a-z0-9_]+),type_V=([a-z0-9_]+),.*?([0-9.]+) us/run", line)
-        if m and m.group(1, 2) not in seen and m.group(1) in bits and m.group(2) in bits:
+        if m and m.group(1, 2) not in seen and m.group(1) in BITS and m.group(2) in BITS:
             tk, tv, us = m.group(1), m.group(2), float(m.group(3))
             seen.add((tk, tv))
-            nbytes = 32768 * 8 * 128 * (bits[tk] + bits[tv]) / 8
+            nbytes = 32768 * 8 * 128 * (BITS[tk] + BITS[tv]) / 8
             gbs = nbytes / (us * 1e-6) / 1e9
             t = tk if tk == tv else f"{tk}-{tv}"
             md.append(f"| {t} | {us:.1f} | {nbytes / 1e6:.1f} MB | {gbs:.0f} | {gbs / read_gbs * 100:.0f}% |")
