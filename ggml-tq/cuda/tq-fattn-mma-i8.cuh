@@ -1,5 +1,5 @@
 // Flash-attention decode over TQ K and V that scores on the int8 tensor cores: the kernel tq-fattn.cu
-// runs for TQ K/V at head 128 and 256 from TQ_FA_I8_MIN_KV keys on, when the cache layout allows
+// runs for TQ V with TQ or q8_0 K at head 128 and 256 from TQ_FA_I8_MIN_KV keys on, when the cache layout allows
 // (tq_fa_i8_layout); tq-fattn-mma-f16.cuh takes the rest. bench/cuda/fattn_bench.cu builds it alone, without
 // ggml-cuda, for checks and timings.
 //
@@ -105,8 +105,9 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 // The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %; tqv2_0: 0.006 %) and Q in 8 bits
 // (0.60 %), next to TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
 //
-// Takes: head 128 or 256 (blocks in pairs), any TQ types of K and V, rows 4-byte aligned, heads side
-// by side in a key's row (tq_fa_i8_layout says which); anything else stays with tq-fattn-mma-f16.cuh.
+// Takes: head 128 or 256 (blocks in pairs), any TQ types of K and V or q8_0 K (tq_i8_fmt<GGML_TYPE_Q8_0>: its
+// integers are the A operand as they are), rows 4-byte aligned, heads side by side in a key's row
+// (tq_fa_i8_layout says which); anything else stays with tq-fattn-mma-f16.cuh.
 
 static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
     uint32_t d;
@@ -244,6 +245,9 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQ4_0> {
     static constexpr int   PAIR = 2*(int) sizeof(block_tq4_0);
     static constexpr int   NT   = 4;
     static constexpr float SK   = 368.28f;
+    static constexpr int   NS   = 1;    // scales per block of 64
+    static constexpr int   Q_HI = 1;    // q_pos of element lane + 32, from element lane's
+    static constexpr bool  ROT  = true; // scored against the rotated query
     // the tables' words (scalars: a constexpr array could not be read in device code): K's 0..3, V's 4..7
     static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb4_host, SK, 0, 0),   W1 = tq_fa_table_word(tq_fa_cb4_host, SK, 1, 0);
     static constexpr uint32_t W2 = tq_fa_table_word(tq_fa_cb4_host, SK, 2, 0),   W3 = tq_fa_table_word(tq_fa_cb4_host, SK, 3, 0);
@@ -267,10 +271,10 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQ4_0> {
     };
 
     static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
-                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2][NS]) {
         const uint32_t w0 = tq_fa_ld32(pair), w8 = tq_fa_ld32(pair + 32);
-        dk[r][0] = tq_fa_lo(w0);
-        dk[r][1] = tq_fa_hi(w8);
+        dk[r][0][0] = tq_fa_lo(w0);
+        dk[r][1][0] = tq_fa_hi(w8);
         tq_fa_lut16(tq_fa_word_even(pair, l.offKa, l.selKa, w8), T, A[0][0][r][0], A[0][0][r][1]);
         tq_fa_lut16(tq_fa_word_even(pair, l.offKb, l.selKb, w8), T, A[0][1][r][0], A[0][1][r][1]);
         tq_fa_lut16(tq_fa_ld32(pair + 36 + l.t8), T, A[1][0][r][0], A[1][0][r][1]);
@@ -304,6 +308,8 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQ3_0> {
     static constexpr int   PAIR = 2*(int) sizeof(block_tq3_0);
     static constexpr int   NT   = 2;
     static constexpr float SK   = 458.04f;
+    static constexpr int   NS   = 1, Q_HI = 1;
+    static constexpr bool  ROT  = true;
     static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb3_host, SK, 0, 0),   W1 = tq_fa_table_word(tq_fa_cb3_host, SK, 1, 0);
     static constexpr uint32_t W2 = tq_fa_table_word(tq_fa_cb3_host, SK, 0, 128), W3 = tq_fa_table_word(tq_fa_cb3_host, SK, 1, 128);
     static __device__ __forceinline__ uint32_t table(bool v, int i) { // K's (v false) or V's word i
@@ -328,9 +334,9 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQ3_0> {
     }
 
     static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
-                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
-        dk[r][0] = tq_fa_lo(tq_fa_ld32(pair));
-        dk[r][1] = tq_fa_hi(tq_fa_ld32(pair + 24));
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2][NS]) {
+        dk[r][0][0] = tq_fa_lo(tq_fa_ld32(pair));
+        dk[r][1][0] = tq_fa_hi(tq_fa_ld32(pair + 24));
         uint32_t a[2][2];
         tq_fa_lut8(qs_even(pair, l.kq), qh_even(pair, l.kh), l.ksh, T, a);
         A[0][0][r][0] = a[0][0]; A[0][0][r][1] = a[0][1]; A[0][1][r][0] = a[1][0]; A[0][1][r][1] = a[1][1];
@@ -364,6 +370,8 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQV2_0> {
     static constexpr int   PAIR = 2*(int) sizeof(block_tqv2_0);
     static constexpr int   NT   = 1;
     static constexpr float SK   = 389.33f; // centroids 22 and 73
+    static constexpr int   NS   = 1, Q_HI = 1;
+    static constexpr bool  ROT  = true;
     static constexpr uint32_t W0 = tq_fa_table_word(tq_fa_cb2_host, SK, 0, 0), W1 = tq_fa_table_word(tq_fa_cb2_host, SK, 0, 128);
     static __device__ __forceinline__ uint32_t table(bool v, int /*i*/) { // K's (v false) or V's word
         return v ? W1 : W0;
@@ -382,9 +390,9 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQV2_0> {
     }
 
     static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&T)[NT], int r,
-                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2]) {
-        dk[r][0] = tq_fa_lo(tq_fa_ld32(pair));
-        dk[r][1] = tq_fa_hi(tq_fa_ld32(pair + 16));
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2][NS]) {
+        dk[r][0][0] = tq_fa_lo(tq_fa_ld32(pair));
+        dk[r][1][0] = tq_fa_hi(tq_fa_ld32(pair + 16));
         uint32_t a[2][2];
         tq_fa_lut4(qs_even(pair, l.kq), T[0], a);
         A[0][0][r][0] = a[0][0]; A[0][0][r][1] = a[0][1]; A[0][1][r][0] = a[1][0]; A[0][1][r][1] = a[1][1];
@@ -404,6 +412,48 @@ template <> struct tq_i8_fmt<GGML_TYPE_TQV2_0> {
     }
     static __device__ __forceinline__ int elem(int odd, int g, int half, int j) {
         return qs_order::elem(odd, g, half, j);
+    }
+};
+
+template <> struct tq_i8_fmt<GGML_TYPE_Q8_0> {
+    // Upstream's q8_0 as keys only (beside TQ values: the long-context pairing). Its 32 int8 values are an m16n8k32
+    // A operand as they are, in their own order, with one scale per mma: no table, and the query unrotated
+    // (upstream's Hadamard rotation, on for q8_0 caches, is already in Q and K). A block pair of the loop is 4
+    // q8_0 blocks (136 bytes, on a word): blocks 1 and 3 hold their qs on words, blocks 0 and 2 two bytes into
+    // one (put together by funnel shifts). Lane t reads qs bytes 4t..4t+3 and 16+4t.. of each block.
+    static constexpr int   PAIR = 4*(int) sizeof(block_q8_0);
+    static constexpr int   NT   = 1;    // no table (one unused word: the kernel's arrays are not empty)
+    static constexpr float SK   = 1.0f; // the values are the integers themselves
+    static constexpr int   NS   = 2;    // a scale per 32 dims
+    static constexpr int   Q_HI = 8;    // element lane + 32 is in mma j = 1: two words on
+    static constexpr bool  ROT  = false;
+    static_assert(sizeof(block_q8_0) == 34 && QK8_0 == 32, "q8_0: a 2-byte scale and 32 int8 values");
+    static __device__ __forceinline__ uint32_t table(bool /*v*/, int /*i*/) { return 0; }
+
+    struct lane_t {
+        int t4;
+        __device__ lane_t(int /*g*/, int t) : t4(4*t) {}
+    };
+
+    static __device__ __forceinline__ void k_row(const uint8_t * pair, const lane_t & l, const uint32_t (&/*T*/)[NT], int r,
+                                                 uint32_t (&A)[2][2][2][2], float (&dk)[2][2][NS]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { // q8_0 block i: mma j = i%2 of the loop's block o = i/2
+            const uint8_t * blk = pair + i*(int) sizeof(block_q8_0);
+            if (i % 2 == 0) { // d on a word, qs two bytes into one
+                dk[r][i/2][0] = tq_fa_lo(tq_fa_ld32(blk));
+                A[i/2][0][r][0] = __funnelshift_r(tq_fa_ld32(blk + l.t4),      tq_fa_ld32(blk + l.t4 + 4),  16);
+                A[i/2][0][r][1] = __funnelshift_r(tq_fa_ld32(blk + l.t4 + 16), tq_fa_ld32(blk + l.t4 + 20), 16);
+            } else {          // d two bytes into a word, qs on words
+                dk[r][i/2][1] = tq_fa_hi(tq_fa_ld32(blk - 2));
+                A[i/2][1][r][0] = tq_fa_ld32(blk + 2 + l.t4);
+                A[i/2][1][r][1] = tq_fa_ld32(blk + 18 + l.t4);
+            }
+        }
+    }
+    static __device__ __forceinline__ int q_pos(int /*odd*/, int lane) {
+        // element e < 32 of a block of 64: mma j = 0, half e/16, lane t = (e%16)/4, byte e%4 (word 4t + 2j + half)
+        return 4*(4*((lane % 16)/4) + lane/16) + lane % 4;
     }
 };
 
@@ -538,7 +588,7 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
         tq_fa_cp_commit();
     }
 
-    // ---- Q of the warp's G columns: rotated, scaled, rounded to int8 per block of 64 (scale amax/127), as the
+    // ---- Q of the warp's G columns: rotated (not for q8_0 keys), scaled, rounded to int8 per block of 64 (scale amax/127), as the
     // B operand of S. Lane (g, t) holds column g at the dims of its K words (block b, word 2t + j, halves
     // 0/1 -> b0/b1). The lane that rotates element e of a block writes its int8 straight to that place:
     // elements lane and lane + 32 share a word (qs byte lane holds both), two bytes side by side.
@@ -572,31 +622,43 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
             const float * q = (const float *) (p.Q + iq*p.nbq1 + (head0 + gg)*p.nbq2 + seq*p.nbq3);
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                qv[u][b][0] = q[b*QK_TQ + lane]*sign0;
-                qv[u][b][1] = q[b*QK_TQ + lane + 32]*sign1;
+                qv[u][b][0] = q[b*QK_TQ + lane];
+                qv[u][b][1] = q[b*QK_TQ + lane + 32];
+                if constexpr (fK::ROT) {
+                    qv[u][b][0] *= sign0;
+                    qv[u][b][1] *= sign1;
+                }
+            }
+        }
+        if constexpr (fK::ROT) {
+#pragma unroll
+            for (int u = 0; u < QG; ++u) {
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    tq_cuda_fwht64_warp(qv[u][b][0], qv[u][b][1], lane);
+                }
             }
         }
 #pragma unroll
         for (int u = 0; u < QG; ++u) {
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
-                tq_cuda_fwht64_warp(qv[u][b][0], qv[u][b][1], lane);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < QG; ++u) {
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                const float v0 = qv[u][b][0]*(0.125f*q_scale);
-                const float v1 = qv[u][b][1]*(0.125f*q_scale);
+                const float v0 = qv[u][b][0]*(fK::ROT ? 0.125f*q_scale : q_scale); // the FWHT's 1/8
+                const float v1 = qv[u][b][1]*(fK::ROT ? 0.125f*q_scale : q_scale);
                 float amax = fmaxf(fabsf(v0), fabsf(v1));
 #pragma unroll
                 for (int off = 16; off > 0; off >>= 1) {
                     amax = fmaxf(amax, __shfl_xor_sync(TQ_CUDA_FULL_MASK, amax, off));
                 }
                 const float inv = amax > 0.0f ? 127.0f/amax : 0.0f;
-                const uint32_t pair = ((uint32_t) __float2int_rn(v0*inv) & 0xffu) | ((uint32_t) __float2int_rn(v1*inv) & 0xffu) << 8;
-                *(uint16_t *) ((uint8_t *) q8_s[warp][gg0 + u][b] + q8_pos[b & 1]) = (uint16_t) pair;
+                const uint32_t i0 = (uint32_t) __float2int_rn(v0*inv) & 0xffu, i1 = (uint32_t) __float2int_rn(v1*inv) & 0xffu;
+                uint8_t * qcol = (uint8_t *) q8_s[warp][gg0 + u][b] + q8_pos[b & 1];
+                if constexpr (fK::Q_HI == 1) {
+                    *(uint16_t *) qcol = (uint16_t) (i0 | i1 << 8);
+                } else {
+                    qcol[0]        = (uint8_t) i0;
+                    qcol[fK::Q_HI] = (uint8_t) i1;
+                }
                 if (lane == 0 && gg0 + u < p.G) {
                     qsc_s[warp][gg0 + u][b] = amax/127.0f;
                 }
@@ -697,8 +759,8 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
             s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.0f;
 #pragma unroll
             for (int pr = 0; pr < NP; ++pr) {
-                uint32_t A[2][2][2][2]; // [odd block][word j][row g / g+8][half]
-                float dk[2][2];         // [row][odd block]
+                uint32_t A[2][2][2][2];  // [odd block][word j][row g / g+8][half]
+                float dk[2][2][fK::NS];  // [row][odd block][scale: one per block, or per mma j (q8_0)]
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     fK::k_row(sk + offKr[r] + u*TQ_I8_TILE*p.stride_K + pr*fK::PAIR, lnK, TK, r, A, dk);
@@ -706,15 +768,19 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
 #pragma unroll
                 for (int o = 0; o < 2; ++o) {
                     const int b = 2*pr + o;
-                    int acc[4] = { 0, 0, 0, 0 };
+                    // one integer sum per scale of K: both mma of a TQ block, each mma of q8_0's
 #pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        tq_fa_mma(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                    for (int sc = 0; sc < fK::NS; ++sc) {
+                        int acc[4] = { 0, 0, 0, 0 };
+#pragma unroll
+                        for (int j = sc; j < sc + 2/fK::NS; ++j) {
+                            tq_fa_mma(acc, A[o][j][0][0], A[o][j][1][0], A[o][j][0][1], A[o][j][1][1], qb[b][j][0], qb[b][j][1]);
+                        }
+                        s[u][0] += (float) acc[0]*(dk[0][o][sc]*qf[b][0]);
+                        s[u][1] += (float) acc[1]*(dk[0][o][sc]*qf[b][1]);
+                        s[u][2] += (float) acc[2]*(dk[1][o][sc]*qf[b][0]);
+                        s[u][3] += (float) acc[3]*(dk[1][o][sc]*qf[b][1]);
                     }
-                    s[u][0] += (float) acc[0]*(dk[0][o]*qf[b][0]);
-                    s[u][1] += (float) acc[1]*(dk[0][o]*qf[b][1]);
-                    s[u][2] += (float) acc[2]*(dk[1][o]*qf[b][0]);
-                    s[u][3] += (float) acc[3]*(dk[1][o]*qf[b][1]);
                 }
             }
         }
@@ -933,6 +999,7 @@ static tq_fa_i8_kernel_t tq_fa_i8_get_v(ggml_type tv) {
 template <int D, int MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
     switch (tk) {
+        case GGML_TYPE_Q8_0:   return tq_fa_i8_get_v<D, GGML_TYPE_Q8_0,   MINB>(tv);
         case GGML_TYPE_TQ4_0:  return tq_fa_i8_get_v<D, GGML_TYPE_TQ4_0,  MINB>(tv);
         case GGML_TYPE_TQ3_0:  return tq_fa_i8_get_v<D, GGML_TYPE_TQ3_0,  MINB>(tv);
         case GGML_TYPE_TQV2_0: return tq_fa_i8_get_v<D, GGML_TYPE_TQV2_0, MINB>(tv);
@@ -940,11 +1007,16 @@ static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
     }
 }
 
-// The kernel for head size D and TQ types tk, tv (any of the three each), compiled for MINB blocks per SM; heads
-// 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
+// q8_0 keys beside TQ values, or TQ keys: the key types the kernel reads
+static bool tq_fa_i8_key_type(ggml_type tk) {
+    return ggml_tq_cuda_is_tq_type(tk) || tk == GGML_TYPE_Q8_0;
+}
+
+// The kernel for head size D, a key type of tq_fa_i8_key_type and a TQ value type, compiled for MINB blocks per
+// SM; heads 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
 template <int MINB = TQ_FA_I8_MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
-    if (!ggml_tq_cuda_is_tq_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
+    if (!tq_fa_i8_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
         return nullptr;
     }
     return D == 128 ? tq_fa_i8_get_types<128, MINB>(tk, tv) : tq_fa_i8_get_types<256, MINB>(tk, tv);
@@ -955,6 +1027,7 @@ static int tq_fa_row_bytes(ggml_type t, int D) {
         case GGML_TYPE_TQ4_0:  return D/QK_TQ*(int) sizeof(block_tq4_0);
         case GGML_TYPE_TQ3_0:  return D/QK_TQ*(int) sizeof(block_tq3_0);
         case GGML_TYPE_TQV2_0: return D/QK_TQ*(int) sizeof(block_tqv2_0);
+        case GGML_TYPE_Q8_0:   return D/QK8_0*(int) sizeof(block_q8_0);
         default:               return 0;
     }
 }
@@ -963,9 +1036,9 @@ static int tq_fa_row_bytes(ggml_type t, int D) {
 // Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
 // head's rows not 4-byte aligned, or heads not side by side in a key's row.
 static bool tq_fa_i8_layout(tq_fa_i8_params & p, int D, ggml_type tk, ggml_type tv) {
-    if (p.n_groups > TQ_I8_WARPS || !ggml_tq_cuda_is_tq_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
+    if (p.n_groups > TQ_I8_WARPS || !tq_fa_i8_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
         (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
-        return false; // TQ types, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
+        return false; // TQ (or q8_0) keys, TQ values, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
     }
     const int row_K = tq_fa_row_bytes(tk, D), row_V = tq_fa_row_bytes(tv, D);
     if (p.nbk2 != row_K || p.nbv2 != row_V || p.nbk1 % 4 != 0 || p.nbv1 % 4 != 0 ||

@@ -28,7 +28,8 @@ static void fill(std::vector<float> & x, float scale, int outlier_every) {
 struct result { double max_abs; double ref_max; bool finite; };
 
 // attention with K/V of type kv_type (made from k32/v32 by quantization) vs the dequantized K/V in f32
-static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv, int gqa, int n_kv, int n_q, int n_threads, bool sinks) {
+static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv, int gqa, int n_kv, int n_q, int n_threads, bool sinks,
+                       float max_bias = 0.0f, float softcap = 0.0f) {
     const int n_head = n_head_kv*gqa;
     std::vector<float> q(D*n_q*n_head), k(D*n_kv*n_head_kv), v(D*n_kv*n_head_kv);
     fill(q, 1.0f, 0);
@@ -67,8 +68,13 @@ static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv,
     store(tk, k);
     store(tv, v);
     // the reference holds a TQ side as its f32 dequantization and keeps an upstream side (f16, q8_0 keys) as it
-    // is, so that both graphs round Q and the V sum to f16, or Q to q8_0, alike where upstream's paths do
-    const auto ref_type = [](ggml_type t) { return t == GGML_TYPE_F16 || t == GGML_TYPE_Q8_0 ? t : GGML_TYPE_F32; };
+    // is, so that both graphs round Q and the V sum to f16, or Q to q8_0, alike where upstream's paths do. q8_0 keys
+    // beside TQ values take the tiled path from 64 query rows and the split-KV decode from 512 keys at one row, both
+    // of which score them dequantized against the f32 query: there the reference holds them dequantized too.
+    const bool k_dequantized = n_q >= 64 || (n_q == 1 && n_kv >= 512);
+    const auto ref_type = [k_dequantized](ggml_type t) {
+        return t == GGML_TYPE_F16 || (t == GGML_TYPE_Q8_0 && !k_dequantized) ? t : GGML_TYPE_F32;
+    };
     ggml_tensor * tk32 = ggml_new_tensor_4d(ctx, ref_type(type_k), D, n_kv, n_head_kv, 1);
     ggml_tensor * tv32 = ggml_new_tensor_4d(ctx, ref_type(type_v), D, n_kv, n_head_kv, 1);
     store(tk32, tk32->type == type_k ? k : kd);
@@ -89,8 +95,8 @@ static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv,
     }
 
     const float scale = 1.0f/sqrtf((float) D);
-    ggml_tensor * out_tq  = ggml_flash_attn_ext(ctx, tq, tk,   tv,   mask, scale, 0.0f, 0.0f);
-    ggml_tensor * out_ref = ggml_flash_attn_ext(ctx, tq, tk32, tv32, mask, scale, 0.0f, 0.0f);
+    ggml_tensor * out_tq  = ggml_flash_attn_ext(ctx, tq, tk,   tv,   mask, scale, max_bias, softcap);
+    ggml_tensor * out_ref = ggml_flash_attn_ext(ctx, tq, tk32, tv32, mask, scale, max_bias, softcap);
         if (tsinks) {
         ggml_flash_attn_ext_add_sinks(out_tq,  tsinks);
         ggml_flash_attn_ext_add_sinks(out_ref, tsinks);
@@ -171,19 +177,22 @@ int main() {
             }
         }
     }
-    // upstream's q8_0 keys beside TQ values (the long-context pairing): the reference keeps the same q8_0 keys, so
-    // that the scores are alike in both graphs and only the rotated V sum differs. A q8_0 key takes neither fast
-    // path (split-KV, tiled): every case here runs row by row, the path this pairing takes on the CPU.
+    // upstream's q8_0 keys beside TQ values (the long-context pairing) take the same paths: split-KV from 512 keys at
+    // one query row (scores by q8_0's vec_dot, as the reference's row-by-row path), the tiled path from 64 rows (75:
+    // a partial last tile), row by row otherwise. The scores are alike in both graphs; only the rotated V sum differs.
     for (ggml_type tv : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
-                for (int n_q : { 1, 3, 64 }) {
-                    result r = run_case(GGML_TYPE_Q8_0, tv, D, 2, 4, n_kv, n_q, 2, n_q == 3);
-                    const double rel = r.max_abs/r.ref_max;
-                    const bool ok = r.finite && rel < tol;
-                    (ok ? passed : failed)++;
-                    if (!ok) {
-                        printf("FAIL K=q8_0 V=%s D=%d n_kv=%d n_q=%d: max rel diff %.3g\n", ggml_type_name(tv), D, n_kv, n_q, rel);
+                for (int n_q : { 1, 3, 64, 75 }) {
+                    for (int nth : { 1, 2 }) {
+                        result r = run_case(GGML_TYPE_Q8_0, tv, D, 2, 4, n_kv, n_q, nth, n_q == 3);
+                        const double rel = r.max_abs/r.ref_max;
+                        const bool ok = r.finite && rel < tol;
+                        (ok ? passed : failed)++;
+                        if (!ok) {
+                            printf("FAIL K=q8_0 V=%s D=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
+                                   ggml_type_name(tv), D, n_kv, n_q, nth, rel);
+                        }
                     }
                 }
             }
@@ -193,7 +202,7 @@ int main() {
     // pairing, head 256: split-KV decode (one query row) and the tiled path (64 rows)
     const std::pair<ggml_type, ggml_type> long_pairs[] = {
         { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 },
-        { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 } };
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
     for (auto kv : long_pairs) {
         for (int n_q : { 1, 64 }) {
             result r = run_case(kv.first, kv.second, 256, 1, 4, 33000, n_q, 2, false);
@@ -203,6 +212,28 @@ int main() {
             if (!ok) {
                 printf("FAIL K=%s V=%s D=256 n_kv=33000 n_q=%d: max rel diff %.3g\n",
                        ggml_type_name(kv.first), ggml_type_name(kv.second), n_q, rel);
+            }
+        }
+    }
+    // the split-KV decode over TQ values (one query row, 512 keys or more) with what it applies per head and tile:
+    // sinks, ALiBi slopes, softcap; GQA 1, 4 and 12 (heads of a group sharing each decoded row); 1, 2 and 3 threads
+    // (key chunks that end inside a tile)
+    const std::pair<ggml_type, ggml_type> split_pairs[] = {
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
+    for (auto kv : split_pairs) {
+        for (int gqa : { 1, 4, 12 }) {
+            for (int nth : { 1, 2, 3 }) {
+                for (int variant = 0; variant < 4; ++variant) {
+                    result r = run_case(kv.first, kv.second, 128, 2, gqa, 1000, 1, nth, variant == 1,
+                                        variant == 2 ? 8.0f : 0.0f, variant == 3 ? 10.0f : 0.0f);
+                    const double rel = r.max_abs/r.ref_max;
+                    const bool ok = r.finite && rel < tol;
+                    (ok ? passed : failed)++;
+                    if (!ok) {
+                        printf("FAIL split-KV K=%s V=%s gqa=%d nth=%d variant=%d: max rel diff %.3g\n",
+                               ggml_type_name(kv.first), ggml_type_name(kv.second), gqa, nth, variant, rel);
+                    }
+                }
             }
         }
     }
