@@ -228,12 +228,15 @@ static __device__ __forceinline__ float tq_fa_hi(uint32_t w) { return __half2flo
 // Per type: PAIR (bytes of two blocks: a row of the loops), SK (the centroid scale), NT and the tables (table:
 // K's signed, V's 128 + signed, NT words each), and for lane (g, t) of a warp, over one block pair (o: its block 0 or 1):
 //   k_row:  the A operands of S = K Q^T for key row r: A[o][j][r][half] (mma j of the block; half 0: k columns
-//           4t..4t+3, half 1: 16+4t..16+4t+3) and the blocks' scales dk[r][o];
+//           4t..4t+3, half 1: 16+4t..16+4t+3) and the blocks' scales dk[r][o][NS] (NS per block: 1, or one per
+//           mma j for q8_0);
 //   v_key:  the table bytes of V for one key: X[o][half], 4 dims each (byte j of half h: mma tile j of the
 //           block, dim row g + 8h);
 //   v_d:    the blocks' scales of one key;
-//   q_pos:  where Q's elements lane and lane + 32 of a block go: the byte offset in the block's 16 words of
-//           the B operand (word 4t + 2j + half for lane t), two bytes side by side;
+//   q_pos:  where Q's element lane of a block goes: the byte offset in the block's 16 words of the B operand
+//           (word 4t + 2j + half for lane t); element lane + 32 goes Q_HI bytes on (1 for the TQ formats, whose
+//           qs byte holds both; 8 for q8_0, where it is in mma j = 1);
+//   ROT:    whether the keys meet the rotated query (the TQ formats) or the query as given (q8_0);
 //   elem:   the block element of byte j of X[o][half] for lane g (the order v_key reads them in).
 // The dims of a block are taken in whatever order its bits are cheapest to read in: a dot product does not
 // care, as long as Q (q_pos) and the output (elem) follow the same order.
@@ -591,7 +594,7 @@ static __global__ void tq_fattn_mma_i8(const tq_fa_i8_params p) {
     // ---- Q of the warp's G columns: rotated (not for q8_0 keys), scaled, rounded to int8 per block of 64 (scale amax/127), as the
     // B operand of S. Lane (g, t) holds column g at the dims of its K words (block b, word 2t + j, halves
     // 0/1 -> b0/b1). The lane that rotates element e of a block writes its int8 straight to that place:
-    // elements lane and lane + 32 share a word (qs byte lane holds both), two bytes side by side.
+    // elements lane and lane + 32 Q_HI bytes apart (TQ: side by side, qs byte lane holds both).
     __shared__ __align__(16) uint32_t q8_s[TQ_I8_WARPS][TQ_FA_MAX_G][NB][2][2][2][2]; // [col][b][t/2][t%2][j][half]
     __shared__ float qsc_s[TQ_I8_WARPS][TQ_FA_MAX_G][NB];
     const float q_scale = p.logit_softcap != 0.0f ? p.scale/p.logit_softcap : p.scale;

@@ -28,8 +28,10 @@ static void fill(std::vector<float> & x, float scale, int outlier_every) {
 struct result { double max_abs; double ref_max; bool finite; };
 
 // attention with K/V of type kv_type (made from k32/v32 by quantization) vs the dequantized K/V in f32
+// window > 0: a mask per head, head h seeing only the last window + 150 h keys (sliding-window layers: whole tiles
+// that no head sees, tiles that some heads see and others do not)
 static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv, int gqa, int n_kv, int n_q, int n_threads, bool sinks,
-                       float max_bias = 0.0f, float softcap = 0.0f) {
+                       float max_bias = 0.0f, float softcap = 0.0f, int window = 0) {
     const int n_head = n_head_kv*gqa;
     std::vector<float> q(D*n_q*n_head), k(D*n_kv*n_head_kv), v(D*n_kv*n_head_kv);
     fill(q, 1.0f, 0);
@@ -80,12 +82,17 @@ static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv,
     store(tk32, tk32->type == type_k ? k : kd);
     store(tv32, tv32->type == type_v ? v : vd);
 
-    // causal-style mask with some fully visible rows and some masked keys
-    ggml_tensor * mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv, n_q, 1, 1);
+    // causal-style mask with some fully visible rows and some masked keys; the visible keys' values are finite and
+    // not all 0, so that ALiBi's slopes (max_bias) scale something
+    const int mask_heads = window > 0 ? n_head : 1;
+    ggml_tensor * mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv, n_q, mask_heads, 1);
     ggml_fp16_t * mp = (ggml_fp16_t *) mask->data;
-    for (int i = 0; i < n_q; ++i) {
-        for (int j = 0; j < n_kv; ++j) {
-            mp[i*n_kv + j] = ggml_fp32_to_fp16(j > n_kv - n_q + i ? -INFINITY : 0.0f);
+    for (int h = 0; h < mask_heads; ++h) {
+        for (int i = 0; i < n_q; ++i) {
+            for (int j = 0; j < n_kv; ++j) {
+                const bool hidden = j > n_kv - n_q + i || (window > 0 && j < n_kv - window - 150*h);
+                mp[(h*n_q + i)*n_kv + j] = ggml_fp32_to_fp16(hidden ? -INFINITY : -0.25f*(j % 5));
+            }
         }
     }
     ggml_tensor * tsinks = nullptr;
@@ -178,8 +185,8 @@ int main() {
         }
     }
     // upstream's q8_0 keys beside TQ values (the long-context pairing) take the same paths: split-KV from 512 keys at
-    // one query row (scores by q8_0's vec_dot, as the reference's row-by-row path), the tiled path from 64 rows (75:
-    // a partial last tile), row by row otherwise. The scores are alike in both graphs; only the rotated V sum differs.
+    // one query row and the tiled path from 64 rows (75: a partial last tile), both with the keys dequantized (the
+    // reference holds them so, run_case), row by row otherwise (scores by q8_0's vec_dot in both graphs).
     for (ggml_type tv : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
@@ -216,16 +223,16 @@ int main() {
         }
     }
     // the split-KV decode over TQ values (one query row, 512 keys or more) with what it applies per head and tile:
-    // sinks, ALiBi slopes, softcap; GQA 1, 4 and 12 (heads of a group sharing each decoded row); 1, 2 and 3 threads
-    // (key chunks that end inside a tile)
+    // sinks, ALiBi slopes, softcap, a sliding window per head; GQA 1, 4 and 12 (heads of a group sharing each decoded
+    // row); 1, 2 and 3 threads (key chunks that end inside a tile, a thread whose keys no head sees)
     const std::pair<ggml_type, ggml_type> split_pairs[] = {
         { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
     for (auto kv : split_pairs) {
         for (int gqa : { 1, 4, 12 }) {
             for (int nth : { 1, 2, 3 }) {
-                for (int variant = 0; variant < 4; ++variant) {
+                for (int variant = 0; variant < 5; ++variant) {
                     result r = run_case(kv.first, kv.second, 128, 2, gqa, 1000, 1, nth, variant == 1,
-                                        variant == 2 ? 8.0f : 0.0f, variant == 3 ? 10.0f : 0.0f);
+                                        variant == 2 ? 8.0f : 0.0f, variant == 3 ? 10.0f : 0.0f, variant == 4 ? 200 : 0);
                     const double rel = r.max_abs/r.ref_max;
                     const bool ok = r.finite && rel < tol;
                     (ok ? passed : failed)++;
