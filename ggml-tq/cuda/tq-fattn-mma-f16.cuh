@@ -1,6 +1,6 @@
 // Flash-attention decode over TQ K/V (or q8_0 K, TQ V) in any layout, on the f16 tensor cores: the kernel that
 // tq-fattn.cu runs where tq-fattn-mma-i8.cuh's does not (head 64, heads not side by side in a key's row, short
-// rows, q8_0 keys).
+// rows).
 //
 // Why a kernel of its own: ggml-cuda's vector kernel handles one query head per block (GQA siblings re-read
 // the same K/V through L2) and quantized K against a q8_1 query; its tensor-core kernels want f16 K/V.
