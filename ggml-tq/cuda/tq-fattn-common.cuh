@@ -18,6 +18,12 @@
 
 #define TQ_FA_MAX_G 8 // query heads of a GQA group per warp: the 8 rows or columns of an m16n8 mma tile
 
+// the key types both decode kernels read beside TQ values: TQ types, and upstream's q8_0 (the long-context pairing,
+// README "Which to choose": its keys keep the retrieval that 4-bit keys lose at long context)
+static inline bool tq_fa_key_type(ggml_type tk) {
+    return ggml_tq_cuda_is_tq_type(tk) || tk == GGML_TYPE_Q8_0;
+}
+
 struct tq_fa_params {
     const char * Q; const char * K; const char * V; const char * mask;
     float scale, max_bias, m0, m1, logit_softcap;

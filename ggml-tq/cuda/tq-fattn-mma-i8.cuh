@@ -1010,16 +1010,11 @@ static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
     }
 }
 
-// q8_0 keys beside TQ values, or TQ keys: the key types the kernel reads
-static bool tq_fa_i8_key_type(ggml_type tk) {
-    return ggml_tq_cuda_is_tq_type(tk) || tk == GGML_TYPE_Q8_0;
-}
-
-// The kernel for head size D, a key type of tq_fa_i8_key_type and a TQ value type, compiled for MINB blocks per
+// The kernel for head size D, a key type of tq_fa_key_type and a TQ value type, compiled for MINB blocks per
 // SM; heads 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
 template <int MINB = TQ_FA_I8_MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
-    if (!tq_fa_i8_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
+    if (!tq_fa_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
         return nullptr;
     }
     return D == 128 ? tq_fa_i8_get_types<128, MINB>(tk, tv) : tq_fa_i8_get_types<256, MINB>(tk, tv);
@@ -1039,7 +1034,7 @@ static int tq_fa_row_bytes(ggml_type t, int D) {
 // Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
 // head's rows not 4-byte aligned, or heads not side by side in a key's row.
 static bool tq_fa_i8_layout(tq_fa_i8_params & p, int D, ggml_type tk, ggml_type tv) {
-    if (p.n_groups > TQ_I8_WARPS || !tq_fa_i8_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
+    if (p.n_groups > TQ_I8_WARPS || !tq_fa_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
         (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
         return false; // TQ (or q8_0) keys, TQ values, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
     }

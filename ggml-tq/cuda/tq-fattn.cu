@@ -27,9 +27,7 @@ bool ggml_cuda_flash_attn_ext_tq_supported(int device, const ggml_tensor * dst) 
     const ggml_tensor * V = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     const int64_t D = K->ne[0];
-    // q8_0 keys beside TQ values: where 4-bit keys lose retrieval at long context (README, "Which to choose")
-    const bool K_ok = ggml_tq_cuda_is_tq_type(K->type) || K->type == GGML_TYPE_Q8_0;
-    return K_ok && ggml_tq_cuda_is_tq_type(V->type) && Q->type == GGML_TYPE_F32 &&
+    return tq_fa_key_type(K->type) && ggml_tq_cuda_is_tq_type(V->type) && Q->type == GGML_TYPE_F32 &&
         (D == 64 || D == 128 || D == 256) && V->ne[0] == D && Q->ne[0] == D &&
         Q->ne[1] <= TQ_FA_MAX_Q && Q->ne[2] % K->ne[2] == 0 && K->ne[2] == V->ne[2] &&
         (mask == nullptr || (mask->type == GGML_TYPE_F16 && mask->ne[2] == 1)) &&
@@ -46,7 +44,7 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
     const int D = (int) K->ne[0];
-    if (!enabled || !tq_fa_i8_key_type(K->type) || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
+    if (!enabled || !tq_fa_key_type(K->type) || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
         return false;
     }
     tq_fa_i8_params p = {};

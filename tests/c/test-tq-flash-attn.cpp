@@ -8,6 +8,7 @@
 #include "ggml-cpu.h"
 
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -126,8 +127,25 @@ static result run_case(ggml_type type_k, ggml_type type_v, int D, int n_head_kv,
     return r;
 }
 
+static int passed = 0, failed = 0;
+
+// counts a case: within bound of the reference's largest value and finite, or a failure named by fmt
+static void check(const result & r, double bound, const char * fmt, ...) __attribute__((format(printf, 3, 4)));
+static void check(const result & r, double bound, const char * fmt, ...) {
+    const double rel = r.max_abs/r.ref_max;
+    const bool ok = r.finite && rel < bound;
+    (ok ? passed : failed)++;
+    if (!ok) {
+        va_list args;
+        va_start(args, fmt);
+        printf("FAIL ");
+        vprintf(fmt, args);
+        va_end(args);
+        printf(": max rel diff %.3g\n", rel);
+    }
+}
+
 int main() {
-    int passed = 0, failed = 0;
     // float rounding only: rotated vs unrotated order of the same sums
     const double tol = 2e-5;
     for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
@@ -138,68 +156,36 @@ int main() {
                     for (int n_q : { 1, 3, 64, 75 }) {
                         for (int nth : { 1, 2 }) {
                             const bool sinks = (n_q == 3);
-                            result r = run_case(t, t, D, 2, gqa, n_kv, n_q, nth, sinks);
-                            const double rel = r.max_abs/r.ref_max;
-                            const bool ok = r.finite && rel < tol;
-                            (ok ? passed : failed)++;
-                            if (!ok) {
-                                printf("FAIL %s D=%d gqa=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
-                                       ggml_type_name(t), D, gqa, n_kv, n_q, nth, rel);
-                            }
+                            check(run_case(t, t, D, 2, gqa, n_kv, n_q, nth, sinks), tol, "%s D=%d gqa=%d n_kv=%d n_q=%d nth=%d",
+                                  ggml_type_name(t), D, gqa, n_kv, n_q, nth);
                         }
                     }
                 }
             }
             // mixed K/V types take the row-by-row path
             for (auto kv : { std::make_pair(t, GGML_TYPE_F16), std::make_pair(GGML_TYPE_F16, t) }) {
-                result r = run_case(kv.first, kv.second, D, 2, 4, 600, 1, 2, false);
-                const double rel = r.max_abs/r.ref_max;
                 // an f16 V is summed in an f16 accumulator (upstream's path): the last-bit differences
                 // of the scores surface through its rounding (f16 epsilon 9.8e-4), not through ours
-                const bool ok = r.finite && rel < (kv.second == GGML_TYPE_F16 ? 1e-3 : tol);
-                (ok ? passed : failed)++;
-                if (!ok) {
-                    printf("FAIL K=%s V=%s D=%d: max rel diff %.3g\n", ggml_type_name(kv.first), ggml_type_name(kv.second), D, rel);
-                }
+                check(run_case(kv.first, kv.second, D, 2, 4, 600, 1, 2, false), kv.second == GGML_TYPE_F16 ? 1e-3 : tol,
+                      "K=%s V=%s D=%d", ggml_type_name(kv.first), ggml_type_name(kv.second), D);
             }
         }
     }
-    // tq4_0 keys with a smaller TQ value type (the recommended mixes) take the same fast paths: split-KV from 512
-    // keys at one query row, the tiled path from 64 query rows (75: a partial last tile), row by row otherwise
-    for (ggml_type tv : { GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
+    // tq4_0 keys with a smaller TQ value type (the recommended mixes), and upstream's q8_0 keys beside TQ values (the
+    // long-context pairing), take the same fast paths: split-KV from 512 keys at one query row, the tiled path from
+    // 64 query rows (75: a partial last tile), row by row otherwise. q8_0 keys are dequantized on both fast paths
+    // (the reference holds them so, run_case) and scored by q8_0's vec_dot row by row (in both graphs).
+    const std::pair<ggml_type, ggml_type> mixes[] = {
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 },
+        { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQV2_0 } };
+    for (auto kv : mixes) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
                 for (int n_q : { 1, 3, 64, 75 }) {
                     for (int nth : { 1, 2 }) {
-                        result r = run_case(GGML_TYPE_TQ4_0, tv, D, 2, 4, n_kv, n_q, nth, n_q == 3);
-                        const double rel = r.max_abs/r.ref_max;
-                        const bool ok = r.finite && rel < tol;
-                        (ok ? passed : failed)++;
-                        if (!ok) {
-                            printf("FAIL K=tq4_0 V=%s D=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
-                                   ggml_type_name(tv), D, n_kv, n_q, nth, rel);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // upstream's q8_0 keys beside TQ values (the long-context pairing) take the same paths: split-KV from 512 keys at
-    // one query row and the tiled path from 64 rows (75: a partial last tile), both with the keys dequantized (the
-    // reference holds them so, run_case), row by row otherwise (scores by q8_0's vec_dot in both graphs).
-    for (ggml_type tv : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
-        for (int D : { 64, 128, 256 }) {
-            for (int n_kv : { 113, 1024 }) {
-                for (int n_q : { 1, 3, 64, 75 }) {
-                    for (int nth : { 1, 2 }) {
-                        result r = run_case(GGML_TYPE_Q8_0, tv, D, 2, 4, n_kv, n_q, nth, n_q == 3);
-                        const double rel = r.max_abs/r.ref_max;
-                        const bool ok = r.finite && rel < tol;
-                        (ok ? passed : failed)++;
-                        if (!ok) {
-                            printf("FAIL K=q8_0 V=%s D=%d n_kv=%d n_q=%d nth=%d: max rel diff %.3g\n",
-                                   ggml_type_name(tv), D, n_kv, n_q, nth, rel);
-                        }
+                        check(run_case(kv.first, kv.second, D, 2, 4, n_kv, n_q, nth, n_q == 3), tol,
+                              "K=%s V=%s D=%d n_kv=%d n_q=%d nth=%d", ggml_type_name(kv.first), ggml_type_name(kv.second),
+                              D, n_kv, n_q, nth);
                     }
                 }
             }
@@ -212,14 +198,8 @@ int main() {
         { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
     for (auto kv : long_pairs) {
         for (int n_q : { 1, 64 }) {
-            result r = run_case(kv.first, kv.second, 256, 1, 4, 33000, n_q, 2, false);
-            const double rel = r.max_abs/r.ref_max;
-            const bool ok = r.finite && rel < tol;
-            (ok ? passed : failed)++;
-            if (!ok) {
-                printf("FAIL K=%s V=%s D=256 n_kv=33000 n_q=%d: max rel diff %.3g\n",
-                       ggml_type_name(kv.first), ggml_type_name(kv.second), n_q, rel);
-            }
+            check(run_case(kv.first, kv.second, 256, 1, 4, 33000, n_q, 2, false), tol, "K=%s V=%s D=256 n_kv=33000 n_q=%d",
+                  ggml_type_name(kv.first), ggml_type_name(kv.second), n_q);
         }
     }
     // the split-KV decode over TQ values (one query row, 512 keys or more) with what it applies per head and tile:
@@ -231,15 +211,10 @@ int main() {
         for (int gqa : { 1, 4, 12 }) {
             for (int nth : { 1, 2, 3 }) {
                 for (int variant = 0; variant < 5; ++variant) {
-                    result r = run_case(kv.first, kv.second, 128, 2, gqa, 1000, 1, nth, variant == 1,
-                                        variant == 2 ? 8.0f : 0.0f, variant == 3 ? 10.0f : 0.0f, variant == 4 ? 200 : 0);
-                    const double rel = r.max_abs/r.ref_max;
-                    const bool ok = r.finite && rel < tol;
-                    (ok ? passed : failed)++;
-                    if (!ok) {
-                        printf("FAIL split-KV K=%s V=%s gqa=%d nth=%d variant=%d: max rel diff %.3g\n",
-                               ggml_type_name(kv.first), ggml_type_name(kv.second), gqa, nth, variant, rel);
-                    }
+                    check(run_case(kv.first, kv.second, 128, 2, gqa, 1000, 1, nth, variant == 1,
+                                   variant == 2 ? 8.0f : 0.0f, variant == 3 ? 10.0f : 0.0f, variant == 4 ? 200 : 0), tol,
+                          "split-KV K=%s V=%s gqa=%d nth=%d variant=%d", ggml_type_name(kv.first), ggml_type_name(kv.second),
+                          gqa, nth, variant);
                 }
             }
         }
