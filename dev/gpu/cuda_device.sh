@@ -466,10 +466,10 @@ step_qdecode() {
     local m=$W/random128.gguf text=.carry/random128-text.txt
     local args="-m $m -f $text -c 512 --chunks 16 -ngl 99 -fa on -b 512 -ub 8"
     $B/llama-perplexity $args -ctk f16 -ctv f16 --kl-divergence-base $W/base-ub8.kld > $OUT/kld-ub8-base.log 2>&1
+    local t k v env
     for t in q4_0 tq4_0 tq4_0-noi8 tq3_0; do
-        local ct=${t%-noi8} i8=1
-        [ "$ct" != "$t" ] && i8=0
-        GGML_TQ_FA_I8=$i8 $B/llama-perplexity $args -ctk $ct -ctv $ct --kl-divergence --kl-divergence-base $W/base-ub8.kld \
+        read -r k v env <<< "$(cache_args $t)"
+        env $env $B/llama-perplexity $args -ctk $k -ctv $v --kl-divergence --kl-divergence-base $W/base-ub8.kld \
             > $OUT/kld-ub8-$t.log 2>&1
         printf '%-8s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-ub8-$t.log)" "$(grep -E 'Same top p' $OUT/kld-ub8-$t.log)"
     done
