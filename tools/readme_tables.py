@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Copy the result tables into README.md, so that a number lives in one place: results/.
+"""Copy the result tables into README.md and docs/*.md, so that a number lives in one place: results/.
 
-    python3 tools/readme_tables.py          # rewrite README.md in place
-    python3 tools/readme_tables.py --check  # exit 1 if README.md quotes a table other than its file's
+    python3 tools/readme_tables.py          # rewrite them in place
+    python3 tools/readme_tables.py --check  # exit 1 if one quotes a table other than its file's
 
-The README marks each quoted table with the file it comes from:
+A document marks each quoted table with the file it comes from:
 
     <!-- table: results/cpu/speed.md -->
     | ... the first markdown table of that file ... |
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 BLOCK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
@@ -42,15 +42,20 @@ def quote(m):
 
 
 def main():
-    old = README.read_text()
-    new = BLOCK.sub(quote, old)
-    if "--check" in sys.argv[1:]:
+    stale = []
+    for doc in DOCS:
+        old = doc.read_text()
+        new = BLOCK.sub(quote, old)
+        name = doc.relative_to(ROOT)
+        n = len(BLOCK.findall(new))
         if new != old:
-            raise SystemExit("README.md: a quoted table differs from its results file (run tools/readme_tables.py)")
-        return
-    if new != old:
-        README.write_text(new)
-    print(f"README.md: {len(BLOCK.findall(new))} tables quoted" + ("" if new != old else ", unchanged"))
+            stale.append(str(name))
+            if "--check" not in sys.argv[1:]:
+                doc.write_text(new)
+        if n and "--check" not in sys.argv[1:]:
+            print(f"{name}: {n} tables quoted" + ("" if new != old else ", unchanged"))
+    if stale and "--check" in sys.argv[1:]:
+        raise SystemExit(f"{', '.join(stale)}: a quoted table differs from its results file (run tools/readme_tables.py)")
 
 
 if __name__ == "__main__":
