@@ -42,6 +42,7 @@ def quote(m):
 
 
 def main():
+    check = "--check" in sys.argv[1:]
     stale = []
     for doc in DOCS:
         old = doc.read_text()
@@ -50,11 +51,11 @@ def main():
         n = len(BLOCK.findall(new))
         if new != old:
             stale.append(str(name))
-            if "--check" not in sys.argv[1:]:
+            if not check:
                 doc.write_text(new)
-        if n and "--check" not in sys.argv[1:]:
+        if n and not check:
             print(f"{name}: {n} tables quoted" + ("" if new != old else ", unchanged"))
-    if stale and "--check" in sys.argv[1:]:
+    if stale and check:
         raise SystemExit(f"{', '.join(stale)}: a quoted table differs from its results file (run tools/readme_tables.py)")
 
 
