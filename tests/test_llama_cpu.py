@@ -152,6 +152,23 @@ def test_tq_keys_are_centered_and_that_lowers_perplexity():
     assert ppl["1"] < ppl["0"], ppl
 
 
+def test_tq_key_weighting_leaves_the_scores_alone():
+    # key weighting (patch 0009) stores (k - m)*w and attends with q/w. By default it weights only KV heads whose
+    # fitted statistics predict a large gain, none of SmolLM2's: PPL identical to no weighting. LLAMA_TQ_K_WEIGHT=2
+    # weights every head; the scores are then unchanged up to the quantization error, which moves where it falls,
+    # so PPL moves a little (32.5 to 33.6 here). A query not divided by the weights gave 544.
+    text = Path(__file__).resolve().parents[1] / "README.md"
+    ppl = {}
+    for weight in ("0", "1", "2"):
+        p = run(BIN / "llama-perplexity", "-m", MODEL, "-f", text, "-c", "256", "--chunks", "2", "-t", "2",
+                "-fa", "on", "-ctk", "tq4_0", "-ctv", "tq4_0", "-lv", "4", env={"LLAMA_TQ_K_WEIGHT": weight}, check=True)
+        out = p.stdout + p.stderr
+        assert f"key centering = 1, weighting = {int(weight != '0')}" in out
+        ppl[weight] = float(out.split("Final estimate: PPL = ")[1].split()[0])
+    assert ppl["1"] == ppl["0"], ppl
+    assert ppl["2"] != ppl["0"] and abs(ppl["2"] / ppl["0"] - 1) < 0.10, ppl
+
+
 def test_bench_takes_tq_cache_types():
     p = run(BIN / "llama-bench", "-m", MODEL, "-p", "16", "-n", "4", "-r", "1", "-t", "2", "-fa", "1",
             "-ctk", "tq4_0", "-ctv", "tq3_0", "-o", "json", check=True)
@@ -489,20 +506,39 @@ def test_state_round_trip_with_fitted_key_means(llm, tmp_path):
     np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
 
 
+def test_state_round_trip_with_fitted_key_weights(tmp_path, monkeypatch):
+    # every KV head weighted (LLAMA_TQ_K_WEIGHT=2): the state must carry the weights with the means
+    monkeypatch.setenv("LLAMA_TQ_K_WEIGHT", "2")
+    lw = tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tq4_0", n_ctx=512, n_threads=2, verbose=False)
+    tokens = lw.tokenize(LONG_PROMPT)
+    _next_logits(lw, tokens)
+    path = tmp_path / "state.bin"
+    tql.save_state_file(lw, path)
+    lw.eval(lw.tokenize(b" The", add_bos=False))
+    cont = np.array(lw.scores[lw.n_tokens - 1], copy=True)
+    _next_logits(lw, lw.tokenize(b"Another long text replaces the cache and fits other weights: " * 4))
+    tql.load_state_file(lw, path)
+    lw.eval(lw.tokenize(b" The", add_bos=False))
+    np.testing.assert_array_equal(np.array(lw.scores[lw.n_tokens - 1]), cont)
+
+
 def test_state_file_of_the_previous_version_is_refused(llm, tmp_path):
     path = tmp_path / "state.bin"
     _next_logits(llm, llm.tokenize(LONG_PROMPT))
     tql.save_state_file(llm, path)
     blob = bytearray(path.read_bytes())
-    blob[8:12] = (1).to_bytes(4, "little")  # a version-1 file: keys without their means
-    path.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match="version 1, this ggml_tq reads 2"):
-        tql.load_state_file(llm, path)
+    for old in (1, 2):  # keys without their means (1), with means but no weights (2)
+        blob[8:12] = old.to_bytes(4, "little")
+        path.write_bytes(bytes(blob))
+        with pytest.raises(ValueError, match=f"version {old}, this ggml_tq reads 3"):
+            tql.load_state_file(llm, path)
 
 
-def test_llama_cpp_session_file_without_key_means_is_refused(llm, tmp_path, capfd):
-    # a session file as a build without key centering wrote it: each layer's keys without the tag and means
-    # that follow them (the tag is "TQKM", the means n_embd_head_k * n_head_kv floats)
+@pytest.mark.parametrize("old", ["no means", "no weights"])
+def test_llama_cpp_session_file_of_an_older_build_is_refused(llm, tmp_path, capfd, old):
+    # session files as older builds wrote them. This one writes, after each layer's keys, the tag "TQKW", the key
+    # means and the key weights (n_embd_head_k * n_head_kv floats each); a build without key weighting wrote the
+    # tag "TQKM" and the means only, one without key centering neither
     import llama_cpp
     path = tmp_path / "session.bin"
     tokens = llm.tokenize(LONG_PROMPT)
@@ -510,23 +546,21 @@ def test_llama_cpp_session_file_without_key_means_is_refused(llm, tmp_path, capf
     arr = (llama_cpp.llama_token * len(tokens))(*tokens)
     assert llama_cpp.llama_state_save_file(llm._ctx.ctx, str(path).encode(), arr, len(tokens))
     blob = path.read_bytes()
-    n_means = 4 * 64 * 3  # SmolLM2: head 64, 3 KV heads
-    n_layer = blob.count(b"TQKM")
-    assert n_layer == 30
-    old = blob
-    while b"TQKM" in old:
-        i = old.index(b"TQKM")
-        old = old[:i] + old[i + 4 + n_means:]
-    path.write_bytes(old)
+    n = 4 * 64 * 3  # SmolLM2: head 64, 3 KV heads
+    assert blob.count(b"TQKW") == 30
+    parts = blob.split(b"TQKW")
+    keep = (lambda p: p[2 * n:]) if old == "no means" else (lambda p: b"TQKM" + p[:n] + p[2 * n:])
+    path.write_bytes(parts[0] + b"".join(keep(p) for p in parts[1:]))
     loud = tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tq4_0", n_ctx=512, n_threads=2, verbose=True)
     out = (llama_cpp.llama_token * 512)()
-    n = llama_cpp.ctypes.c_size_t(0)
-    ok = llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
+    got = llama_cpp.ctypes.c_size_t(0)
+    ok = llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(got))
     assert not ok
-    assert "it was saved by a build without TQ key centering" in capfd.readouterr().err
+    what = "centering" if old == "no means" else "weighting"
+    assert f"it was saved by a build without TQ key {what}" in capfd.readouterr().err
     # the file as written loads
     path.write_bytes(blob)
-    assert llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(n))
+    assert llama_cpp.llama_state_load_file(loud._ctx.ctx, str(path).encode(), out, 512, llama_cpp.ctypes.byref(got))
 
 
 def _raw_context(llama_cpp, model, type_k, n_ctx=512, n_seq_max=1):
@@ -579,11 +613,14 @@ def test_sequence_state_with_other_key_means_is_refused(llm):
         llama_cpp.llama_free(b)
 
 
-def test_context_shift_of_centered_tq_keys(llm):
-    # seq_add moves cached keys to new positions (the K-shift graph: dequantize, add the key means back, RoPE,
-    # subtract them, quantize). The next-token distribution after the shift must stay as close to that of the
-    # same tokens evaluated at the new positions as upstream's q4_0 cache does; before patch 0010 a TQ cache
-    # crashed here.
+@pytest.mark.parametrize("weight", ["1", "2"])
+def test_context_shift_of_centered_tq_keys(llm, monkeypatch, weight):
+    # seq_add moves cached keys to new positions (the K-shift graph: dequantize, divide by the key weights, add
+    # the key means back, RoPE, subtract them, multiply, quantize). The next-token distribution after the shift
+    # must stay as close to that of the same tokens evaluated at the new positions as upstream's q4_0 cache does;
+    # before patch 0010 a TQ cache crashed here. LLAMA_TQ_K_WEIGHT=2: every KV head weighted (SmolLM2 has none
+    # by default), which RoPE would mix up if the shift did not undo the weights
+    monkeypatch.setenv("LLAMA_TQ_K_WEIGHT", weight)
     llama_cpp = tql.load_llama_cpp()
     model = llm._model.model
     toks = llm.tokenize(LONG_PROMPT)

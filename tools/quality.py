@@ -70,8 +70,11 @@ OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
             ("tq4_0/tq3_0 +rot", "tq4_0", "tq3_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
             # TQ keys as they were before key centering (llama-kv-cache.cpp, cpy_k)
             ("tq4_0 uncentered", "tq4_0", "tq4_0", {"LLAMA_TQ_K_CENTER": "0"}),
-            ("tq3_0 uncentered", "tq3_0", "tq3_0", {"LLAMA_TQ_K_CENTER": "0"})]
-ROW_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER")  # only a row sets these
+            ("tq3_0 uncentered", "tq3_0", "tq3_0", {"LLAMA_TQ_K_CENTER": "0"}),
+            # centered TQ keys without key weighting (llama-kv-cache.cpp, llama_k_weight_fit)
+            ("tq4_0 unweighted", "tq4_0", "tq4_0", {"LLAMA_TQ_K_WEIGHT": "0"}),
+            ("tq3_0 unweighted", "tq3_0", "tq3_0", {"LLAMA_TQ_K_WEIGHT": "0"})]
+ROW_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER", "LLAMA_TQ_K_WEIGHT")  # only a row sets these
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small
 RANDOM = {

@@ -26,8 +26,9 @@ void ggml_tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1, g
 
 // ROPE + VIEW + SET_ROWS into a TQ cache as one kernel (tq-rope.cuh, launched from rope.cu): an f32 rope (its
 // input is then f32 too) of whole 64-value blocks per head, rope_norm or rope_neox (ggml-cuda checks the rest).
-// ROPE + SUB + VIEW + SET_ROWS (centered keys) as well, when the SUB takes one contiguous f32 mean per channel
-// and head from the rope's output (ggml_tq_cuda_can_fuse_rope_sub).
+// ROPE + SUB + MUL + VIEW + SET_ROWS (centered, weighted keys) as well, when the SUB takes one contiguous f32 mean
+// per channel and head from the rope's output and the MUL multiplies that by one weight of the same shape
+// (ggml_tq_cuda_can_fuse_rope_sub_mul).
 static inline bool ggml_tq_cuda_can_fuse_rope_set_rows(const ggml_tensor * rope, const ggml_tensor * set_rows) {
     const int mode = ((const int32_t *) rope->op_params)[2];
     return ggml_tq_cuda_is_tq_type(set_rows->type) && rope->type == GGML_TYPE_F32 && rope->src[0]->type == GGML_TYPE_F32 &&
@@ -35,10 +36,13 @@ static inline bool ggml_tq_cuda_can_fuse_rope_set_rows(const ggml_tensor * rope,
            (mode == GGML_ROPE_TYPE_NORMAL || mode == GGML_ROPE_TYPE_NEOX);
 }
 
-static inline bool ggml_tq_cuda_can_fuse_rope_sub(const ggml_tensor * rope, const ggml_tensor * sub) {
-    const ggml_tensor * mean = sub->src[1];
-    return sub->src[0] == rope && sub->type == GGML_TYPE_F32 && mean->type == GGML_TYPE_F32 && ggml_is_contiguous(mean) &&
-           mean->ne[0] == rope->ne[0] && mean->ne[1] == rope->ne[1] && mean->ne[2] == 1 && mean->ne[3] == 1;
+static inline bool ggml_tq_cuda_can_fuse_rope_sub_mul(const ggml_tensor * rope, const ggml_tensor * sub, const ggml_tensor * mul) {
+    const auto per_channel_head = [rope](const ggml_tensor * t) {
+        return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) &&
+               t->ne[0] == rope->ne[0] && t->ne[1] == rope->ne[1] && t->ne[2] == 1 && t->ne[3] == 1;
+    };
+    return sub->src[0] == rope && sub->type == GGML_TYPE_F32 && per_channel_head(sub->src[1]) &&
+           mul->src[0] == sub  && mul->type == GGML_TYPE_F32 && per_channel_head(mul->src[1]);
 }
 
 // GET_ROWS from a TQ tensor into F32, F16 or BF16 (src1 I32).

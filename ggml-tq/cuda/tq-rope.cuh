@@ -1,8 +1,9 @@
-// ROPE (+ SUB) + VIEW + SET_ROWS into a TQ cache in one kernel: the K write of a decode step,
+// ROPE (+ SUB + MUL) + VIEW + SET_ROWS into a TQ cache in one kernel: the K write of a decode step,
 // which ggml-cuda fuses the same way for f16/f32 caches (rope.cu's row_indices / set_rows_stride). Unfused, the
 // roped row goes to memory as f32 and a second launch quantizes it: at short context two launches of that
-// size are a visible part of a layer's time. The SUB is llama.cpp's key centering (llama-kv-cache.cpp, cpy_k):
-// the roped keys minus a per-channel mean of each head, subtracted as ggml's SUB does, in f32.
+// size are a visible part of a layer's time. The SUB and MUL are llama.cpp's key centering and weighting
+// (llama-kv-cache.cpp, cpy_k): the roped keys minus a per-channel mean of each head, times a per-channel weight,
+// each rounded as ggml's SUB and MUL do, in f32.
 //
 // Included by ggml-cuda's rope.cu, which supplies the angles (angle_t: cos and sin of rotation pair iw at
 // position pos, computed by its rope_yarn), so that the rotated values are the unfused rope's and the rope's
@@ -25,6 +26,7 @@ struct tq_rope_rows {
     char * dst;
     int64_t nb1;                   // cache row stride in bytes: a row is heads*D values
     const float * mean;            // [heads][D] subtracted after the rope, or nullptr
+    const float * weight;          // [heads][D] multiplying the result, or nullptr (with mean)
 };
 
 // Element e of a row after rope, as rope.cu's rope_norm (pairs e, e^1) or rope_neox (pairs k, k + n_dims/2)
@@ -83,6 +85,11 @@ static __global__ void k_tq_rope_set_rows(const tq_rope_rows r, const angle_t an
         const float * m = r.mean + head*r.D + ib*QK_TQ;
         lo = __fsub_rn(lo, m[lane]);
         hi = __fsub_rn(hi, m[lane + 32]);
+    }
+    if (r.weight) {
+        const float * w = r.weight + head*r.D + ib*QK_TQ;
+        lo = __fmul_rn(lo, w[lane]);
+        hi = __fmul_rn(hi, w[lane + 32]);
     }
 
     block_t * y = (block_t *) (r.dst + r.row_indices[token]*r.nb1) + head*nbr + ib;

@@ -82,10 +82,10 @@ def default_model() -> Path:
 # A state file holds the KV cache in its own type, so it can only be restored into a context with the
 # same cache types and model. The header says which; load_state_file checks it (and a checksum) before it
 # touches the context, so a mismatched or corrupt file is refused with a clear error and loses nothing.
-# Version 2: a TQ cache's keys are stored centered and the state carries their means (llama.cpp patch 0009);
-# a version-1 file holds keys without means and is refused.
+# Version 3: a TQ cache's keys are stored centered and weighted, and the state carries their means and weights
+# (llama.cpp patch 0009); version 2 (means only) and version 1 (neither) are refused.
 _STATE_MAGIC = b"GGTQSTAT"
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 
 
 def _cache_type_name(t: int) -> str:
