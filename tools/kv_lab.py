@@ -252,8 +252,13 @@ def codecs(head):
     memo = {}   # per layer (cleared by the caller): index choices shared by variants
 
     def tq(bits, rot="block", scale="norm", grid=(1.0,), up=False, block=64, shipped=False, center=False,
-           sym=False, gains=None):
+           sym=False, gains=None, weight=None):
         def f(x, role, ctx):
+            # weight: keys stored as (k - m) * w and read with q / w (ctx's weights, as patch 0009 fits them on the
+            # first 512 tokens: "all" weights every KV head, "gated" those with a large predicted gain)
+            if weight:
+                m, w = ctx["mean512_" + role], ctx[f"weight_{weight}_" + role]
+                return _tq((x - m) * w, role) / w + m
             # a fixed per-channel mean m taken out and added back: softmax ignores q.m, a common shift of the
             # scores, and the weights sum to 1, so P(v - m) + m: only m would have to be stored
             if center:
@@ -316,6 +321,8 @@ def codecs(head):
         for nt in (1, 16, 64, 256):
             c[n + f" centered{nt}"] = tq(b, shipped=True, center=nt)
         c[n + " centered +hdrot"] = tq(b, shipped=True, center=True, up="hd")
+        c[n + " weighted"] = tq(b, shipped=True, weight="gated")
+        c[n + " weighted all"] = tq(b, shipped=True, weight="all")
         if head > 64:
             c[n + " headblock"] = tq(b, rot="head", block=head)
             c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
@@ -380,6 +387,12 @@ def candidates(names):
     for kb, vb in ((4, 4), (3, 3)):
         out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
     out.append(("tq4_0 centered/tqv2_0 search", "tq4_0 centered", "tqv2_0 search"))
+    # centered and weighted keys (patch 0009: the shipped default is "weighted", gated per KV head)
+    for kb, vb in ((4, 4), (3, 3), (4, 3)):
+        for s in (" weighted", " weighted all"):
+            out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
+    out.append(("tq4_0 weighted/tqv2_0", "tq4_0 weighted", "tqv2_0"))
+    out.append(("tq4_0 weighted K/f16 V", "tq4_0 weighted", "f16"))
     # centered values: v - m stored, m added to the output (the weights sum to one)
     for s in ("", "256"):
         out.append((f"tq4_0 centered{s}/tqv2_0", f"tq4_0 centered{s}", "tqv2_0"))
@@ -427,6 +440,7 @@ MAIN = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "q4_0 norot"] + [
 
 def score(a):
     import torch
+    from ggml_tq import lab
     torch.set_num_threads(a.threads)
     path = Path(a.dump or LAB / f"{a.model}.npz")
     z = np.load(path)
@@ -458,7 +472,7 @@ def score(a):
         for role, X in (("k", K), ("v", V)):
             X0 = X[0].reshape(T, -1)
             ctx["mean_" + role] = X0.mean(0)
-            for nt in (1, 16, 64, 256):
+            for nt in (1, 16, 64, 256, 512):
                 ctx[f"mean{nt}_" + role] = X0[:nt].mean(0)
             rms = X[0].pow(2).mean(0)                       # (Hkv, D)
             order = rms.argsort(-1, descending=True)
@@ -467,6 +481,10 @@ def score(a):
                 m = torch.zeros(Hkv, head, dtype=torch.bool)
                 m.scatter_(1, order[:, :n_out], True)
                 ctx["outlier_mask_" + role][n_out] = m
+        # key weights as llama.cpp fits them on a first ubatch of 512 tokens (patch 0009)
+        kc = (K[0, :512].reshape(-1, Hkv * head) - ctx["mean512_k"]).reshape(-1, Hkv, head)
+        for gate, max_ratio in (("gated", 0.25), ("all", 2.0)):
+            ctx[f"weight_{gate}_k"] = lab.k_weights(kc, Q[0, :512], max_ratio).reshape(-1)
         qpos = torch.arange(a.q_stride - 1, T, a.q_stride)
         kpos = torch.arange(T)
         allowed = kpos[None, :] <= qpos[:, None]

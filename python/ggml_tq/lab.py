@@ -248,6 +248,29 @@ def tq_bits(bits: int, block: int = 64) -> float:
     return bits + 16 / block
 
 
+# ---- key weighting (llama.cpp patch 0009) ---------------------------------------------------------------
+
+def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = 0.25) -> torch.Tensor:
+    """Key weights w (Hkv, D) as llama.cpp's llama_k_weight_fit (patch 0009) fits them on the first ubatch: k (T, Hkv,
+    D) its centered keys, q (T, H, D) its queries (query head h reads KV head h // (H / Hkv)). The cache stores
+    (k - m) * w and attention reads it with q / w: w_j = (q2_j / k2_j)^(1/4), the mean squares floored at 1 % of
+    their head's average, relative to the head's average ratio, clamped to [1/4, 4]; 1 for a KV head whose
+    predicted score-error ratio, sum over 64-value blocks of (sum sqrt(q2 k2))^2 against sum q2 * sum k2, is
+    above max_ratio."""
+    t, hkv, d = k.shape
+    k2 = k.double().pow(2).mean(0)                                        # (Hkv, D)
+    q2 = q.double().reshape(t, hkv, -1, d).pow(2).mean((0, 2))
+    tiny = 1e-30
+    ka, qa = k2.mean(-1, keepdim=True), q2.mean(-1, keepdim=True)
+    r = (q2 + (0.01 * qa + tiny)) / (k2 + (0.01 * ka + tiny)) * ((ka + tiny) / (qa + tiny))
+    w = r.sqrt().sqrt().clamp(0.25, 4.0)
+    a, b = q2.sqrt().reshape(hkv, -1, 64), k2.sqrt().reshape(hkv, -1, 64)
+    num = (a * b).sum(-1).pow(2).sum(-1)
+    den = (q2.reshape(hkv, -1, 64).sum(-1) * k2.reshape(hkv, -1, 64).sum(-1)).sum(-1) + tiny
+    on = (num / den <= max_ratio)[:, None]
+    return torch.where(on, w, torch.ones_like(w)).float()
+
+
 # ---- outlier channels (the paper's split) --------------------------------------------------------------
 
 def outlier_split(x: torch.Tensor, head: int, channels: torch.Tensor, bits_out: int, bits_in: int,
