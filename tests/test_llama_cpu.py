@@ -451,6 +451,20 @@ def test_passkey_variant_needs_a_server():
     assert r.returncode != 0 and "--variant needs --server" in r.stderr
 
 
+def test_passkey_env_names_its_rows(tmp_path):
+    # --env sets a llama.cpp switch for every cache of the run; its rows carry it in the cache's name, so that
+    # --pool sets them beside the same cache without it
+    tool = [sys.executable, str(ROOT / "tools" / "passkey.py")]
+    r = subprocess.run(tool + ["--env", "LLAMA_TQ_K_WEIGHT"], capture_output=True, text=True)
+    assert r.returncode != 0 and "expected NAME=VALUE" in r.stderr
+    out = tmp_path / "pk"
+    r = subprocess.run(tool + ["--lengths", "1024", "--caches", "tq4_0", "--depths", "0.5", "--trials", "1",
+                               "--env", "LLAMA_TQ_K_WEIGHT=0", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [x["cache"] for x in rows] == ["tq4_0 [LLAMA_TQ_K_WEIGHT=0]"]
+
+
 def _next_logits(llm, tokens):
     llm.reset()
     llm.eval(tokens)

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import socket
 import subprocess
@@ -117,10 +118,12 @@ def cache_label(cache, variant):
     return f"{cache} [{variant}]" if variant else cache
 
 
-def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant="", filler=None):
+def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant="", filler=None,
+              label=None):
+    """label: what the rows' cache name carries in brackets (default: the variant)"""
     k, _, v = cache.partition("/")
     v = v or k
-    label = cache_label(cache, variant)
+    label = cache_label(cache, variant if label is None else label)
     rows = []
     for n in lengths:
         lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}") if server
@@ -451,6 +454,10 @@ def main():
                          "it holds (\"-fa off\", say); its rows name the cache \"f16 [-fa off]\", and --pool sets "
                          "them beside the base's runs of the same prompts: how far f16 moves from f16 by arithmetic "
                          "alone, the floor under any cache's flips")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a llama.cpp environment switch for every cache of this run, in process or in the server "
+                         "(LLAMA_TQ_K_WEIGHT=0, say); its rows name the cache \"tq4_0 [LLAMA_TQ_K_WEIGHT=0]\" as "
+                         "--variant's do. Repeatable")
     ap.add_argument("--filler-text", metavar="FILE",
                     help="fill the prompts with lines of this text instead of the repeated sentence, from a line "
                          "drawn by --seed and the key; \"jargon\": the text of tools/quality.py's KLD runs (the "
@@ -478,6 +485,12 @@ def main():
         return
     if a.variant and not a.server:
         raise SystemExit("--variant needs --server (its arguments are llama-server's)")
+    for e in a.env:
+        name, eq, value = e.partition("=")
+        if not eq or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise SystemExit(f"--env {e!r}: expected NAME=VALUE")
+        os.environ[name] = value  # llama.cpp reads its switches when a context (or a server's) is made
+    label = " ".join([a.variant] + a.env).strip()
     if a.model in MODELS:
         default_lengths, find = MODELS[a.model]
         model, name = find(), a.model
@@ -500,8 +513,9 @@ def main():
         filler = passages(text, keys, a.seed)
     rows = []
     for c in caches:
-        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler)
-    caches = [cache_label(c, a.variant) for c in caches]
+        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler,
+                          label)
+    caches = [cache_label(c, label) for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
