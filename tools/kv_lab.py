@@ -64,6 +64,7 @@ class Capture:
         self.cache_src = []     # sources of SET_ROWS nodes, in order
         self.fattn = []         # (q array, op_params scale, softcap, allowed keys per query row)
         self.layout_ok = None
+        self.names = set()      # every node name of the graph ("Kcur_normed-3": the layer has QK-norm)
 
     def array(self, p):
         t = GgmlTensor.from_address(p)
@@ -87,6 +88,7 @@ class Capture:
         op = self.g.ggml_op_name(t.op).decode()
         want = bool(NAME_RE.match(name)) or op in ("SET_ROWS", "FLASH_ATTN_EXT")
         if ask:
+            self.names.add(name)
             return want
         if NAME_RE.match(name):
             self.last[name] = self.array(p)
@@ -216,6 +218,8 @@ def dump(a):
     meta = {"model": a.model, "model_path": quality.rel(mpath), "n_layer": n_layer, "n_head": n_head,
             "n_head_kv": n_head_kv, "head_dim": int(out["k0"][0].shape[-1]), "ctx": a.ctx, "chunks": a.chunks,
             "scale": scales, "window": windows, "softcap": caps, "checks": checks,
+            "rope_type": int(llama_cpp.llama_model_rope_type(model)),
+            "qk_norm": [f"Qcur_normed-{il}" in cap.names and f"Kcur_normed-{il}" in cap.names for il in range(n_layer)],
             "corpus_sha256": info["sha256"], "text": a.text or "corpus",
             "text_sha256": hashlib.sha256(text[:cut].encode()).hexdigest(), "add_bos": bool(add_bos)}
     LAB.mkdir(parents=True, exist_ok=True)
@@ -231,7 +235,7 @@ def dump(a):
 
 # ------------------------------------------------------------------------------------------------ codecs
 
-def codecs(head):
+def codecs(head, gates=()):
     """name -> (bits, fn(x, role, ctx) -> decoded x, query transform or None). role is "k" or "v"."""
     from ggml_tq import lab
 
@@ -323,6 +327,9 @@ def codecs(head):
         c[n + " centered +hdrot"] = tq(b, shipped=True, center=True, up="hd")
         c[n + " weighted"] = tq(b, shipped=True, weight="gated")
         c[n + " weighted all"] = tq(b, shipped=True, weight="all")
+        for gate in gates:  # --k-weight-gates: the gate at other thresholds, weights per channel and per RoPE pair
+            c[n + f" weighted<={gate:g}"] = tq(b, shipped=True, weight=f"le{gate:g}")
+            c[n + f" pairweighted<={gate:g}"] = tq(b, shipped=True, weight=f"pairle{gate:g}")
         if head > 64:
             c[n + " headblock"] = tq(b, rot="head", block=head)
             c[n + " headblock search"] = tq(b, rot="head", block=head, grid=W)
@@ -387,12 +394,15 @@ def candidates(names):
     for kb, vb in ((4, 4), (3, 3)):
         out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
     out.append(("tq4_0 centered/tqv2_0 search", "tq4_0 centered", "tqv2_0 search"))
-    # centered and weighted keys (patch 0009: the shipped default is "weighted", gated per KV head)
+    # centered and weighted keys (patch 0009: the shipped default is "weighted": every head of a QK-norm layer, elsewhere
+    # the heads whose predicted ratio is at most 0.45; "weighted all": every head)
     for kb, vb in ((4, 4), (3, 3), (4, 3)):
         for s in (" weighted", " weighted all"):
             out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
     out.append(("tq4_0 weighted/tqv2_0", "tq4_0 weighted", "tqv2_0"))
     out.append(("tq4_0 weighted K/f16 V", "tq4_0 weighted", "f16"))
+    for n in sorted(x for x in names if "weighted<=" in x):
+        out.append((f"{n}/{n.split()[0]}", n, n.split()[0]))
     # centered values: v - m stored, m added to the output (the weights sum to one)
     for s in ("", "256"):
         out.append((f"tq4_0 centered{s}/tqv2_0", f"tq4_0 centered{s}", "tqv2_0"))
@@ -447,11 +457,15 @@ def score(a):
     meta = json.loads(str(z["meta"]))
     head, H, Hkv = meta["head_dim"], meta["n_head"], meta["n_head_kv"]
     g = H // Hkv
-    allc, memo = codecs(head)
+    # RoPE's channel pairs (older dumps lack the type: Gemma-3 is NEOX, SmolLM2 NORM)
+    rope = {0: "norm", 2: "neox"}.get(meta.get("rope_type", 2 if meta["model"].startswith("gemma") else 0))
+    qk_norm = meta.get("qk_norm", [meta["model"].startswith("gemma")] * meta["n_layer"])
+    gates = [float(x) for x in a.k_weight_gates.split(",")] if a.k_weight_gates else []
+    allc, memo = codecs(head, gates)
     cands = candidates(set(allc))
     want = [w.strip() for w in a.only.split(",")] if a.only else None if a.all else MAIN
     if want:
-        cands = [c for c in cands if c[0] in want]
+        cands = [c for c in cands if c[0] in want or (gates and "weighted<=" in c[0])]
     kn = sorted({c[1] for c in cands}, key=list(allc).index)
     vn = sorted({c[2] for c in cands}, key=list(allc).index)
     # the real KLD was measured on the KLD runs' text: beside a dump of another text it would mislead
@@ -459,6 +473,7 @@ def score(a):
     layers = range(meta["n_layer"]) if not a.layers else [int(x) for x in a.layers.split(",")]
     C = meta["chunks"] if a.chunks is None else min(a.chunks, meta["chunks"])
     acc = {}   # (kind, name, metric) -> list over layers of values
+    ratios = []  # --k-weight-gates: (layer, window, predicted ratio per KV head)
     t0 = time.time()
     for il in layers:
         Q = torch.from_numpy(z[f"q{il}"][:C])    # (C, T, H, D)
@@ -483,8 +498,29 @@ def score(a):
                 ctx["outlier_mask_" + role][n_out] = m
         # key weights as llama.cpp fits them on a first ubatch of 512 tokens (patch 0009)
         kc = (K[0, :512].reshape(-1, Hkv * head) - ctx["mean512_k"]).reshape(-1, Hkv, head)
-        for gate, max_ratio in (("gated", 0.25), ("all", 2.0)):
-            ctx[f"weight_{gate}_k"] = lab.k_weights(kc, Q[0, :512], max_ratio).reshape(-1)
+        # (shipped: pairs tied, every head of a QK-norm layer, elsewhere gate 0.45; --k-weight-gates: per channel and
+        # per pair at other gates)
+        for gate, max_ratio in (("gated", 2.0 if qk_norm[il] else 0.45), ("all", 2.0)):
+            ctx[f"weight_{gate}_k"] = lab.k_weights(kc, Q[0, :512], max_ratio, rope).reshape(-1)
+        for g_ in gates:
+            ctx[f"weight_le{g_:g}_k"] = lab.k_weights(kc, Q[0, :512], g_).reshape(-1)
+            ctx[f"weight_pairle{g_:g}_k"] = lab.k_weights(kc, Q[0, :512], g_, rope).reshape(-1)
+        if gates:
+            # predicted score-error ratio (weighted / unweighted, every head weighted) and the measured one, on the
+            # 512 tokens of the fit and on the second half of the chunk: tq4_0 keys, every 8th query
+            x = K[0].reshape(T, -1) - ctx["mean512_k"]
+            e0 = (lab.tq_shipped(x, 4) - x).reshape(T, Hkv, head)
+            row = [il, window]
+            for r in (None, rope):
+                w = lab.k_weights(kc, Q[0, :512], 2.0, r).reshape(-1)
+                e1 = ((lab.tq_shipped(x * w, 4) - x * w) / w).reshape(T, Hkv, head)
+                meas = []
+                for sl in (slice(0, 512), slice(T // 2, T)):
+                    qs = Q[0, sl][::8].reshape(-1, Hkv, g, head)
+                    v = [torch.einsum("qgd,kd->qgk", qs[:, h], e[sl, h]).pow(2).mean() for e in (e0, e1) for h in range(Hkv)]
+                    meas.append([(v[Hkv + h] / v[h]).item() for h in range(Hkv)])
+                row.append((lab.k_weight_ratio(kc, Q[0, :512], r).tolist(), *meas))
+            ratios.append(row)
         qpos = torch.arange(a.q_stride - 1, T, a.q_stride)
         kpos = torch.arange(T)
         allowed = kpos[None, :] <= qpos[:, None]
@@ -600,6 +636,23 @@ def score(a):
         for kind, n in sorted(acc):
             if kind == "k":
                 print(f"per layer, {n} K-only out: " + " ".join(f"{x:.1e}" for x in acc[(kind, n)]["out"]))
+    if ratios:
+        print("\nScore-error ratio of weighted to unweighted tq4_0 keys per KV head, every head weighted: predicted "
+              "(lab.k_weight_ratio, on the first 512 tokens as llama.cpp fits them) and measured against every 8th "
+              "query on those 512 tokens and on the second half of the chunk; weights per channel and per RoPE pair "
+              "(shipped). A head is weighted where its predicted ratio is at most the gate.\n")
+        print("| layer | window | per channel: predicted | first 512 | second half | per pair: predicted | first 512 | "
+              "second half | weighted at gate " + ", ".join(f"{g:g}" for g in gates) + " (per channel; per pair) |")
+        print("|---:|---:|---|---|---|---|---|---|---|")
+        f = lambda v: " ".join(f"{x:.3f}" for x in v)
+        for il, window, (r, r1, r2), (rp, rp1, rp2) in ratios:
+            on = " / ".join(str(sum(x <= g for x in r)) for g in gates) + "; " + " / ".join(
+                str(sum(x <= g for x in rp)) for g in gates)
+            print(f"| {il} | {window or 'full'} | {f(r)} | {f(r1)} | {f(r2)} | {f(rp)} | {f(rp1)} | {f(rp2)} | {on} |")
+        late = {k: np.array([x for row in ratios for x in row[k][2]]) for k in (2, 3)}
+        print(f"\nSecond half, geometric mean over heads (heads below 1): per channel "
+              f"{np.exp(np.log(late[2]).mean()):.3f} ({(late[2] < 1).sum()}/{late[2].size}), per pair "
+              f"{np.exp(np.log(late[3]).mean()):.3f} ({(late[3] < 1).sum()}/{late[3].size})")
     fit(rows)
     if a.json:
         Path(a.json).write_text(json.dumps({"meta": meta, "q_stride": a.q_stride, "chunks": C, "rows": rows}, indent=1))
@@ -672,6 +725,9 @@ def main():
                    help="a real KLD for a candidate label (repeatable)")
     s.add_argument("--json", help="write the rows here")
     s.add_argument("--per-layer", action="store_true")
+    s.add_argument("--k-weight-gates", metavar="G,G,...",
+                   help="also key weighting gated at these predicted ratios (\"tqN_0 weighted<=G\"), and the ratio of "
+                        "every KV head")
     s.add_argument("--by-position", action="store_true",
                    help="also the K-only and V-only output errors of the full-attention layers by query position")
     s.add_argument("-t", "--threads", type=int, default=2)

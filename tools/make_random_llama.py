@@ -4,8 +4,11 @@
 Shapes default to Llama-3-8B (32 layers, 4096 hidden, 32 heads, 8 KV heads, head_dim 128).
 The vocabulary is a dummy SentencePiece-style list so that the model loads and llama-bench runs.
 
-Origin: copied unchanged from the project's shared tools (/work/shared/tools/make_random_llama.py) so that
-a clone of this repository has it; tools/quality.py uses it for the random-weight head_dim 128/256 models.
+--qk-norm writes a Qwen3-architecture model instead: the same tensors plus a per-head RMS norm of the queries and
+keys (attn_q_norm, attn_k_norm) and NEOX RoPE, for the code paths that depend on QK-norm.
+
+Origin: the project's shared tools (/work/shared/tools/make_random_llama.py), with --qk-norm added;
+tools/quality.py uses it for the random-weight head_dim 128/256 models.
 Needs the gguf package: PYTHONPATH=build/llama.cpp-src/gguf-py.
 """
 import argparse
@@ -21,6 +24,7 @@ p.add_argument("--heads", type=int, default=32)
 p.add_argument("--kv-heads", type=int, default=8)
 p.add_argument("--vocab", type=int, default=32000)
 p.add_argument("--ctx", type=int, default=131072)
+p.add_argument("--qk-norm", action="store_true", help="Qwen3 architecture: RMS norms of Q and K per head")
 a = p.parse_args()
 
 head_dim = a.embd // a.heads
@@ -33,7 +37,7 @@ def rand(*shape):
     flat = np.tile(pool, reps)[:n] if reps > 1 else pool[rng.integers(0, pool.size - n + 1):][:n]
     return flat.reshape(shape)
 
-w = gguf.GGUFWriter(a.out, "llama")
+w = gguf.GGUFWriter(a.out, "qwen3" if a.qk_norm else "llama")
 w.add_context_length(a.ctx)
 w.add_embedding_length(a.embd)
 w.add_block_count(a.layers)
@@ -68,6 +72,9 @@ for i in range(a.layers):
     w.add_tensor(b + "attn_k.weight", rand(kv, a.embd))
     w.add_tensor(b + "attn_v.weight", rand(kv, a.embd))
     w.add_tensor(b + "attn_output.weight", rand(a.embd, a.embd))
+    if a.qk_norm:
+        w.add_tensor(b + "attn_q_norm.weight", ones(head_dim))
+        w.add_tensor(b + "attn_k_norm.weight", ones(head_dim))
     w.add_tensor(b + "ffn_norm.weight", ones(a.embd))
     w.add_tensor(b + "ffn_gate.weight", rand(a.ff, a.embd))
     w.add_tensor(b + "ffn_up.weight", rand(a.ff, a.embd))

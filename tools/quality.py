@@ -73,7 +73,13 @@ OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
             ("tq3_0 uncentered", "tq3_0", "tq3_0", {"LLAMA_TQ_K_CENTER": "0"}),
             # centered TQ keys without key weighting (llama-kv-cache.cpp, llama_k_weight_fit)
             ("tq4_0 unweighted", "tq4_0", "tq4_0", {"LLAMA_TQ_K_WEIGHT": "0"}),
-            ("tq3_0 unweighted", "tq3_0", "tq3_0", {"LLAMA_TQ_K_WEIGHT": "0"})]
+            ("tq3_0 unweighted", "tq3_0", "tq3_0", {"LLAMA_TQ_K_WEIGHT": "0"}),
+            # QK-norm layers' heads gated by their predicted gain like the others, instead of all weighted
+            ("tq4_0 gated", "tq4_0", "tq4_0", {"LLAMA_TQ_K_WEIGHT": "3"}),
+            ("tq3_0 gated", "tq3_0", "tq3_0", {"LLAMA_TQ_K_WEIGHT": "3"}),
+            # every KV head weighted, whatever its predicted gain
+            ("tq4_0 every head", "tq4_0", "tq4_0", {"LLAMA_TQ_K_WEIGHT": "2"}),
+            ("tq3_0 every head", "tq3_0", "tq3_0", {"LLAMA_TQ_K_WEIGHT": "2"})]
 ROW_ENV = ("LLAMA_ATTN_ROT_DISABLE", "LLAMA_ATTN_ROT_TQ", "LLAMA_TQ_K_CENTER", "LLAMA_TQ_K_WEIGHT")  # only a row sets these
 
 # random-weight models: only the head size matters (GQA 2:1 in both); small ff keeps the file small

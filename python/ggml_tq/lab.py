@@ -250,24 +250,45 @@ def tq_bits(bits: int, block: int = 64) -> float:
 
 # ---- key weighting (llama.cpp patch 0009) ---------------------------------------------------------------
 
-def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = 0.25) -> torch.Tensor:
-    """Key weights w (Hkv, D) as llama.cpp's llama_k_weight_fit (patch 0009) fits them on the first ubatch: k (T, Hkv,
-    D) its centered keys, q (T, H, D) its queries (query head h reads KV head h // (H / Hkv)). The cache stores
-    (k - m) * w and attention reads it with q / w: w_j = (q2_j / k2_j)^(1/4), the mean squares floored at 1 % of
-    their head's average, relative to the head's average ratio, clamped to [1/4, 4]; 1 for a KV head whose
-    predicted score-error ratio, sum over 64-value blocks of (sum sqrt(q2 k2))^2 against sum q2 * sum k2, is
-    above max_ratio."""
+def k_weight_stats(k: torch.Tensor, q: torch.Tensor, rope: str = None):
+    """Mean squares per channel of centered keys k (T, Hkv, D) and of queries q (T, H, D), each query head counted
+    with the KV head it reads (h // (H / Hkv)): k2, q2 (Hkv, D) in float64. rope "norm" (channels 2i, 2i + 1) or
+    "neox" (i, i + D/2): each channel gets the sum over its RoPE pair, whose split between the two channels turns
+    with the position while the sum does not (llama.cpp ties the weights of a pair so)."""
     t, hkv, d = k.shape
-    k2 = k.double().pow(2).mean(0)                                        # (Hkv, D)
-    q2 = q.double().reshape(t, hkv, -1, d).pow(2).mean((0, 2))
+    k2, q2 = k.double().pow(2).mean(0), q.double().reshape(t, hkv, -1, d).pow(2).mean((0, 2))
+    if rope == "norm":
+        k2, q2 = ((x[:, 0::2] + x[:, 1::2]).repeat_interleave(2, -1) for x in (k2, q2))
+    elif rope == "neox":
+        k2, q2 = ((x[:, :d // 2] + x[:, d // 2:]).repeat(1, 2) for x in (k2, q2))
+    elif rope is not None:
+        raise ValueError(f"rope {rope!r}")
+    return k2, q2
+
+
+def k_weight_ratio(k: torch.Tensor, q: torch.Tensor, rope: str = None) -> torch.Tensor:
+    """Predicted score-error ratio of weighted against unweighted keys per KV head (Hkv,): the sum over 64-value
+    blocks of (sum sqrt(q2 k2))^2 against sum q2 * sum k2 (docs/design.md, "Key weighting")."""
+    k2, q2 = k_weight_stats(k, q, rope)
+    hkv = k2.shape[0]
+    a, b = q2.sqrt().reshape(hkv, -1, 64), k2.sqrt().reshape(hkv, -1, 64)
+    num = (a * b).sum(-1).pow(2).sum(-1)
+    den = (q2.reshape(hkv, -1, 64).sum(-1) * k2.reshape(hkv, -1, 64).sum(-1)).sum(-1) + 1e-30
+    return num / den
+
+
+def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = 0.45, rope: str = None) -> torch.Tensor:
+    """Key weights w (Hkv, D) as llama.cpp's llama_k_weight_fit (patch 0009) fits them on the first ubatch: k (T, Hkv,
+    D) its centered keys, q (T, H, D) its queries, rope the model's RoPE pairing (k_weight_stats). The cache stores
+    (k - m) * w and attention reads it with q / w: w_j = (q2_j / k2_j)^(1/4), the mean squares (summed over RoPE
+    pairs) floored at 1 % of their head's average, relative to the head's average ratio, clamped to [1/4, 4]; 1
+    for a KV head whose k_weight_ratio is above max_ratio."""
+    k2, q2 = k_weight_stats(k, q, rope)
     tiny = 1e-30
     ka, qa = k2.mean(-1, keepdim=True), q2.mean(-1, keepdim=True)
     r = (q2 + (0.01 * qa + tiny)) / (k2 + (0.01 * ka + tiny)) * ((ka + tiny) / (qa + tiny))
     w = r.sqrt().sqrt().clamp(0.25, 4.0)
-    a, b = q2.sqrt().reshape(hkv, -1, 64), k2.sqrt().reshape(hkv, -1, 64)
-    num = (a * b).sum(-1).pow(2).sum(-1)
-    den = (q2.reshape(hkv, -1, 64).sum(-1) * k2.reshape(hkv, -1, 64).sum(-1)).sum(-1) + tiny
-    on = (num / den <= max_ratio)[:, None]
+    on = (k_weight_ratio(k, q, rope) <= max_ratio)[:, None]
     return torch.where(on, w, torch.ones_like(w)).float()
 
 
