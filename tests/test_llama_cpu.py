@@ -211,7 +211,8 @@ def test_passkey_teacher_forcing_equals_a_fresh_evaluation(llm):
     # the prompt). Teacher forcing evaluates the last prompt token again, alone: on the decode path its K and V
     # round otherwise in the last bits, which a quantized cache can turn into other codebook indices, so the
     # scores match a fresh evaluation that does the same exactly, and one that does not to that rounding
-    # (0.008 nats on the first answer token here, with one of SmolLM2's KV heads weighted; 0 without)
+    # (0.008 nats on the first answer token here, where the gate weights some of SmolLM2's KV heads on this
+    # prompt; 0 with LLAMA_TQ_K_WEIGHT=0)
     def fresh(redo_last):
         lps, greedy = [], []
         llm.reset()
