@@ -500,7 +500,7 @@ def score(a):
         kc = (K[0, :512].reshape(-1, Hkv * head) - ctx["mean512_k"]).reshape(-1, Hkv, head)
         # (shipped: pairs tied, every head of a QK-norm layer, elsewhere gate 0.45; --k-weight-gates: per channel and
         # per pair at other gates)
-        for gate, max_ratio in (("gated", 2.0 if qk_norm[il] else 0.45), ("all", 2.0)):
+        for gate, max_ratio in (("gated", 2.0 if qk_norm[il] else lab.K_WEIGHT_MAX_RATIO), ("all", 2.0)):
             ctx[f"weight_{gate}_k"] = lab.k_weights(kc, Q[0, :512], max_ratio, rope).reshape(-1)
         for g_ in gates:
             ctx[f"weight_le{g_:g}_k"] = lab.k_weights(kc, Q[0, :512], g_).reshape(-1)

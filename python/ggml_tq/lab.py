@@ -266,10 +266,17 @@ def k_weight_stats(k: torch.Tensor, q: torch.Tensor, rope: str = None):
     return k2, q2
 
 
+# the gate of llama.cpp's fit outside QK-norm layers (LLAMA_K_WEIGHT_MAX_RATIO)
+K_WEIGHT_MAX_RATIO = 0.45
+
+
 def k_weight_ratio(k: torch.Tensor, q: torch.Tensor, rope: str = None) -> torch.Tensor:
     """Predicted score-error ratio of weighted against unweighted keys per KV head (Hkv,): the sum over 64-value
     blocks of (sum sqrt(q2 k2))^2 against sum q2 * sum k2 (docs/design.md, "Key weighting")."""
-    k2, q2 = k_weight_stats(k, q, rope)
+    return _k_weight_ratio(*k_weight_stats(k, q, rope))
+
+
+def _k_weight_ratio(k2: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     hkv = k2.shape[0]
     a, b = q2.sqrt().reshape(hkv, -1, 64), k2.sqrt().reshape(hkv, -1, 64)
     num = (a * b).sum(-1).pow(2).sum(-1)
@@ -277,7 +284,7 @@ def k_weight_ratio(k: torch.Tensor, q: torch.Tensor, rope: str = None) -> torch.
     return num / den
 
 
-def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = 0.45, rope: str = None) -> torch.Tensor:
+def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = K_WEIGHT_MAX_RATIO, rope: str = None) -> torch.Tensor:
     """Key weights w (Hkv, D) as llama.cpp's llama_k_weight_fit (patch 0009) fits them on the first ubatch: k (T, Hkv,
     D) its centered keys, q (T, H, D) its queries, rope the model's RoPE pairing (k_weight_stats). The cache stores
     (k - m) * w and attention reads it with q / w: w_j = (q2_j / k2_j)^(1/4), the mean squares (summed over RoPE
@@ -288,7 +295,7 @@ def k_weights(k: torch.Tensor, q: torch.Tensor, max_ratio: float = 0.45, rope: s
     ka, qa = k2.mean(-1, keepdim=True), q2.mean(-1, keepdim=True)
     r = (q2 + (0.01 * qa + tiny)) / (k2 + (0.01 * ka + tiny)) * ((ka + tiny) / (qa + tiny))
     w = r.sqrt().sqrt().clamp(0.25, 4.0)
-    on = (k_weight_ratio(k, q, rope) <= max_ratio)[:, None]
+    on = (_k_weight_ratio(k2, q2) <= max_ratio)[:, None]
     return torch.where(on, w, torch.ones_like(w)).float()
 
 
