@@ -327,6 +327,8 @@ def codecs(head, gates=()):
         c[n + " centered +hdrot"] = tq(b, shipped=True, center=True, up="hd")
         c[n + " weighted"] = tq(b, shipped=True, weight="gated")
         c[n + " weighted all"] = tq(b, shipped=True, weight="all")
+        c[n + " weighted +hdrot"] = tq(b, shipped=True, weight="gated", up="hd")
+        c[n + " weighted all +hdrot"] = tq(b, shipped=True, weight="all", up="hd")
         for gate in gates:  # --k-weight-gates: the gate at other thresholds, weights per channel and per RoPE pair
             c[n + f" weighted<={gate:g}"] = tq(b, shipped=True, weight=f"le{gate:g}")
             c[n + f" pairweighted<={gate:g}"] = tq(b, shipped=True, weight=f"pairle{gate:g}")
@@ -395,9 +397,10 @@ def candidates(names):
         out.append((f"tq{kb}_0 centered +hdrot/tq{vb}_0", f"tq{kb}_0 centered +hdrot", f"tq{vb}_0"))
     out.append(("tq4_0 centered/tqv2_0 search", "tq4_0 centered", "tqv2_0 search"))
     # centered and weighted keys (patch 0009: the shipped default is "weighted": every head of a QK-norm layer, elsewhere
-    # the heads whose predicted ratio is at most 0.45; "weighted all": every head)
+    # the heads whose predicted ratio is at most 0.45; "weighted all": every head; "+hdrot": then the head-wide
+    # sign-randomized Hadamard of the weighted keys, docs/design.md "Interaction with upstream's attention rotation")
     for kb, vb in ((4, 4), (3, 3), (4, 3)):
-        for s in (" weighted", " weighted all"):
+        for s in (" weighted", " weighted all", " weighted +hdrot", " weighted all +hdrot"):
             out.append((f"tq{kb}_0{s}/tq{vb}_0", f"tq{kb}_0{s}", f"tq{vb}_0"))
     out.append(("tq4_0 weighted/tqv2_0", "tq4_0 weighted", "tqv2_0"))
     out.append(("tq4_0 weighted K/f16 V", "tq4_0 weighted", "f16"))
