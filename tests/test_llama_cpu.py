@@ -258,6 +258,37 @@ def test_passkey_server_scores_as_in_process(llm):
         passkey.Server(str(BIN / "llama-server"), MODEL, "tq4_0", "tq5_0", 512, "-t 2")
 
 
+def test_passkey_server_that_stalls_is_stopped_with_its_log(tmp_path):
+    """A llama-server that comes up and then never answers (one GPU run stalled so): tools/passkey.py stops at
+    --server-timeout, naming the request and showing the server's log, instead of waiting an hour."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    fake = tmp_path / "llama-server"
+    fake.write_text(f"""#!{sys.executable}
+import http.server, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{{"default_generation_settings": {{"n_ctx": 512}}}}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        time.sleep(3600)
+print("fake server: stalls on every request", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+""")
+    fake.chmod(0o755)
+    srv = passkey.Server(str(fake), MODEL, "f16", "f16", 512, "", timeout=2)
+    try:
+        t0 = time.time()
+        with pytest.raises(SystemExit, match=r"(?s)did not answer /tokenize in 2 s.*fake server: stalls"):
+            srv.tokenize(b"The pass key is", add_bos=True)
+        assert time.time() - t0 < 30
+    finally:
+        srv.close()
+    assert srv.proc.poll() is not None
+
+
 def test_passkey_length_beyond_a_server_slot():
     """llama-server caps a slot at the model's training context (8192 tokens for SmolLM2) whatever -c asks: run_cache
     reads the slot's size from the server and refuses a prompt that does not fit with its answer, naming that size,

@@ -119,14 +119,14 @@ def cache_label(cache, variant):
 
 
 def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant="", filler=None,
-              label=None):
+              label=None, server_timeout=3600):
     """label: what the rows' cache name carries in brackets (default: the variant)"""
     k, _, v = cache.partition("/")
     v = v or k
     label = cache_label(cache, variant if label is None else label)
     rows = []
     for n in lengths:
-        lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}") if server
+        lm = (Server(server, model, k, v, n + 64, f"{server_args} {variant}", server_timeout) if server
               else InProcess(model, k, v, n + 64, threads))
         try:
             # every prompt of this length before any runs: one that leaves its answer no room in the context is
@@ -228,7 +228,8 @@ class Server:
     and the row counts it (logprob_upper_bounds); the tables mark such means ("<=", "bounded")."""
     N_PROBS = 1000
 
-    def __init__(self, binary, model, k, v, n_ctx, extra):
+    def __init__(self, binary, model, k, v, n_ctx, extra, timeout=3600):
+        self.timeout = timeout  # seconds to come up (at most 600) and to answer one request
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -248,8 +249,8 @@ class Server:
                             break
                 except (urllib.error.URLError, OSError):
                     pass
-                if time.time() - t0 > 600:
-                    raise SystemExit(f"llama-server not ready after 600 s: {shlex.join(cmd)}\n{self.tail()}")
+                if time.time() - t0 > min(600, timeout):
+                    raise SystemExit(f"llama-server not ready after {min(600, timeout)} s: {shlex.join(cmd)}\n{self.tail()}")
                 time.sleep(0.5)
             # a slot's context, which llama-server caps at the model's training context whatever -c asks
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/props", timeout=60) as r:
@@ -266,10 +267,15 @@ class Server:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=3600) as r:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise SystemExit(f"llama-server {path}: {e.code} {e.read().decode(errors='replace')}\n{self.tail()}")
+        except (TimeoutError, urllib.error.URLError) as e:
+            # a server that stalls: say so with its log, rather than wait on it (the caller closes it)
+            if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, TimeoutError):
+                raise
+            raise SystemExit(f"llama-server did not answer {path} in {self.timeout} s\n{self.tail()}")
 
     def tokenize(self, text, add_bos):
         return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
@@ -449,6 +455,9 @@ def main():
                          "say); the run's JSON records it, and --pool mixes its runs with others only where the base cache "
                          "(--base) scored the prompts they share identically on both")
     ap.add_argument("--server-args", default="", help="more llama-server arguments, e.g. \"-ngl 99\"")
+    ap.add_argument("--server-timeout", type=float, default=3600, metavar="S",
+                    help="with --server: the seconds a server may take to answer one request (and, up to 600, to come "
+                         "up) before the run stops with its log")
     ap.add_argument("--variant", default="", metavar="ARGS",
                     help="with --server: llama-server arguments that change how the same cache is computed, not what "
                          "it holds (\"-fa off\", say); its rows name the cache \"f16 [-fa off]\", and --pool sets "
@@ -514,7 +523,7 @@ def main():
     rows = []
     for c in caches:
         rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler,
-                          label)
+                          label, a.server_timeout)
     caches = [cache_label(c, label) for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")

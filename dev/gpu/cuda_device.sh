@@ -28,7 +28,9 @@
 #                                  gemma3), one run per seed of PASSKEY_SEEDS and cache of PASSKEY_CACHES (empty: none),
 #                                  and each of PASSKEY_VARIANT_CACHES (f16) per PASSKEY_VARIANTS ("-fa off,-ub 128":
 #                                  --variant); PASSKEY_ARGS: lengths, depths, trials; PASSKEY_TAG: a word in the
-#                                  file names (runs of other lengths, say)
+#                                  file names (runs of other lengths, say); PASSKEY_SERVER_TIMEOUT (120 s): a server
+#                                  that takes longer over one request stops the run with its log (a prompt of 32k
+#                                  tokens takes about a second)
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
 #                                  carrying .carry/jargon.txt
@@ -405,7 +407,8 @@ step_passkey() {
             f=passkey-gemma3-gpu${PASSKEY_TAG:+-$PASSKEY_TAG}-seed$s-${c//\//-}${v:+-$(sed -E 's/^-+//; s/ +-*/-/g' <<< "$v")}
             log "passkey seed $s $c${v:+ [$v]}"
             PYTHONUNBUFFERED=1 python3 tools/passkey.py --model $W/gemma3-270m-q4_k_m.gguf --server $B/llama-server \
-                --server-args "-ngl 99" ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} \
+                --server-args "-ngl 99" --server-timeout ${PASSKEY_SERVER_TIMEOUT:-120} \
+                ${PASSKEY_ARGS:---lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 4} \
                 --seed $s --caches $c ${v:+--variant "$v"} --out $OUT/$f > $OUT/$f.log 2>&1 || { rc=1; tail -5 $OUT/$f.log; }
             # what comes back: every run so far (.json, .md, .log), in one file (a call returns 8 files at most)
             tar -C $OUT -czf $RES/passkey.tgz $(cd $OUT && ls passkey-gemma3-gpu-*)
