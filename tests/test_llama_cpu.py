@@ -278,12 +278,17 @@ print("fake server: stalls on every request", flush=True)
 http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """)
     fake.chmod(0o755)
-    srv = passkey.Server(str(fake), MODEL, "f16", "f16", 512, "", timeout=2)
+    srv = passkey.Server(str(fake), MODEL, "f16", "f16", 512, "", timeout=60)   # time to come up on a busy machine
+    srv.timeout = 2
     try:
         t0 = time.time()
         with pytest.raises(SystemExit, match=r"(?s)did not answer /tokenize in 2 s.*fake server: stalls"):
             srv.tokenize(b"The pass key is", add_bos=True)
         assert time.time() - t0 < 30
+        srv.proc.kill()   # a server that dies during a request: its exit status and log
+        srv.proc.wait()
+        with pytest.raises(SystemExit, match=r"(?s)llama-server /tokenize: .*exited.*fake server: stalls"):
+            srv.tokenize(b"The pass key is", add_bos=True)
     finally:
         srv.close()
     assert srv.proc.poll() is not None

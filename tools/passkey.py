@@ -32,6 +32,7 @@ prompt: a paired comparison, which single hits and misses at the edge of a model
 to ask whether A's shift is the sum of a key-only and a value-only run's.
 """
 import argparse
+import http.client
 import json
 import math
 import os
@@ -250,11 +251,11 @@ class Server:
                 except (urllib.error.URLError, OSError):
                     pass
                 if time.time() - t0 > min(600, timeout):
-                    raise SystemExit(f"llama-server not ready after {min(600, timeout)} s: {shlex.join(cmd)}\n{self.tail()}")
+                    raise SystemExit(f"llama-server not ready after {min(600, timeout):g} s: {shlex.join(cmd)}\n"
+                                     f"{self.tail()}")
                 time.sleep(0.5)
             # a slot's context, which llama-server caps at the model's training context whatever -c asks
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/props", timeout=60) as r:
-                self.n_ctx = json.loads(r.read())["default_generation_settings"]["n_ctx"]
+            self.n_ctx = self.request("/props")["default_generation_settings"]["n_ctx"]
         except BaseException:   # Ctrl-C included: never leave a server holding the GPU
             self.close()
             raise
@@ -263,19 +264,26 @@ class Server:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-2000:]
 
-    def post(self, path, body):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+    def request(self, path, body=None):
+        """GET path, or POST it a JSON body. A server that refuses, dies or stalls (no answer in self.timeout
+        seconds) stops the run with its log, which close() then deletes."""
+        url = f"http://127.0.0.1:{self.port}{path}"
+        req = url if body is None else urllib.request.Request(url, json.dumps(body).encode(),
+                                                              {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise SystemExit(f"llama-server {path}: {e.code} {e.read().decode(errors='replace')}\n{self.tail()}")
-        except (TimeoutError, urllib.error.URLError) as e:
-            # a server that stalls: say so with its log, rather than wait on it (the caller closes it)
-            if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, TimeoutError):
-                raise
-            raise SystemExit(f"llama-server did not answer {path} in {self.timeout} s\n{self.tail()}")
+        except (OSError, http.client.HTTPException) as e:   # URLError, a reset or refused connection, a timeout
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, (socket.timeout, TimeoutError)):   # socket.timeout: apart before Python 3.10
+                raise SystemExit(f"llama-server did not answer {path} in {self.timeout:g} s\n{self.tail()}")
+            state = "running" if self.proc.poll() is None else f"exited ({self.proc.returncode})"
+            raise SystemExit(f"llama-server {path}: {reason!r}, server {state}\n{self.tail()}")
+
+    def post(self, path, body):
+        return self.request(path, body)
 
     def tokenize(self, text, add_bos):
         return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]

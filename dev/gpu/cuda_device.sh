@@ -29,8 +29,8 @@
 #                                  and each of PASSKEY_VARIANT_CACHES (f16) per PASSKEY_VARIANTS ("-fa off,-ub 128":
 #                                  --variant); PASSKEY_ARGS: lengths, depths, trials; PASSKEY_TAG: a word in the
 #                                  file names (runs of other lengths, say); PASSKEY_SERVER_TIMEOUT (120 s): a server
-#                                  that takes longer over one request stops the run with its log (a prompt of 32k
-#                                  tokens takes about a second)
+#                                  that takes longer to come up or over one request stops the run with its log (a 32k
+#                                  prompt takes about a second)
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
 #                                  carrying .carry/jargon.txt
