@@ -230,7 +230,8 @@ class Server:
     N_PROBS = 1000
 
     def __init__(self, binary, model, k, v, n_ctx, extra, timeout=3600):
-        self.timeout = timeout  # seconds to come up (at most 600) and to answer one request
+        self.timeout = timeout  # seconds to answer one request
+        ready_s = min(600, timeout)  # ... and to come up
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -250,9 +251,8 @@ class Server:
                             break
                 except (urllib.error.URLError, OSError):
                     pass
-                if time.time() - t0 > min(600, timeout):
-                    raise SystemExit(f"llama-server not ready after {min(600, timeout):g} s: {shlex.join(cmd)}\n"
-                                     f"{self.tail()}")
+                if time.time() - t0 > ready_s:
+                    raise SystemExit(f"llama-server not ready after {ready_s:g} s: {shlex.join(cmd)}\n{self.tail()}")
                 time.sleep(0.5)
             # a slot's context, which llama-server caps at the model's training context whatever -c asks
             self.n_ctx = self.request("/props")["default_generation_settings"]["n_ctx"]
@@ -282,22 +282,19 @@ class Server:
             state = "running" if self.proc.poll() is None else f"exited ({self.proc.returncode})"
             raise SystemExit(f"llama-server {path}: {reason!r}, server {state}\n{self.tail()}")
 
-    def post(self, path, body):
-        return self.request(path, body)
-
     def tokenize(self, text, add_bos):
-        return self.post("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
+        return self.request("/tokenize", {"content": text.decode(), "add_special": add_bos})["tokens"]
 
     def complete(self, text, ptoks):
-        return self.post("/completion", {"prompt": ptoks, "n_predict": ANSWER_TOKENS, "temperature": 0.0,
-                                         "cache_prompt": True})["content"]
+        return self.request("/completion", {"prompt": ptoks, "n_predict": ANSWER_TOKENS, "temperature": 0.0,
+                                            "cache_prompt": True})["content"]
 
     def answer_scores(self, ptoks, key):
         atoks = self.tokenize(f" {key}".encode(), add_bos=False)
         logprobs, greedy, margin, bounded = [], [], None, 0
         for i, want in enumerate(atoks):
-            r = self.post("/completion", {"prompt": ptoks + atoks[:i], "n_predict": 1, "temperature": 0.0,
-                                          "n_probs": self.N_PROBS, "cache_prompt": True})
+            r = self.request("/completion", {"prompt": ptoks + atoks[:i], "n_predict": 1, "temperature": 0.0,
+                                             "n_probs": self.N_PROBS, "cache_prompt": True})
             top = {e["id"]: e["logprob"] for e in r["completion_probabilities"][0]["top_logprobs"]}
             if want not in top:
                 bounded += 1
