@@ -503,7 +503,8 @@ def score(a):
         kc = (K[0, :512].reshape(-1, Hkv * head) - ctx["mean512_k"]).reshape(-1, Hkv, head)
         # (shipped: pairs tied, every head of a QK-norm layer, elsewhere gate 0.45; --k-weight-gates: per channel and
         # per pair at other gates)
-        for gate, max_ratio in (("gated", 2.0 if qk_norm[il] else lab.K_WEIGHT_MAX_RATIO), ("all", 2.0)):
+        for gate, max_ratio in (("gated", lab.K_WEIGHT_ALL if qk_norm[il] else lab.K_WEIGHT_MAX_RATIO),
+                                ("all", lab.K_WEIGHT_ALL)):
             ctx[f"weight_{gate}_k"] = lab.k_weights(kc, Q[0, :512], max_ratio, rope).reshape(-1)
         for g_ in gates:
             ctx[f"weight_le{g_:g}_k"] = lab.k_weights(kc, Q[0, :512], g_).reshape(-1)
@@ -515,7 +516,7 @@ def score(a):
             e0 = (lab.tq_shipped(x, 4) - x).reshape(T, Hkv, head)
             row = [il, window]
             for r in (None, rope):
-                w = lab.k_weights(kc, Q[0, :512], 2.0, r).reshape(-1)
+                w = lab.k_weights(kc, Q[0, :512], lab.K_WEIGHT_ALL, r).reshape(-1)
                 e1 = ((lab.tq_shipped(x * w, 4) - x * w) / w).reshape(T, Hkv, head)
                 meas = []
                 for sl in (slice(0, 512), slice(T // 2, T)):

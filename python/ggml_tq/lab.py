@@ -266,8 +266,10 @@ def k_weight_stats(k: torch.Tensor, q: torch.Tensor, rope: str = None):
     return k2, q2
 
 
-# the gate of llama.cpp's fit outside QK-norm layers (LLAMA_K_WEIGHT_MAX_RATIO)
+# the gate of llama.cpp's fit outside QK-norm layers (LLAMA_K_WEIGHT_MAX_RATIO), and a gate above any ratio, which
+# weights every KV head (LLAMA_K_WEIGHT_ALL)
 K_WEIGHT_MAX_RATIO = 0.45
+K_WEIGHT_ALL = 2.0
 
 
 def k_weight_ratio(k: torch.Tensor, q: torch.Tensor, rope: str = None) -> torch.Tensor:
