@@ -516,7 +516,7 @@ def score(a):
             e0 = (lab.tq_shipped(x, 4) - x).reshape(T, Hkv, head)
             row = [il, window]
             for r in (None, rope):
-                w = lab.k_weights(kc, Q[0, :512], lab.K_WEIGHT_ALL, r).reshape(-1)
+                w = ctx["weight_all_k"] if r == rope else lab.k_weights(kc, Q[0, :512], lab.K_WEIGHT_ALL, r).reshape(-1)
                 e1 = ((lab.tq_shipped(x * w, 4) - x * w) / w).reshape(T, Hkv, head)
                 meas = []
                 for sl in (slice(0, 512), slice(T // 2, T)):
