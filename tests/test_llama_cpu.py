@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -282,9 +284,15 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
     srv.timeout = 2
     try:
         t0 = time.time()
-        with pytest.raises(SystemExit, match=r"(?s)did not answer /tokenize in 2 s.*fake server: stalls"):
+        with pytest.raises(SystemExit, match=r"(?s)did not answer /tokenize in 2 s.*fake server: stalls") as stop:
             srv.tokenize(b"The pass key is", add_bos=True)
         assert time.time() - t0 < 30
+        # and where it waits, where gdb can say so (the fake server's main thread: in the interpreter)
+        stack = re.search(r"main thread of the stalled server:\n((?:#.*\n?)+)", str(stop.value))
+        if shutil.which("gdb"):
+            assert stack and "#0" in stack.group(1), str(stop.value)[-1500:]
+        else:
+            assert stack is None
         srv.proc.kill()   # a server that dies during a request: its exit status and log
         srv.proc.wait()
         with pytest.raises(SystemExit, match=r"(?s)llama-server /tokenize: .*exited.*fake server: stalls"):

@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -252,7 +253,8 @@ class Server:
                 except (urllib.error.URLError, OSError):
                     pass
                 if time.time() - t0 > ready_s:
-                    raise SystemExit(f"llama-server not ready after {ready_s:g} s: {shlex.join(cmd)}\n{self.tail()}")
+                    raise SystemExit(f"llama-server not ready after {ready_s:g} s: {shlex.join(cmd)}\n{self.tail()}"
+                                     f"{self.stack()}")
                 time.sleep(0.5)
             # a slot's context, which llama-server caps at the model's training context whatever -c asks
             self.n_ctx = self.request("/props")["default_generation_settings"]["n_ctx"]
@@ -263,6 +265,19 @@ class Server:
     def tail(self):
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-2000:]
+
+    def stack(self):
+        """Where a stalled server's main thread waits (its backtrace, through gdb where there is one): what a
+        server that never comes up or never answers leaves to go on once it is killed."""
+        if self.proc.poll() is not None or not shutil.which("gdb"):
+            return ""
+        try:
+            r = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex", "bt 40"], capture_output=True,
+                               text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return "\n(gdb did not attach in 60 s)"
+        frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
+        return "\nmain thread of the stalled server:\n" + "\n".join(frames) if frames else ""
 
     def request(self, path, body=None):
         """GET path, or POST it a JSON body. A server that refuses, dies or stalls (no answer in self.timeout
@@ -278,7 +293,7 @@ class Server:
         except (OSError, http.client.HTTPException) as e:   # URLError, a reset or refused connection, a timeout
             reason = getattr(e, "reason", e)
             if isinstance(reason, (socket.timeout, TimeoutError)):   # socket.timeout: apart before Python 3.10
-                raise SystemExit(f"llama-server did not answer {path} in {self.timeout:g} s\n{self.tail()}")
+                raise SystemExit(f"llama-server did not answer {path} in {self.timeout:g} s\n{self.tail()}{self.stack()}")
             state = "running" if self.proc.poll() is None else f"exited ({self.proc.returncode})"
             raise SystemExit(f"llama-server {path}: {reason!r}, server {state}\n{self.tail()}")
 

@@ -31,6 +31,10 @@
 #                                  file names (runs of other lengths, say); PASSKEY_SERVER_TIMEOUT (120 s): a server
 #                                  that takes longer to come up or over one request stops the run with its log (a 32k
 #                                  prompt takes about a second)
+#   dev/gpu/cuda_device.sh serverstart  llama-server -ngl 99 on Gemma-3-270m started once per case of STARTUP_CASES (after
+#                                  build and gemma3): whether it comes up within STARTUP_WAIT s (60), and where one that
+#                                  does not waits (every thread's stack, GPU utilization); a case is CACHE[:CTX][+ENV=1...]
+#                                  or CACHE[:CTX][+--flag...], e.g. "tq4_0:32768 tq4_0:32768+--no-warmup"
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
 #                                  carrying .carry/jargon.txt
@@ -475,6 +479,59 @@ step_qdecode() {
         env $env $B/llama-perplexity $args -ctk $k -ctv $v --kl-divergence --kl-divergence-base $W/base-ub8.kld \
             > $OUT/kld-ub8-$t.log 2>&1
         printf '%-8s %s | %s\n' $t "$(grep -E '^Mean +KLD' $OUT/kld-ub8-$t.log)" "$(grep -E 'Same top p' $OUT/kld-ub8-$t.log)"
+    done
+}
+
+# where a process waits: every thread's stack (gdb, else eu-stack, else the kernel's view of each thread)
+stacks() {
+    local pid=$1 t
+    if command -v gdb > /dev/null; then  # the main thread (the one gdb selects) first
+        timeout 60 gdb -p $pid -batch -ex 'echo main thread:\n' -ex 'bt 40' -ex 'thread apply all bt 30' 2>&1 |
+            grep -E '^(main thread|Thread|#)' | head -400
+    elif command -v eu-stack > /dev/null; then
+        timeout 60 eu-stack -p $pid 2>&1 | head -400
+    else
+        for t in /proc/$pid/task/*; do
+            printf '%s %s %s\n' "${t##*/}" "$(cat $t/comm)" "$(cat $t/wchan 2>/dev/null)"
+            cat $t/stack 2>/dev/null | head -8
+        done
+    fi
+}
+
+# A llama-server that never came up (Gemma-3, a TQ cache, a 32k context on an H100: after loading the model, during
+# the warm-up decode or the two-token check that follows it) is found out here: one start per case, and where it
+# waits if it does not come up.
+step_serverstart() {
+    step_gemma3
+    [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
+    local c cache ctx extra k v env flags port pid i ok f n=0
+    for c in ${STARTUP_CASES:-tq4_0:32768 f16:32768}; do
+        n=$((n + 1)); port=$((18180 + n))  # a port per case: a server that outlived its case answers no other
+        IFS=+ read -r cache extra <<< "$c"
+        ctx=32768; [ "${cache#*:}" != "$cache" ] && ctx=${cache#*:} && cache=${cache%%:*}
+        env=; flags=
+        for i in ${extra//+/ }; do case $i in -*) flags="$flags $i" ;; *) env="$env $i" ;; esac; done
+        k=${cache%/*}; v=${cache#*/}
+        f=$OUT/serverstart-$n.log
+        log "llama-server $c: -c $ctx -ctk $k -ctv $v$flags${env:+ with$env}"
+        env $env $B/llama-server -m $W/gemma3-270m-q4_k_m.gguf -c $ctx -b 512 -ub 512 -np 1 -fa on --swa-full -ngl 99 \
+            -ctk $k -ctv $v --host 127.0.0.1 --port $port $flags > $f 2>&1 &
+        pid=$!; ok=
+        for i in $(seq $((${STARTUP_WAIT:-60} * 2))); do
+            curl -sf localhost:$port/health > /dev/null && { ok=1; break; }
+            kill -0 $pid 2> /dev/null || break
+            sleep 0.5
+        done
+        if [ -n "$ok" ]; then
+            echo "up after $((i / 2)).$((i % 2 * 5)) s"
+        elif ! kill -0 $pid 2> /dev/null; then
+            echo "exited"; tail -5 $f
+        else
+            echo "NOT UP after ${STARTUP_WAIT:-60} s; last lines of its log:"; tail -3 $f
+            nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
+            stacks $pid > $f.stacks; head -45 $f.stacks
+        fi
+        kill $pid 2> /dev/null || true; sleep 1; kill -9 $pid 2> /dev/null || true; wait $pid 2> /dev/null || true
     done
 }
 
