@@ -287,10 +287,12 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
         with pytest.raises(SystemExit, match=r"(?s)did not answer /tokenize in 2 s.*fake server: stalls") as stop:
             srv.tokenize(b"The pass key is", add_bos=True)
         assert time.time() - t0 < 30
-        # and where it waits, where gdb can say so (the fake server's main thread: in the interpreter)
-        stack = re.search(r"main thread of the stalled server:\n((?:#.*\n?)+)", str(stop.value))
+        # and where it waits, where gdb can say so (the fake server's main thread: in the interpreter), or why gdb
+        # could not (an attach that ptrace restrictions refuse)
+        msg = str(stop.value)
+        stack = re.search(r"main thread of the stalled server:\n((?:#.*\n?)+)", msg)
         if shutil.which("gdb"):
-            assert stack and "#0" in stack.group(1), str(stop.value)[-1500:]
+            assert (stack and "#0" in stack.group(1)) or "gdb could not attach to the stalled server" in msg, msg[-1500:]
         else:
             assert stack is None
         srv.proc.kill()   # a server that dies during a request: its exit status and log

@@ -268,16 +268,20 @@ class Server:
 
     def stack(self):
         """Where a stalled server's main thread waits (its backtrace, through gdb where there is one): what a
-        server that never comes up or never answers leaves to go on once it is killed."""
+        server that never comes up or never answers leaves to go on once it is killed. An attach that is refused
+        (ptrace restricted) says so instead."""
         if self.proc.poll() is not None or not shutil.which("gdb"):
             return ""
         try:
-            r = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex", "bt 40"], capture_output=True,
-                               text=True, timeout=60)
+            r = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off",
+                                "-ex", "bt 40"], capture_output=True, text=True, timeout=20)
         except subprocess.TimeoutExpired:
-            return "\n(gdb did not attach in 60 s)"
+            return "\ngdb could not attach to the stalled server in 20 s"
         frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
-        return "\nmain thread of the stalled server:\n" + "\n".join(frames) if frames else ""
+        if frames:
+            return "\nmain thread of the stalled server:\n" + "\n".join(frames)
+        why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
+        return "\ngdb could not attach to the stalled server: " + " ".join(why)
 
     def request(self, path, body=None):
         """GET path, or POST it a JSON body. A server that refuses, dies or stalls (no answer in self.timeout

@@ -33,8 +33,8 @@
 #                                  prompt takes about a second)
 #   dev/gpu/cuda_device.sh serverstart  llama-server -ngl 99 on Gemma-3-270m started once per case of STARTUP_CASES (after
 #                                  build and gemma3): whether it comes up within STARTUP_WAIT s (60), and where one that
-#                                  does not waits (every thread's stack, GPU utilization); a case is CACHE[:CTX][+ENV=1...]
-#                                  or CACHE[:CTX][+--flag...], e.g. "tq4_0:32768 tq4_0:32768+--no-warmup"
+#                                  does not waits (every thread's stack, GPU utilization); a case is
+#                                  CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...], e.g. "tq4_0:32768 tq4_0:32768+--no-warmup"
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
 #                                  carrying .carry/jargon.txt
@@ -482,35 +482,39 @@ step_qdecode() {
     done
 }
 
-# where a process waits: every thread's stack (gdb, else eu-stack, else the kernel's view of each thread)
+# where a process waits: every thread's stack (gdb, else eu-stack, else the kernel's view of each thread); never
+# fails, so that the caller goes on to kill the process
 stacks() {
     local pid=$1 t
-    if command -v gdb > /dev/null; then  # the main thread (the one gdb selects) first
+    if command -v gdb > /dev/null; then  # the main thread (the one gdb selects) first; an attach refused says why
         timeout 60 gdb -p $pid -batch -ex 'echo main thread:\n' -ex 'bt 40' -ex 'thread apply all bt 30' 2>&1 |
-            grep -E '^(main thread|Thread|#)' | head -400
+            grep -E '^(main thread|Thread|#|ptrace|Could not|warning: process)' | awk 'NR <= 400' || true
     elif command -v eu-stack > /dev/null; then
-        timeout 60 eu-stack -p $pid 2>&1 | head -400
+        timeout 60 eu-stack -p $pid 2>&1 | awk 'NR <= 400' || true
     else
         for t in /proc/$pid/task/*; do
-            printf '%s %s %s\n' "${t##*/}" "$(cat $t/comm)" "$(cat $t/wchan 2>/dev/null)"
-            cat $t/stack 2>/dev/null | head -8
+            printf '%s %s %s\n' "${t##*/}" "$(cat $t/comm 2>/dev/null)" "$(cat $t/wchan 2>/dev/null)"
+            awk 'NR <= 8' $t/stack 2>/dev/null || true
         done
     fi
 }
 
-# A llama-server that never came up (Gemma-3, a TQ cache, a 32k context on an H100: after loading the model, during
-# the warm-up decode or the two-token check that follows it) is found out here: one start per case, and where it
-# waits if it does not come up.
+# A llama-server that never came up (Gemma-3, a tq4_0 cache, a 32k context on an H100: somewhere after loading the
+# model, by its log during the warm-up decode or the two-token check that follows it) is found out here: one start
+# per case, and where it waits if it does not come up. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]:
+# "+-ub=256" passes -ub 256.
 step_serverstart() {
     step_gemma3
     [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
     local c cache ctx extra k v env flags port pid i ok f n=0
     for c in ${STARTUP_CASES:-tq4_0:32768 f16:32768}; do
-        n=$((n + 1)); port=$((18180 + n))  # a port per case: a server that outlived its case answers no other
+        n=$((n + 1))
+        # a free port of this moment: a server left over from an earlier call or case answers no other
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         IFS=+ read -r cache extra <<< "$c"
         ctx=32768; [ "${cache#*:}" != "$cache" ] && ctx=${cache#*:} && cache=${cache%%:*}
         env=; flags=
-        for i in ${extra//+/ }; do case $i in -*) flags="$flags $i" ;; *) env="$env $i" ;; esac; done
+        for i in ${extra//+/ }; do case $i in -*) flags="$flags ${i/=/ }" ;; *) env="$env $i" ;; esac; done
         k=${cache%/*}; v=${cache#*/}
         f=$OUT/serverstart-$n.log
         log "llama-server $c: -c $ctx -ctk $k -ctv $v$flags${env:+ with$env}"
@@ -523,15 +527,18 @@ step_serverstart() {
             sleep 0.5
         done
         if [ -n "$ok" ]; then
-            echo "up after $((i / 2)).$((i % 2 * 5)) s"
+            echo "up within $((i / 2)).$((i % 2 * 5)) s"
         elif ! kill -0 $pid 2> /dev/null; then
             echo "exited"; tail -5 $f
         else
             echo "NOT UP after ${STARTUP_WAIT:-60} s; last lines of its log:"; tail -3 $f
             nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
-            stacks $pid > $f.stacks; head -45 $f.stacks
+            stacks $pid > $f.stacks; awk 'NR <= 45' $f.stacks
         fi
-        kill $pid 2> /dev/null || true; sleep 1; kill -9 $pid 2> /dev/null || true; wait $pid 2> /dev/null || true
+        kill $pid 2> /dev/null || true; sleep 1; kill -9 $pid 2> /dev/null || true
+        # one stuck in the driver may outlive SIGKILL a while: say so rather than wait on it
+        for i in 1 2 3 4 5; do kill -0 $pid 2> /dev/null || break; sleep 1; done
+        kill -0 $pid 2> /dev/null && echo "(pid $pid still there after SIGKILL)" || wait $pid 2> /dev/null || true
     done
 }
 
