@@ -33,7 +33,7 @@
 #                                  prompt takes about a second)
 #   dev/gpu/cuda_device.sh serverstart  llama-server -ngl 99 on Gemma-3-270m started once per case of STARTUP_CASES (after
 #                                  build and gemma3): whether it comes up within STARTUP_WAIT s (60), and where one that
-#                                  does not waits (every thread's stack, GPU utilization); a case is
+#                                  does not waits (its main thread's backtrace, GPU utilization); a case is
 #                                  CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...], e.g. "tq4_0:32768 tq4_0:32768+--no-warmup"
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
@@ -482,63 +482,37 @@ step_qdecode() {
     done
 }
 
-# where a process waits: every thread's stack (gdb, else eu-stack, else the kernel's view of each thread); never
-# fails, so that the caller goes on to kill the process
-stacks() {
-    local pid=$1 t
-    if command -v gdb > /dev/null; then  # the main thread (the one gdb selects) first; an attach refused says why
-        timeout 60 gdb -p $pid -batch -ex 'echo main thread:\n' -ex 'bt 40' -ex 'thread apply all bt 30' 2>&1 |
-            grep -E '^(main thread|Thread|#|ptrace|Could not|warning: process)' | awk 'NR <= 400' || true
-    elif command -v eu-stack > /dev/null; then
-        timeout 60 eu-stack -p $pid 2>&1 | awk 'NR <= 400' || true
-    else
-        for t in /proc/$pid/task/*; do
-            printf '%s %s %s\n' "${t##*/}" "$(cat $t/comm 2>/dev/null)" "$(cat $t/wchan 2>/dev/null)"
-            awk 'NR <= 8' $t/stack 2>/dev/null || true
-        done
-    fi
-}
-
 # A llama-server that never came up (Gemma-3, a tq4_0 cache, a 32k context on an H100: somewhere after loading the
 # model, by its log during the warm-up decode or the two-token check that follows it) is found out here: one start
-# per case, and where it waits if it does not come up. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]:
-# "+-ub=256" passes -ub 256.
+# per case through tools/passkey.py's Server (the passkey runs' arguments), which stops one that is not up in
+# STARTUP_WAIT s with its log and its main thread's backtrace; the GPU's utilization meanwhile tells a kernel that
+# never ends from a host that waits. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]: "+-ub=256" passes
+# -ub 256.
 step_serverstart() {
     step_gemma3
     [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
-    local c cache ctx extra k v env flags port pid i ok f n=0
+    local c cache ctx extra k v env flags i util
     for c in ${STARTUP_CASES:-tq4_0:32768 f16:32768}; do
-        n=$((n + 1))
-        # a free port of this moment: a server left over from an earlier call or case answers no other
-        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         IFS=+ read -r cache extra <<< "$c"
         ctx=32768; [ "${cache#*:}" != "$cache" ] && ctx=${cache#*:} && cache=${cache%%:*}
         env=; flags=
         for i in ${extra//+/ }; do case $i in -*) flags="$flags ${i/=/ }" ;; *) env="$env $i" ;; esac; done
         k=${cache%/*}; v=${cache#*/}
-        f=$OUT/serverstart-$n.log
         log "llama-server $c: -c $ctx -ctk $k -ctv $v$flags${env:+ with$env}"
-        env $env $B/llama-server -m $W/gemma3-270m-q4_k_m.gguf -c $ctx -b 512 -ub 512 -np 1 -fa on --swa-full -ngl 99 \
-            -ctk $k -ctv $v --host 127.0.0.1 --port $port $flags > $f 2>&1 &
-        pid=$!; ok=
-        for i in $(seq $((${STARTUP_WAIT:-60} * 2))); do
-            curl -sf localhost:$port/health > /dev/null && { ok=1; break; }
-            kill -0 $pid 2> /dev/null || break
-            sleep 0.5
-        done
-        if [ -n "$ok" ]; then
-            echo "up within $((i / 2)).$((i % 2 * 5)) s"
-        elif ! kill -0 $pid 2> /dev/null; then
-            echo "exited"; tail -5 $f
-        else
-            echo "NOT UP after ${STARTUP_WAIT:-60} s; last lines of its log:"; tail -3 $f
-            nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
-            stacks $pid > $f.stacks; awk 'NR <= 45' $f.stacks
-        fi
-        kill $pid 2> /dev/null || true; sleep 1; kill -9 $pid 2> /dev/null || true
-        # one stuck in the driver may outlive SIGKILL a while: say so rather than wait on it
-        for i in 1 2 3 4 5; do kill -0 $pid 2> /dev/null || break; sleep 1; done
-        kill -0 $pid 2> /dev/null && echo "(pid $pid still there after SIGKILL)" || wait $pid 2> /dev/null || true
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 1000 > $OUT/util.log 2>&1 &
+        util=$!
+        env $env python3 - $B/llama-server $W/gemma3-270m-q4_k_m.gguf $k $v $ctx "-ngl 99$flags" ${STARTUP_WAIT:-60} \
+            <<'PY' 2>&1 || true
+import sys, time
+sys.path.insert(0, "tools")
+import passkey
+binary, model, k, v, ctx, extra, wait = sys.argv[1:]
+t0 = time.time()
+passkey.Server(binary, model, k, v, int(ctx), extra, timeout=float(wait)).close()
+print(f"up within {time.time() - t0:.1f} s")
+PY
+        kill $util 2> /dev/null || true
+        echo "GPU utilization, % a second: $(tr '\n' ' ' < $OUT/util.log)"
     done
 }
 
