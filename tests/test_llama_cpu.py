@@ -291,6 +291,7 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
         # could not (an attach that ptrace restrictions refuse)
         msg = str(stop.value)
         stack = re.search(r"main thread of the stalled server:\n((?:#.*\n?)+)", msg)
+        assert re.search(r"threads of the stalled server.*:\n\d+ \S+ [RSD]", msg), msg[-1500:]
         if shutil.which("gdb"):
             assert (stack and "#0" in stack.group(1)) or "gdb could not attach to the stalled server" in msg, msg[-1500:]
         else:

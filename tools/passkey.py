@@ -267,21 +267,38 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")[-2000:]
 
     def stack(self):
-        """Where a stalled server's main thread waits (its backtrace, through gdb where there is one): what a
-        server that never comes up or never answers leaves to go on once it is killed. An attach that is refused
-        (ptrace restricted) says so instead."""
-        if self.proc.poll() is not None or not shutil.which("gdb"):
+        """Where a stalled server waits: its threads' states and its main thread's backtrace (through gdb where
+        there is one), what a server that never comes up or never answers leaves to go on once it is killed. An
+        attach that is refused (ptrace restricted) says so instead."""
+        if self.proc.poll() is not None:
             return ""
+        threads = "\n" + self.thread_states()
+        if not shutil.which("gdb"):
+            return threads
         try:
             r = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off",
                                 "-ex", "bt 40"], capture_output=True, text=True, timeout=20)
         except subprocess.TimeoutExpired:
-            return "\ngdb could not attach to the stalled server in 20 s"
+            return threads + "\ngdb could not attach to the stalled server in 20 s"
         frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
         if frames:
-            return "\nmain thread of the stalled server:\n" + "\n".join(frames)
+            return threads + "\nmain thread of the stalled server:\n" + "\n".join(frames)
         why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
-        return "\ngdb could not attach to the stalled server: " + " ".join(why)
+        return threads + "\ngdb could not attach to the stalled server: " + " ".join(why)
+
+    def thread_states(self):
+        """Each thread of the server with its scheduler state and kernel wait channel (from /proc, no gdb needed):
+        threads that run (R) while nothing comes out spin, a host that waits on the GPU or a lock sleeps (S)."""
+        rows = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*"), key=lambda t: int(t.name)):
+            try:
+                comm = (task / "comm").read_text().strip()
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (task / "wchan").read_text().strip() or "-"
+            except OSError:   # the thread ended meanwhile
+                continue
+            rows.append(f"{task.name} {comm} {state} {wchan}")
+        return "threads of the stalled server (id, name, state, kernel wait):\n" + "\n".join(rows)
 
     def request(self, path, body=None):
         """GET path, or POST it a JSON body. A server that refuses, dies or stalls (no answer in self.timeout
