@@ -273,18 +273,24 @@ class Server:
         if self.proc.poll() is not None:
             return ""
         threads = "\n" + self.thread_states()
-        if not shutil.which("gdb"):
+        # the GPU machines have no gdb but cuda-gdb, which attaches as gdb does and also lists the kernels that run
+        gdb = shutil.which("gdb") or shutil.which("cuda-gdb")
+        if not gdb:
             return threads
+        cuda = Path(gdb).name == "cuda-gdb"   # slower to attach
+        cmds = ["-ex", "bt 40"] + (["-ex", "echo GPU kernels:\\n", "-ex", "info cuda kernels"] if cuda else [])
         try:
-            r = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off",
-                                "-ex", "bt 40"], capture_output=True, text=True, timeout=20)
+            r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off"] + cmds,
+                               capture_output=True, text=True, timeout=60 if cuda else 20)
         except subprocess.TimeoutExpired:
-            return threads + "\ngdb could not attach to the stalled server in 20 s"
+            return threads + f"\n{Path(gdb).name} could not attach to the stalled server in time"
         frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
+        kernels = r.stdout.split("GPU kernels:\n", 1)[1].strip() if "GPU kernels:\n" in r.stdout else ""
         if frames:
-            return threads + "\nmain thread of the stalled server:\n" + "\n".join(frames)
+            return (threads + "\nmain thread of the stalled server:\n" + "\n".join(frames)
+                    + (f"\nGPU kernels (cuda-gdb):\n{kernels}" if kernels else ""))
         why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
-        return threads + "\ngdb could not attach to the stalled server: " + " ".join(why)
+        return threads + f"\n{Path(gdb).name} could not attach to the stalled server: " + " ".join(why)
 
     def thread_states(self):
         """Each thread of the server with its scheduler state and kernel wait channel (from /proc, no gdb needed):
