@@ -267,9 +267,9 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")[-2000:]
 
     def stack(self):
-        """Where a stalled server waits: its threads' states and its main thread's backtrace (through gdb where
-        there is one), what a server that never comes up or never answers leaves to go on once it is killed. An
-        attach that is refused (ptrace restricted) says so instead."""
+        """Where a stalled server waits: its threads' states and its main thread's backtrace (through gdb, or
+        cuda-gdb with the GPU's running kernels), what a server that never comes up or never answers leaves to go
+        on once it is killed. An attach that is refused (ptrace restricted) says so instead."""
         if self.proc.poll() is not None:
             return ""
         threads = "\n" + self.thread_states()
@@ -277,33 +277,37 @@ class Server:
         gdb = shutil.which("gdb") or shutil.which("cuda-gdb")
         if not gdb:
             return threads
-        cuda = Path(gdb).name == "cuda-gdb"   # slower to attach
+        name = Path(gdb).name
+        cuda = name == "cuda-gdb"
+        wait = 30 if cuda else 20   # cuda-gdb is slower to attach
         cmds = ["-ex", "bt 40"] + (["-ex", "echo GPU kernels:\\n", "-ex", "info cuda kernels"] if cuda else [])
         try:
             r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off"] + cmds,
-                               capture_output=True, text=True, timeout=60 if cuda else 20)
+                               capture_output=True, text=True, timeout=wait)
         except subprocess.TimeoutExpired:
-            return threads + f"\n{Path(gdb).name} could not attach to the stalled server in time"
+            return threads + f"\n{name} could not attach to the stalled server in {wait} s"
         frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
         kernels = r.stdout.split("GPU kernels:\n", 1)[1].strip() if "GPU kernels:\n" in r.stdout else ""
         if frames:
             return (threads + "\nmain thread of the stalled server:\n" + "\n".join(frames)
                     + (f"\nGPU kernels (cuda-gdb):\n{kernels}" if kernels else ""))
         why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
-        return threads + f"\n{Path(gdb).name} could not attach to the stalled server: " + " ".join(why)
+        return threads + f"\n{name} could not attach to the stalled server: " + " ".join(why)
 
     def thread_states(self):
-        """Each thread of the server with its scheduler state and kernel wait channel (from /proc, no gdb needed):
-        threads that run (R) while nothing comes out spin, a host that waits on the GPU or a lock sleeps (S)."""
+        """Each thread of the server with its scheduler state and kernel wait channel (from /proc, no debugger
+        needed). A thread that sleeps (S) waits in the kernel: a lock, a socket, a driver call that blocks. One that
+        runs (R) runs host code, or waits on the GPU: CUDA's default synchronization spins while a process has fewer
+        GPU contexts than cores, so only the backtrace and the GPU's utilization tell those two apart."""
         rows = []
         for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*"), key=lambda t: int(t.name)):
             try:
                 comm = (task / "comm").read_text().strip()
                 state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                wchan = (task / "wchan").read_text().strip() or "-"
+                wchan = (task / "wchan").read_text().strip()
             except OSError:   # the thread ended meanwhile
                 continue
-            rows.append(f"{task.name} {comm} {state} {wchan}")
+            rows.append(f"{task.name} {comm} {state} {wchan if wchan not in ('', '0') else '-'}")   # 0: running
         return "threads of the stalled server (id, name, state, kernel wait):\n" + "\n".join(rows)
 
     def request(self, path, body=None):

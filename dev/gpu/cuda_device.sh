@@ -33,7 +33,7 @@
 #                                  prompt takes about a second)
 #   dev/gpu/cuda_device.sh serverstart  llama-server -ngl 99 on Gemma-3-270m started once per case of STARTUP_CASES (after
 #                                  build and gemma3): whether it comes up within STARTUP_WAIT s (60), and where one that
-#                                  does not waits (its main thread's backtrace, GPU utilization); a case is
+#                                  does not waits (threads, backtrace, kernels: passkey.Server.stack; GPU utilization); a case is
 #                                  CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...], e.g. "tq4_0:32768 tq4_0:32768+--no-warmup"
 #   dev/gpu/cuda_device.sh gdecode   KLD on Gemma-3-270m through the decode kernels (ubatches of 8 tokens) against an f16
 #                                  cache, each cache of GDECODE_CACHES (-noi8: the f16 decode kernel); after gemma3,
@@ -485,8 +485,8 @@ step_qdecode() {
 # A llama-server that never came up (Gemma-3, a tq4_0 cache, a 32k context on an H100: somewhere after loading the
 # model, by its log during the warm-up decode or the two-token check that follows it) is found out here: one start
 # per case through tools/passkey.py's Server (the passkey runs' arguments), which stops one that is not up in
-# STARTUP_WAIT s with its log and its main thread's backtrace; the GPU's utilization meanwhile tells a kernel that
-# never ends from a host that waits. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]: "+-ub=256" passes
+# STARTUP_WAIT s with its log, its threads' states, its main thread's backtrace and the kernels that run (cuda-gdb);
+# the GPU's utilization meanwhile tells a kernel that never ends from a host that waits. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]: "+-ub=256" passes
 # -ub 256.
 step_serverstart() {
     step_gemma3

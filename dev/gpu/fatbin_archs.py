@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Counts the CUDA code a shared library or executable carries, per kind and architecture: its .nv_fatbin section's
 entries, ELF cubins (SASS, run as they are) and PTX (compiled by the driver at first use, which for large kernels
-can take minutes). For the GPU machines, which have no cuobjdump here to ask.
+can take minutes). cuobjdump tells the same, but the development machine has only nvcc, so the prebuilt binaries
+of build_cuda_here.sh are checked here before they travel.
 
-  python3 dev/gpu/fatbin_archs.py build/bin/libggml-cuda.so      # e.g. "sass sm_90: 146, ptx sm_90: 146"
+  python3 dev/gpu/fatbin_archs.py build/bin/libggml-cuda.so      # e.g. "ptx sm_90: 146, sass sm_90: 146"
 """
 import collections
 import struct
@@ -14,6 +15,8 @@ KINDS = {1: "ptx", 2: "sass"}
 
 
 def fatbin_section(data):
+    if data[4] != 2 or data[5] != 1:
+        raise SystemExit("not a little-endian 64-bit ELF file")
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i*shentsize) for i in range(shnum)]
@@ -37,8 +40,10 @@ def count(path):
             pos += 8
             continue
         p, q = pos + header, pos + header + body
-        while p < q:   # entries: kind, header size, payload size ... architecture at byte 28
+        while p + 32 <= q:   # entries: kind, header size, payload size ... architecture at byte 28
             kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, p)
+            if entry_header == 0:
+                raise SystemExit(f"malformed fatbin entry at byte {p}")
             seen[(KINDS.get(kind, f"kind{kind}"), struct.unpack_from("<I", data, p + 28)[0])] += 1
             p += entry_header + payload
         pos = q
