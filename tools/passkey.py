@@ -272,11 +272,14 @@ class Server:
         on once it is killed. An attach that is refused (ptrace restricted) says so instead."""
         if self.proc.poll() is not None:
             return ""
-        threads = "\n" + self.thread_states()
-        # the GPU machines have no gdb but cuda-gdb, which attaches as gdb does and also lists the kernels that run
+        return "\n" + self.thread_states() + self.backtrace()
+
+    def backtrace(self):
+        """The main thread's frames through gdb or, on the GPU machines, which have no gdb, cuda-gdb (which also
+        lists the kernels that run); empty without either."""
         gdb = shutil.which("gdb") or shutil.which("cuda-gdb")
         if not gdb:
-            return threads
+            return ""
         name = Path(gdb).name
         cuda = name == "cuda-gdb"
         wait = 30 if cuda else 20   # cuda-gdb is slower to attach
@@ -285,14 +288,14 @@ class Server:
             r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off"] + cmds,
                                capture_output=True, text=True, timeout=wait)
         except subprocess.TimeoutExpired:
-            return threads + f"\n{name} could not attach to the stalled server in {wait} s"
+            return f"\n{name} could not attach to the stalled server in {wait} s"
         frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
         kernels = r.stdout.split("GPU kernels:\n", 1)[1].strip() if "GPU kernels:\n" in r.stdout else ""
         if frames:
-            return (threads + "\nmain thread of the stalled server:\n" + "\n".join(frames)
+            return ("\nmain thread of the stalled server:\n" + "\n".join(frames)
                     + (f"\nGPU kernels (cuda-gdb):\n{kernels}" if kernels else ""))
         why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
-        return threads + f"\n{name} could not attach to the stalled server: " + " ".join(why)
+        return f"\n{name} could not attach to the stalled server: " + " ".join(why)
 
     def thread_states(self):
         """Each thread of the server with its scheduler state and kernel wait channel (from /proc, no debugger

@@ -486,8 +486,8 @@ step_qdecode() {
 # model, by its log during the warm-up decode or the two-token check that follows it) is found out here: one start
 # per case through tools/passkey.py's Server (the passkey runs' arguments), which stops one that is not up in
 # STARTUP_WAIT s with its log, its threads' states, its main thread's backtrace and the kernels that run (cuda-gdb);
-# the GPU's utilization meanwhile tells a kernel that never ends from a host that waits. A case is CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]: "+-ub=256" passes
-# -ub 256.
+# the GPU's utilization meanwhile tells a kernel that never ends from a host that waits. A case is
+# CACHE[:CTX][+ENV=VALUE...][+--flag[=value]...]: "+-ub=256" passes -ub 256.
 step_serverstart() {
     step_gemma3
     [ -f $W/gemma3-270m-q4_k_m.gguf ] || { echo "Gemma-3 is not all here yet: carry its other chunks"; return 1; }
