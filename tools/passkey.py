@@ -275,15 +275,25 @@ class Server:
         return "\n" + self.thread_states() + self.backtrace()
 
     def backtrace(self):
-        """The main thread's frames through gdb or, on the GPU machines, which have no gdb, cuda-gdb (which also
-        lists the kernels that run); empty without either."""
+        """The main thread's frames through gdb or, on the GPU machines, which have no gdb, cuda-gdb, which also
+        lists the kernels that run, the instruction and warps of each kernel's first block, and then the host's
+        main thread; empty without either."""
         gdb = shutil.which("gdb") or shutil.which("cuda-gdb")
         if not gdb:
             return ""
         name = Path(gdb).name
         cuda = name == "cuda-gdb"
-        wait = 30 if cuda else 20   # cuda-gdb is slower to attach
-        cmds = ["-ex", "bt 40"] + (["-ex", "echo GPU kernels:\\n", "-ex", "info cuda kernels"] if cuda else [])
+        wait = 40 if cuda else 20   # cuda-gdb is slower to attach
+        cmds = ["-ex", "bt 40"]
+        if cuda:
+            # where each kernel that runs (ids from 0) is: its first block's instruction and the program counter of
+            # each warp on that block's SM, which tells a wait at the kernel's start (grid dependency) from its body
+            cmds += ["-ex", "echo GPU kernels:\\n", "-ex", "info cuda kernels"]
+            for k in range(3):
+                cmds += ["-ex", f"echo GPU kernel {k}:\\n", "-ex", f"cuda kernel {k} block (0,0,0) thread (0,0,0)",
+                         "-ex", "x/3i $pc", "-ex", "info cuda warps"]
+            # bt above follows cuda-gdb's focus, a kernel where one runs: the host's main thread again
+            cmds += ["-ex", "echo host main thread:\\n", "-ex", "thread 1", "-ex", "bt 30"]
         try:
             r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off"] + cmds,
                                capture_output=True, text=True, timeout=wait)
