@@ -510,6 +510,51 @@ def test_passkey_variant_needs_a_server():
     assert r.returncode != 0 and "--variant needs --server" in r.stderr
 
 
+def test_passkey_stopped_run_keeps_its_prompts(tmp_path, monkeypatch):
+    """A run writes STEM.partial.json after each prompt, so that one stopped midway (hours at 32k on the CPU) keeps
+    what it scored; the finished run writes STEM.json and removes the partial file."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import passkey
+    stop_at = [2]
+
+    class Fake:   # one token a word
+        n_ctx = 10000
+
+        def __init__(self, *args):
+            pass
+
+        def tokenize(self, text, add_bos):
+            return [0] * (len(text.decode().split()) + add_bos)
+
+        def complete(self, text, ptoks):
+            stop_at[0] -= 1
+            if stop_at[0] < 0:
+                raise KeyboardInterrupt
+            return " 11111."
+
+        def answer_scores(self, ptoks, key):
+            return dict(first_logprob=-0.5, first_margin=1.0, digits_ok=True, digits_logprob=-0.25)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(passkey, "InProcess", Fake)
+    out = tmp_path / "pk"
+    argv = ["passkey.py", "--lengths", "300", "--caches", "f16", "--depths", "0.25,0.75", "--trials", "2",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        passkey.main()
+    partial = tmp_path / "pk.partial.json"
+    run = json.loads(partial.read_text())
+    assert [(r["depth"], r["digits_logprob"]) for r in run["rows"]] == [(0.25, -0.25)] * 2
+    assert run["command"].startswith("tools/passkey.py --lengths 300") and not (tmp_path / "pk.json").exists()
+    assert len(passkey.pooled_rows([partial])) == 2   # --pool reads it as a run
+    stop_at[0] = 4
+    passkey.main()
+    assert len(json.loads((tmp_path / "pk.json").read_text())["rows"]) == 4 and not partial.exists()
+
+
 def test_passkey_env_names_its_rows(tmp_path):
     # --env sets a llama.cpp switch for every cache of the run; its rows carry it in the cache's name, so that
     # --pool sets them beside the same cache without it

@@ -21,7 +21,8 @@ picks it are recorded. The first token is where the model decides to answer at a
 choice by a fraction of a nat even with f16, so a second table counts the cases whose five digits greedy decoding
 gives once the answer has begun, with their mean log-probability, and its verdict compares those with f16's.
 
-Outputs: results/cpu/passkey-<model>.{md,json}.
+Outputs: results/cpu/passkey-<model>.{md,json} (--out: another stem). While it runs, STEM.partial.json holds the
+prompts scored so far, so that a run stopped midway keeps them (--pool reads it like a finished run's .json).
 
   .venv/bin/python tools/passkey.py --pool results/cpu/passkey-gemma3-32k*.json   # runs of one length, pooled
 
@@ -121,8 +122,9 @@ def cache_label(cache, variant):
 
 
 def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_args="", variant="", filler=None,
-              label=None, server_timeout=3600):
-    """label: what the rows' cache name carries in brackets (default: the variant)"""
+              label=None, server_timeout=3600, on_row=None):
+    """label: what the rows' cache name carries in brackets (default: the variant); on_row(row): called after
+    each prompt"""
     k, _, v = cache.partition("/")
     v = v or k
     label = cache_label(cache, variant if label is None else label)
@@ -151,6 +153,8 @@ def run_cache(model, cache, lengths, depths, keys, threads, server=None, server_
                 rows.append(dict(cache=label, length=n, depth=d, key=key, ok=ok, answer=out.strip(),
                                  n_prompt=len(ptoks), seconds=time.time() - t0,
                                  **forced))
+                if on_row:
+                    on_row(rows[-1])
                 print(f"{label:>12} n={n:<6} depth={d:<4} key={key} {'ok  ' if ok else 'MISS'} {out.strip()!r}; "
                       f"forced: first token {forced['first_logprob']:.2f} (margin {forced['first_margin']:+.2f}), "
                       f"digits {'ok' if forced['digits_ok'] else 'MISS'} {forced['digits_logprob']:.2f}", flush=True)
@@ -584,30 +588,43 @@ def main():
     if a.filler_text:
         text, filler_info = filler_text(a.filler_text)
         filler = passages(text, keys, a.seed)
+    out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # --out names both files: a stem ("...-d0.8-rows" has no suffix to replace), or either file
+    stem = out.with_suffix("") if out.suffix in (".md", ".json") else out
+    md_path, json_path = Path(f"{stem}.md"), Path(f"{stem}.json")
+    m = quality.machine()
+    # a server's arguments say where it computes (-ngl 99: the GPU, if this machine has one)
+    backend = f"llama-server {a.server_args} on {gpu_name() or m['cpu']}" if a.server else IN_PROCESS
+
+    def result(rows):
+        return json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend, filler=filler_info,
+                               rows=rows), indent=1) + "\n"
+
+    # the prompts so far, after each one (a 32k run on two cores takes hours): a run that is stopped leaves them
+    # in STEM.partial.json, which --pool reads like any run; the finished run removes it
+    partial = Path(f"{stem}.partial.json")
     rows = []
+
+    def on_row(row):
+        rows.append(row)
+        partial.write_text(result(rows))
+
     for c in caches:
-        rows += run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler,
-                          label, a.server_timeout)
+        run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler,
+                  label, a.server_timeout, on_row)
     caches = [cache_label(c, label) for c in caches]
     md = table(rows, caches, lengths, depths)
     md_forced = table(rows, caches, lengths, depths, "digits_ok")
     md_forced += "\n\n" + logprob_table(rows, caches, lengths, depths)
-    out = Path(a.out) if a.out else ROOT / "results" / "cpu" / f"passkey-{name}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    m = quality.machine()
-    # a server's arguments say where it computes (-ngl 99: the GPU, if this machine has one)
-    backend = f"llama-server {a.server_args} on {gpu_name() or m['cpu']}" if a.server else IN_PROCESS
     where = f"through `{backend}`" if a.server else f"{m['nproc']} cores of {m['cpu']}"
     head = (f"# Passkey retrieval, {name}\n\n`.venv/bin/python {cmd}`, {where}; cells: passkeys found "
             f"of those hidden (length in tokens @ relative depth; {a.trials} keys each, greedy).\n\n")
     forced_head = ("\nGiven the answer's first token (a space), cases whose five digits greedy decoding gives; then the mean "
                    "log-probability of the digits, and of the first token with f16's margin for it (nats):\n\n")
-    # --out names both files: a stem ("...-d0.8-rows" has no suffix to replace), or either file
-    stem = out.with_suffix("") if out.suffix in (".md", ".json") else out
-    md_path, json_path = Path(f"{stem}.md"), Path(f"{stem}.json")
     md_path.write_text(head + md + "\n" + forced_head + md_forced + "\n")
-    json_path.write_text(json.dumps(dict(model=str(model.name), command=cmd, machine=m, backend=backend,
-                                         filler=filler_info, rows=rows), indent=1) + "\n")
+    json_path.write_text(result(rows))
+    partial.unlink(missing_ok=True)
     print(md + "\n\n" + md_forced)
     print(f"wrote {md_path}")
 
