@@ -511,7 +511,7 @@ def test_passkey_variant_needs_a_server():
 
 
 def test_passkey_stopped_run_keeps_its_prompts(tmp_path, monkeypatch):
-    """A run writes STEM.partial.json after each prompt, so that one stopped midway (hours at 32k on the CPU) keeps
+    """A run writes STEM.json.partial after each prompt, so that one stopped midway (hours at 32k on the CPU) keeps
     what it scored; the finished run writes STEM.json and removes the partial file."""
     sys.path.insert(0, str(ROOT / "tools"))
     import passkey
@@ -545,7 +545,7 @@ def test_passkey_stopped_run_keeps_its_prompts(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(KeyboardInterrupt):
         passkey.main()
-    partial = tmp_path / "pk.partial.json"
+    partial = tmp_path / "pk.json.partial"
     run = json.loads(partial.read_text())
     assert [(r["depth"], r["digits_logprob"]) for r in run["rows"]] == [(0.25, -0.25)] * 2
     assert run["command"].startswith("tools/passkey.py --lengths 300") and not (tmp_path / "pk.json").exists()

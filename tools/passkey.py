@@ -21,8 +21,8 @@ picks it are recorded. The first token is where the model decides to answer at a
 choice by a fraction of a nat even with f16, so a second table counts the cases whose five digits greedy decoding
 gives once the answer has begun, with their mean log-probability, and its verdict compares those with f16's.
 
-Outputs: results/cpu/passkey-<model>.{md,json} (--out: another stem). While it runs, STEM.partial.json holds the
-prompts scored so far, so that a run stopped midway keeps them (--pool reads it like a finished run's .json).
+Outputs: results/cpu/passkey-<model>.{md,json} (--out: another stem). While it runs, STEM.json.partial holds the
+prompts scored so far, so that a run stopped midway keeps them (--pool reads it when named).
 
   .venv/bin/python tools/passkey.py --pool results/cpu/passkey-gemma3-32k*.json   # runs of one length, pooled
 
@@ -279,9 +279,9 @@ class Server:
         return "\n" + self.thread_states() + self.backtrace()
 
     def backtrace(self):
-        """The main thread's frames through gdb or, on the GPU machines, which have no gdb, cuda-gdb, which also
-        lists the kernels that run, the instruction and warps of each kernel's first block, and then the host's
-        main thread; empty without either."""
+        """The main thread's frames through gdb or, on the GPU machines, which have no gdb, cuda-gdb, whose
+        frames are those of a running kernel: then also the kernels that run, each one's threads by program
+        counter, and the host's main thread; empty without either."""
         gdb = shutil.which("gdb") or shutil.which("cuda-gdb")
         if not gdb:
             return ""
@@ -290,24 +290,23 @@ class Server:
         wait = 40 if cuda else 20   # cuda-gdb is slower to attach
         cmds = ["-ex", "bt 40"]
         if cuda:
-            # where each kernel that runs (ids from 0) is: its first block's instruction and the program counter of
-            # each warp on that block's SM, which tells a wait at the kernel's start (grid dependency) from its body
-            cmds += ["-ex", "echo GPU kernels:\\n", "-ex", "info cuda kernels"]
-            for k in range(3):
-                cmds += ["-ex", f"echo GPU kernel {k}:\\n", "-ex", f"cuda kernel {k} block (0,0,0) thread (0,0,0)",
-                         "-ex", "x/3i $pc", "-ex", "info cuda warps"]
-            # bt above follows cuda-gdb's focus, a kernel where one runs: the host's main thread again
-            cmds += ["-ex", "echo host main thread:\\n", "-ex", "thread 1", "-ex", "bt 30"]
+            # the kernels that run, and each one's threads grouped by program counter (no focus needed), which tells
+            # a wait at a kernel's start (grid dependency) from its body; bt above follows cuda-gdb's focus, a
+            # kernel where one runs, so the host's main thread comes last
+            cmds += ["-ex", "echo @@kernels\\n", "-ex", "info cuda kernels"]
+            for k in range(3):   # ids from 0; a missing one only prints an error
+                cmds += ["-ex", f"echo @@kernel {k} threads\\n", "-ex", f"info cuda threads kernel {k}"]
+            cmds += ["-ex", "echo @@host\\n", "-ex", "thread 1", "-ex", "bt 30"]
         try:
             r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-iex", "set debuginfod enabled off"] + cmds,
                                capture_output=True, text=True, timeout=wait)
         except subprocess.TimeoutExpired:
             return f"\n{name} could not attach to the stalled server in {wait} s"
-        frames = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
-        kernels = r.stdout.split("GPU kernels:\n", 1)[1].strip() if "GPU kernels:\n" in r.stdout else ""
+        first, *sections = r.stdout.split("@@")
+        frames = [ln for ln in first.splitlines() if ln.startswith("#")]
         if frames:
             return ("\nmain thread of the stalled server:\n" + "\n".join(frames)
-                    + (f"\nGPU kernels (cuda-gdb):\n{kernels}" if kernels else ""))
+                    + "".join(f"\n{sec.strip()}" for sec in sections))
         why = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-2:]
         return f"\n{name} could not attach to the stalled server: " + " ".join(why)
 
@@ -602,13 +601,16 @@ def main():
                                rows=rows), indent=1) + "\n"
 
     # the prompts so far, after each one (a 32k run on two cores takes hours): a run that is stopped leaves them
-    # in STEM.partial.json, which --pool reads like any run; the finished run removes it
-    partial = Path(f"{stem}.partial.json")
+    # in STEM.json.partial (not *.json, so that a glob of finished runs for --pool does not take it twice), which
+    # --pool reads when named; written whole or not at all; the finished run removes it
+    partial = Path(f"{stem}.json.partial")
     rows = []
 
     def on_row(row):
         rows.append(row)
-        partial.write_text(result(rows))
+        tmp = Path(f"{partial}.tmp")
+        tmp.write_text(result(rows))
+        os.replace(tmp, partial)
 
     for c in caches:
         run_cache(model, c, lengths, depths, keys, a.threads, a.server, a.server_args, a.variant, filler,
