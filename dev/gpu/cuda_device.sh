@@ -31,7 +31,7 @@
 #                                  file names (runs of other lengths, say); PASSKEY_SERVER_TIMEOUT (120 s): a server
 #                                  that takes longer to come up or over one request stops the run with its log (a 32k
 #                                  prompt takes about a second); the environment reaches the server
-#                                  (GGML_CUDA_DISABLE_GRAPHS=1: the start-up hang's workaround, docs/long-context.md)
+#                                  (GGML_CUDA_DISABLE_GRAPHS=1, say)
 #   dev/gpu/cuda_device.sh serverstart  llama-server -ngl 99 on Gemma-3-270m started once per case of STARTUP_CASES (after
 #                                  build and gemma3): whether it comes up within STARTUP_WAIT s (60), and where one that
 #                                  does not waits (threads, backtrace, kernels: passkey.Server.stack; GPU utilization); a case is

@@ -355,27 +355,28 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
         }
         tile_max = fmaxf(tile_max, __shfl_xor_sync(TQ_CUDA_FULL_MASK, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(TQ_CUDA_FULL_MASK, tile_max, 2));
+        // M_new is uniform over a row's 4 lanes, not over the warp: its 8 rows are query heads and padding rows
+        // of zero queries (whose score of a masked key is NaN, not -inf). Full-mask shuffles inside a branch on
+        // it are undefined wherever rows disagree, and a warp split there waited for good (the llama-server
+        // start-up stall in docs/long-context.md). So no branch: a row that has seen nothing yet gets p = 0 and
+        // alpha = 1, which leaves its M (-inf) and L as they are.
         const float M_new = fmaxf(M, tile_max);
+        const bool  seen  = M_new != -INFINITY;
+        const float alpha = seen ? expf(M - M_new) : 1.0f;
         float pr[2][2];
-        float alpha = 1.0f;
-        if (M_new == -INFINITY) { // nothing visible yet on this row
-            pr[0][0] = pr[0][1] = pr[1][0] = pr[1][1] = 0.0f;
-        } else {
-            alpha = expf(M - M_new);
-            float sum = 0.0f;
+        float sum = 0.0f;
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
+        for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    pr[nt][c] = expf(s[nt][c] - M_new);
-                    sum += pr[nt][c];
-                }
+            for (int c = 0; c < 2; ++c) {
+                pr[nt][c] = seen ? expf(s[nt][c] - M_new) : 0.0f;
+                sum += pr[nt][c];
             }
-            sum += __shfl_xor_sync(TQ_CUDA_FULL_MASK, sum, 1);
-            sum += __shfl_xor_sync(TQ_CUDA_FULL_MASK, sum, 2);
-            L = L*alpha + sum;
-            M = M_new;
         }
+        sum += __shfl_xor_sync(TQ_CUDA_FULL_MASK, sum, 1);
+        sum += __shfl_xor_sync(TQ_CUDA_FULL_MASK, sum, 2);
+        L = L*alpha + sum;
+        M = M_new;
 
         // ---- O = O*alpha + P V, block by block: P is scaled by each key's d of that block
 #pragma unroll
