@@ -355,11 +355,10 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
         }
         tile_max = fmaxf(tile_max, __shfl_xor_sync(TQ_CUDA_FULL_MASK, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(TQ_CUDA_FULL_MASK, tile_max, 2));
-        // M_new is uniform over a row's 4 lanes, not over the warp: its 8 rows are query heads and padding rows
-        // of zero queries (whose score of a masked key is NaN, not -inf). Full-mask shuffles inside a branch on
-        // it are undefined wherever rows disagree, and a warp split there waited for good (the llama-server
-        // start-up stall in docs/long-context.md). So no branch: a row that has seen nothing yet gets p = 0 and
-        // alpha = 1, which leaves its M (-inf) and L as they are.
+        // M_new is per row (4 lanes), and a warp holds 8 rows: full-mask shuffles inside a branch on it are
+        // undefined wherever rows disagree, and a warp found split by rows there never left it (the start-up
+        // stall of docs/long-context.md). So no branch: a row that has seen nothing yet gets p = 0 and alpha = 1,
+        // which leaves its M (-inf) and L as they are.
         const float M_new = fmaxf(M, tile_max);
         const bool  seen  = M_new != -INFINITY;
         const float alpha = seen ? expf(M - M_new) : 1.0f;
