@@ -348,6 +348,7 @@ def codecs(head, gates=()):
     # first 256 tokens; 4 bits the same way, to compare like with like
     for b in (4, 5, 6):
         c[f"tq{b}_0 centered256 search"] = tq(b, grid=W, center=256)
+        c[f"tq{b}_0 weighted search"] = tq(b, grid=W, weight="gated")
     q = head // 4
     c[f"split {q}@4+{head - q}@3"] = split(q, 4, 3)
     c[f"split {q}@4+{head - q}@2"] = split(q, 4, 2)
@@ -419,7 +420,9 @@ def candidates(names):
     out += [("q8_0 K/f16 V", "q8_0", "f16"), ("q5_1 K/f16 V", "q5_1", "f16"), ("q8_0/tq4_0", "q8_0", "tq4_0")]
     for b in (4, 5, 6):
         out += [(f"tq{b}_0 centered256 search K/f16 V", f"tq{b}_0 centered256 search", "f16"),
-                (f"tq{b}_0 centered256 search/tq4_0", f"tq{b}_0 centered256 search", "tq4_0")]
+                (f"tq{b}_0 centered256 search/tq4_0", f"tq{b}_0 centered256 search", "tq4_0"),
+                (f"tq{b}_0 weighted search K/f16 V", f"tq{b}_0 weighted search", "f16"),
+                (f"tq{b}_0 weighted search/tq4_0", f"tq{b}_0 weighted search", "tq4_0")]
     # values offset by the first token's (an attention sink): stored exactly as zero, while every other value moves
     # by a vector a fraction of its norm
     for vt in ("tq4_0", "tq3_0", "tqv2_0"):
