@@ -955,3 +955,26 @@ def test_rpc_server_holds_and_attends_over_a_tq_cache():
         assert "K (tq4_0)" in log
     finally:
         _stop(server)
+
+
+def test_passkey_emulated_keys(tmp_path):
+    """--emulate-k passes the keys through a kv_lab codec in an eval callback, before the f16 K cache stores them:
+    the f16 codec reproduces the plain run to the last bit (the callback holds the tensor the cache write reads),
+    a 4-bit codec changes the scores; caches with other than f16 keys are refused."""
+    def passkey(out, *extra):
+        run(sys.executable, ROOT / "tools" / "passkey.py", "--lengths", "1024", "--depths", "0.5", "--seed", "3",
+            "--caches", "f16/tq4_0", "--out", tmp_path / out, *extra, check=True)
+        return json.loads((tmp_path / f"{out}.json").read_text())["rows"]
+
+    def scores(rows):
+        return [(r["first_logprob"], r["digits_logprob"], r["answer_logprobs"]) for r in rows]
+
+    plain = passkey("plain")
+    same = passkey("f16", "--emulate-k", "f16")
+    coded = passkey("tq4", "--emulate-k", "tq4_0 weighted")
+    assert [r["cache"] for r in same] == ["f16/tq4_0 [emulate-k f16]"]
+    assert scores(same) == scores(plain)
+    assert scores(coded) != scores(plain)
+    p = run(sys.executable, ROOT / "tools" / "passkey.py", "--lengths", "1024", "--caches", "tq4_0",
+            "--emulate-k", "tq4_0", "--out", tmp_path / "x")
+    assert p.returncode != 0 and "f16 keys" in p.stderr

@@ -104,6 +104,92 @@ class Capture:
         return True
 
 
+class KeyEmulation:
+    """An eval callback that puts a candidate key codec of codecs() into a real run: each layer's keys after RoPE
+    (the last node named "Kcur-<il>", which the cache write reads) are replaced by their decoded codec output
+    before they are written into an f16 K cache. A weighted candidate fits its means and weights as llama.cpp does
+    (patch 0009): on the first ubatch of at least 32 tokens of a prompt (positions from 0), from its first 512 keys
+    and queries, kept for the prompt's later ubatches. Scores differ from a real cache of that codec only by the f16
+    rounding of the decoded keys. For the tools' --emulate-k (tools/passkey.py)."""
+
+    def __init__(self, ggml, name):
+        import torch
+        self.torch, self.g, self.name = torch, ggml, name
+        self.rope = None        # RoPE's channel pairs: set_model() once the model is loaded
+        self.f = None           # the codec, once the head size is known (the first keys)
+        self.seen = set()       # node names: "Kcur_normed-<il>" marks a layer with QK-norm
+        self.ctx = {}           # layer -> the codec's calibration (means, weights)
+        self.q = {}             # layer -> this ubatch's queries, while a fit is due
+        self.fit = False        # this ubatch starts a prompt and is long enough to fit on
+        self.cap = Capture(ggml)
+        self.n_keys = 0
+
+    def set_model(self, rope_type):
+        self.rope = {0: "norm", 2: "neox"}[rope_type]   # llama_model_rope_type
+
+    def codec(self, head):
+        if self.f is None:
+            allc, self.memo = codecs(head)
+            if self.name not in allc:
+                raise SystemExit(f"--emulate-k {self.name!r}: not a codec of tools/kv_lab.py")
+            self.f = allc[self.name][1]
+        return self.f
+
+    def __call__(self, p, ask, _user):
+        try:
+            return self.step(p, ask)
+        except BaseException:   # an exception cannot cross the C callback: stop rather than run on unemulated
+            import os
+            import traceback
+            traceback.print_exc()
+            os._exit(2)
+
+    def step(self, p, ask):
+        t = GgmlTensor.from_address(p)
+        name = t.name.decode(errors="replace")
+        op = self.g.ggml_op_name(t.op).decode()
+        m = NAME_RE.match(name)
+        want = m is not None and m.group(1) in ("Qcur", "Kcur") and op == "ROPE"
+        if ask:
+            self.seen.add(name)
+            return want
+        if not want:
+            return False
+        torch = self.torch
+        il = int(m.group(2))
+        x = torch.from_numpy(self.cap.array(p)[0])                  # (T, heads, D)
+        T, hkv, d = x.shape
+        if m.group(1) == "Qcur":
+            # RoPE's positions (its second source): a ubatch that starts a prompt and is long enough fits anew
+            pos = np.zeros(1, dtype=np.int32)
+            self.g.ggml_backend_tensor_get(t.src[1], pos.ctypes.data, 0, 4)
+            if il == 0:
+                self.fit = T >= 32 and pos[0] == 0
+                if self.fit:
+                    self.ctx.clear()
+            if self.fit:
+                self.q[il] = x[:512]
+            return True
+        if self.fit and il not in self.ctx:
+            k0 = x[:512].reshape(-1, hkv * d)
+            mean = k0.mean(0)
+            kc = (k0 - mean).reshape(-1, hkv, d)
+            from ggml_tq import lab
+            gate = lab.K_WEIGHT_ALL if f"Kcur_normed-{il}" in self.seen else lab.K_WEIGHT_MAX_RATIO
+            self.ctx[il] = {"mean512_k": mean,
+                            "weight_gated_k": lab.k_weights(kc, self.q.pop(il), gate, self.rope).reshape(-1)}
+        if il not in self.ctx:
+            raise RuntimeError(f"--emulate-k: layer {il} has keys before any ubatch to fit on (a prompt under 32 tokens?)")
+        f = self.codec(d)
+        self.memo.clear()
+        y = f(x.reshape(T, hkv * d), "k", self.ctx[il]).reshape(1, T, hkv, d).contiguous().numpy().astype(np.float32)
+        if t.type != 0 or y.nbytes != self.g.ggml_nbytes(p) or list(t.nb)[1:3] != [4 * d, 4 * d * hkv]:
+            raise RuntimeError(f"--emulate-k: {name} is not a contiguous f32 tensor")
+        self.g.ggml_backend_tensor_set(p, y.ctypes.data, 0, y.nbytes)
+        self.n_keys += T
+        return True
+
+
 def load_libs():
     from ggml_tq.llama import library_dir, load_llama_cpp
     llama_cpp = load_llama_cpp()
@@ -115,6 +201,7 @@ def load_libs():
     g.ggml_op_name.restype = ctypes.c_char_p
     g.ggml_op_name.argtypes = [ctypes.c_int]
     g.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    g.ggml_backend_tensor_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     return llama_cpp, g
 
 

@@ -64,6 +64,7 @@ NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 ANSWER_TOKENS = 8   # what a completion may add to the prompt (teacher forcing adds fewer: the key's tokens but one)
 IN_PROCESS = "llama-cpp-python"   # the backend of runs without --server (and of runs that predate it)
 DEFAULT_CACHES = "f16,q4_0,tq4_0,tq4_0/tq3_0,tq3_0"
+EMULATE_K = None   # --emulate-k: a codec of tools/kv_lab.py that the keys pass through (in process only)
 MODELS = {"smollm2": ("4096,8192", quality.smollm2_path), "gemma3": ("8192", quality.gemma3_path)}
 
 
@@ -203,9 +204,30 @@ class InProcess:
     """llama-cpp-python on the patched library, in this process (CPU)."""
 
     def __init__(self, model, k, v, n_ctx, threads):
-        from ggml_tq.llama import Llama
-        self.llm = Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         verbose=False)
+        from ggml_tq.llama import Llama, load_llama_cpp
+        make = lambda: Llama(str(model), cache_type_k=k, cache_type_v=v, n_ctx=n_ctx, n_batch=512,  # noqa: E731
+                             n_threads=threads, verbose=False)
+        if not EMULATE_K:
+            self.llm = make()
+        else:
+            # --emulate-k: llama-cpp-python's Llama takes no eval callback, so its context parameters get one
+            import kv_lab
+            llama_cpp = load_llama_cpp()   # bound to the patched library before llama_cpp.llama loads
+            import llama_cpp.llama as ll
+            self.emulation = kv_lab.KeyEmulation(kv_lab.load_libs()[1], EMULATE_K)
+            self.cb = llama_cpp.ggml_backend_sched_eval_callback(self.emulation)
+            defaults = ll.llama_cpp.llama_context_default_params
+
+            def with_callback():
+                cp = defaults()
+                cp.cb_eval = self.cb
+                return cp
+            ll.llama_cpp.llama_context_default_params = with_callback
+            try:
+                self.llm = make()
+            finally:
+                ll.llama_cpp.llama_context_default_params = defaults
+            self.emulation.set_model(llama_cpp.llama_model_rope_type(self.llm.model))
         self.n_ctx = self.llm.n_ctx()
 
     def tokenize(self, text, add_bos):
@@ -534,6 +556,10 @@ def main():
                     help="a llama.cpp environment switch for every cache of this run, in process or in the server "
                          "(LLAMA_TQ_K_WEIGHT=0, say); its rows name the cache \"tq4_0 [LLAMA_TQ_K_WEIGHT=0]\" as "
                          "--variant's do. Repeatable")
+    ap.add_argument("--emulate-k", metavar="CODEC",
+                    help="in process: pass each layer's keys through this codec of tools/kv_lab.py (\"tq6_0 weighted "
+                         "search\", say: a key type the library lacks) before an f16 K cache stores them; give the "
+                         "caches as f16/V. Its rows name the cache \"f16/tq4_0 [emulate-k ...]\"")
     ap.add_argument("--filler-text", metavar="FILE",
                     help="fill the prompts with lines of this text instead of the repeated sentence, from a line "
                          "drawn by --seed and the key; \"jargon\": the text of tools/quality.py's KLD runs (the "
@@ -566,7 +592,14 @@ def main():
         if not eq or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
             raise SystemExit(f"--env {e!r}: expected NAME=VALUE")
         os.environ[name] = value  # llama.cpp reads its switches when a context (or a server's) is made
-    label = " ".join([a.variant] + a.env).strip()
+    if a.emulate_k:
+        if a.server:
+            raise SystemExit("--emulate-k runs in process, not with --server")
+        if any(c.partition("/")[0] != "f16" for c in a.caches.split(",")):
+            raise SystemExit("--emulate-k needs f16 keys in the cache (--caches f16/V): the codec's keys are stored there")
+        global EMULATE_K
+        EMULATE_K = a.emulate_k
+    label = " ".join([a.variant] + a.env + ([f"emulate-k {a.emulate_k}"] if a.emulate_k else [])).strip()
     if a.model in MODELS:
         default_lengths, find = MODELS[a.model]
         model, name = find(), a.model
