@@ -106,11 +106,12 @@ class Capture:
 
 class KeyEmulation:
     """An eval callback that puts a candidate key codec of codecs() into a real run: each layer's keys after RoPE
-    (the last node named "Kcur-<il>", which the cache write reads) are replaced by their decoded codec output
+    (the ROPE node named "Kcur-<il>", which the cache write reads) are replaced by their decoded codec output
     before they are written into an f16 K cache. A weighted candidate fits its means and weights as llama.cpp does
     (patch 0009): on the first ubatch of at least 32 tokens of a prompt (positions from 0), from its first 512 keys
-    and queries, kept for the prompt's later ubatches. Scores differ from a real cache of that codec only by the f16
-    rounding of the decoded keys. For the tools' --emulate-k (tools/passkey.py)."""
+    and queries, kept for the prompt's later ubatches. Scores differ from a real cache of that codec by the f16
+    rounding of the decoded keys and by the attention kernels' arithmetic (the lab's tq4_0 moved single 2k passkey
+    prompts by up to 0.3 nats from the library's). For tools/passkey.py --emulate-k."""
 
     def __init__(self, ggml, name):
         import torch
@@ -122,7 +123,6 @@ class KeyEmulation:
         self.q = {}             # layer -> this ubatch's queries, while a fit is due
         self.fit = False        # this ubatch starts a prompt and is long enough to fit on
         self.cap = Capture(ggml)
-        self.n_keys = 0
 
     def set_model(self, rope_type):
         self.rope = {0: "norm", 2: "neox"}[rope_type]   # llama_model_rope_type
@@ -186,7 +186,6 @@ class KeyEmulation:
         if t.type != 0 or y.nbytes != self.g.ggml_nbytes(p) or list(t.nb)[1:3] != [4 * d, 4 * d * hkv]:
             raise RuntimeError(f"--emulate-k: {name} is not a contiguous f32 tensor")
         self.g.ggml_backend_tensor_set(p, y.ctypes.data, 0, y.nbytes)
-        self.n_keys += T
         return True
 
 
