@@ -39,6 +39,14 @@ def test_c_kernels_scalar_fallback():
     assert "variant scalar" in out
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64" or "avx2" not in Path("/proc/cpuinfo").read_text(),
+                    reason="runs the AVX2 kernels, which need an x86 CPU with AVX2")
+def test_c_kernels_avx2_without_avx512():
+    # the native build takes AVX-512 where the CPU has it: the AVX2 + FMA kernels need a build of their own
+    out = build_and_run("tq-avx2", ["-DGGML_TQ_NATIVE=OFF"], cflags="-mavx2 -mfma -mf16c")
+    assert "variant avx2" in out
+
+
 @pytest.mark.parametrize("march", ["armv8-a", "armv8.2-a+fp16+dotprod"])
 def test_c_kernels_neon_under_qemu(march):
     missing = [t for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64") if shutil.which(t) is None]

@@ -22,14 +22,14 @@ def test_header_regenerates_identically():
 
 def test_reference_tables_equal_header():
     text = HEADER.read_text()
-    for bits in (2, 3, 4):
+    for bits in codebook.CODEBOOK_BITS:
         np.testing.assert_array_equal(reference.centroids(bits).numpy(), _header_array(text, f"TQ_CENTROIDS_{bits}BIT_INIT"))
         np.testing.assert_array_equal(reference.boundaries(bits).numpy(), _header_array(text, f"TQ_BOUNDARIES_{bits}BIT_INIT"))
     np.testing.assert_array_equal(reference.signs().numpy(), _header_array(text, "TQ_SIGNS_INIT"))
 
 
 def test_c_library_centroids_equal_reference():
-    for bits in (2, 3, 4):
+    for bits in codebook.CODEBOOK_BITS:
         c = ggml_tq.centroids(bits)
         assert c.dtype == np.float32 and c.shape == (1 << bits,)
         np.testing.assert_array_equal(c, codebook.lloyd_max_centroids(bits).astype(np.float32))
@@ -47,3 +47,4 @@ def test_signs_are_the_mask_bits():
 def test_expected_mse_within_published_figures():
     assert codebook.expected_mse(codebook.lloyd_max_centroids(4)) < 0.0095
     assert codebook.expected_mse(codebook.lloyd_max_centroids(3)) < 0.0345
+    assert codebook.expected_mse(codebook.lloyd_max_centroids(6)) < 0.00065

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ggml_tq import llama as tql
-from ggml_tq._types import GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0
+from ggml_tq._types import GGML_TYPE_TQ4_0, type_info
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "build" / "llama.cpp" / "bin"
@@ -61,7 +61,7 @@ def random_model(tmp_path_factory):
 
 def test_quantize_fns_covers_tq_types():
     p = run(BIN / "test-quantize-fns", "-v", check=True)
-    for t in ("tq4_0", "tq3_0", "tqv2_0"):
+    for t in ("tq4_0", "tq3_0", "tqv2_0", "tq6_0"):
         assert f"Testing {t}" in p.stdout
         for what in ("absolute quantization error", "reference implementation error", "dot product error"):
             assert any(line.startswith(t) and what in line and "ok" in line for line in p.stdout.splitlines()), (t, what)
@@ -69,11 +69,11 @@ def test_quantize_fns_covers_tq_types():
 
 def test_backend_ops_cpu_runs_every_tq_case():
     # -b CPU compares the CPU with itself: this proves the ops run and are supported, not that they are right
-    p = run(BIN / "test-backend-ops", "-b", "CPU", "-p", "tq[34]_0|tqv2_0", check=True)
+    p = run(BIN / "test-backend-ops", "-b", "CPU", "-p", "tq[346]_0|tqv2_0", check=True)
     out = p.stdout
     for op in ("FLASH_ATTN_EXT", "SET_ROWS", "CPY", "GET_ROWS", "MUL_MAT"):
         assert f"  {op}(" in out, op
-    assert "type_K=tq4_0" in out and "type_K=tq3_0" in out and "type_V=tqv2_0" in out
+    assert "type_K=tq4_0" in out and "type_K=tq3_0" in out and "type_V=tqv2_0" in out and "type_K=tq6_0" in out
     assert "1/1 backends passed" in out
 
 
@@ -98,7 +98,7 @@ LONG_QUESTION = ("I am studying the geography of Europe and its countries, their
 # greedy answer flipping is within what its KLD says (same top token 83 % of the time, README); the test checks
 # the mix runs end to end and answers, on the longer question.
 @pytest.mark.parametrize("cache,question", [("tq4_0", SHORT_QUESTION), ("tq3_0", SHORT_QUESTION),
-                                            ("tq4_0/tqv2_0", LONG_QUESTION)])
+                                            ("tq4_0/tqv2_0", LONG_QUESTION), ("tq6_0/tq4_0", SHORT_QUESTION)])
 def test_cli_generates_with_tq_cache(cache, question):
     k, _, v = cache.partition("/")
     v = v or k
@@ -591,10 +591,12 @@ def test_state_round_trip_reproduces_next_token_logits(llm, tmp_path):
     np.testing.assert_array_equal(np.array(llm.scores[llm.n_tokens - 1]), cont)
 
 
-def test_state_round_trip_with_tqv2_0_values(tmp_path):
-    # the recommended small cache: tq4_0 keys, 2-bit values; its rows are another size than the keys'
-    mix = tql.Llama(str(MODEL), cache_type_k="tq4_0", cache_type_v="tqv2_0", n_ctx=512, n_threads=2, verbose=False)
-    assert (mix.context_params.type_k, mix.context_params.type_v) == (GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0)
+# the recommended small cache (tq4_0 keys, 2-bit values) and the long-context one (6-bit keys, tq4_0 values): K and V
+# rows of different sizes
+@pytest.mark.parametrize("k,v", [("tq4_0", "tqv2_0"), ("tq6_0", "tq4_0")])
+def test_state_round_trip_with_mixed_tq_types(tmp_path, k, v):
+    mix = tql.Llama(str(MODEL), cache_type_k=k, cache_type_v=v, n_ctx=512, n_threads=2, verbose=False)
+    assert (mix.context_params.type_k, mix.context_params.type_v) == (type_info(k).ggml_type, type_info(v).ggml_type)
     tokens = mix.tokenize(b"Once upon a time, in a small village by the sea,")
     ref = _next_logits(mix, tokens)
     path = tmp_path / "state.bin"

@@ -27,13 +27,13 @@ def _patch(prefix: str) -> str:
 
 def test_type_numbers_match_the_patches():
     ours = {"TQ4_0": T.GGML_TYPE_TQ4_0, "TQ3_0": T.GGML_TYPE_TQ3_0, "TQ_ROT_F32": T.GGML_TYPE_TQ_ROT_F32,
-            "TQV2_0": T.GGML_TYPE_TQV2_0}
+            "TQV2_0": T.GGML_TYPE_TQV2_0, "TQ6_0": T.GGML_TYPE_TQ6_0}
     ggml_h = {k: int(v) for k, v in re.findall(r"^\+\s*GGML_TYPE_(TQ\w*)\s*=\s*(\d+)", _patch("0001"), re.M)}
     assert ggml_h == ours
     gguf_py = {k: int(v) for k, v in re.findall(r"^\+\s*(TQ\w*)\s*=\s*(\d+)", _patch("0005"), re.M)}
     assert gguf_py == {k: v for k, v in ours.items() if k != "TQ_ROT_F32"}
     assert {t.name: t.ggml_type for t in T.TYPES.values()} == {"tq4_0": ours["TQ4_0"], "tq3_0": ours["TQ3_0"],
-                                                                "tqv2_0": ours["TQV2_0"]}
+                                                                "tqv2_0": ours["TQV2_0"], "tq6_0": ours["TQ6_0"]}
 
 
 # ---- cffi declarations vs ggml-tq.h ------------------------------------------------------------------

@@ -47,18 +47,21 @@ BIN = ROOT / "build" / "llama.cpp" / "bin"
 GGUF_PY = ROOT / "build" / "llama.cpp-src" / "gguf-py"
 
 BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25,
-        "tqv2_0": 2.25}
+        "tqv2_0": 2.25, "tq6_0": 6.25}
 UPSTREAM = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0"]
 TQ = ["tq4_0", "tq3_0"]
 VALUE_TYPES = ["tqv2_0"]  # V only: not run as K+V by default, only in the mixed rows
+KEY_TYPES = ["tq6_0"]     # K only, likewise
 ALL_TYPES = UPSTREAM + TQ
 # extra rows: (row name, K type, V type, extra environment). K errors move the softmax, V errors only
 # average out, so a 4-bit K with a 3-bit V (3.75 bits per value) or a 2-bit V (3.25) is measured too, and
-# upstream's q8_0 keys with tq4_0 values (6.375), the long-context pairing (README, "Which to choose").
+# upstream's q8_0 keys with tq4_0 values (6.375) and 6-bit TQ keys with them (5.25), the long-context pairings
+# (README, "Which to choose").
 EXTRAS = [("tq4_0 +rot", "tq4_0", "tq4_0", {"LLAMA_ATTN_ROT_TQ": "1"}),
           ("tq4_0/tq3_0", "tq4_0", "tq3_0", {}),
           ("tq4_0/tqv2_0", "tq4_0", "tqv2_0", {}),
-          ("q8_0/tq4_0", "q8_0", "tq4_0", {})]
+          ("q8_0/tq4_0", "q8_0", "tq4_0", {}),
+          ("tq6_0/tq4_0", "tq6_0", "tq4_0", {})]
 # rows run on request (--extra NAME, repeatable): which of K and V carries the loss, and the mixes and
 # rotation settings tools/kv_lab.py ranks high
 OPTIONAL = [("q4_0 norot", "q4_0", "q4_0", {"LLAMA_ATTN_ROT_DISABLE": "1"}),
@@ -415,7 +418,7 @@ def sweep(name, a, info_corpus):
     plan = [(t, t, t, {}) for t in a.types]
     if not a.no_extras:
         for nm, tk, tv, env in EXTRAS + [x for x in OPTIONAL if x[0] in a.extra]:
-            if tk in a.types and (tv in a.types or tv in VALUE_TYPES):
+            if (tk in a.types or tk in KEY_TYPES) and (tv in a.types or tv in VALUE_TYPES):
                 after = tv if tv in a.types else tk
                 plan.insert(plan.index((after, after, after, {})) + 1, (nm, tk, tv, env))
     for nm, t, tv, env in plan:

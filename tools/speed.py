@@ -34,7 +34,7 @@ BIN = ROOT / "build" / "llama.cpp" / "bin"
 ALL_TYPES = ["f16", "q8_0", "q5_1", "iq4_nl", "q4_0", "tq4_0", "tq3_0"]
 PLOT_TYPES = ["f16", "q8_0", "q4_0", "tq4_0", "tq3_0"]
 BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5, "tq4_0": 4.25, "tq3_0": 3.25,
-        "tqv2_0": 2.25}
+        "tqv2_0": 2.25, "tq6_0": 6.25}
 
 
 def kv_types(t):

@@ -154,11 +154,11 @@ step_test() {
     [ -x $B/test-backend-ops ] || { echo "no $B/test-backend-ops: run the build step first (on this machine)"; return 1; }
     local rc=0
     for op in SET_ROWS CPY GET_ROWS ROPE_SET_ROWS RMS_NORM_MUL_ROPE FLASH_ATTN_EXT; do
-        $B/test-backend-ops -b CUDA0 -o $op -p 'tq[34]_0|tqv2_0' > $OUT/tbo-$op.log 2>&1 || rc=1
+        $B/test-backend-ops -b CUDA0 -o $op -p 'tq[346]_0|tqv2_0' > $OUT/tbo-$op.log 2>&1 || rc=1
         printf '%-16s %s\n' $op "$(grep -E 'tests passed|FAIL' $OUT/tbo-$op.log | grep -c FAIL) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-$op.log)"
     done
     # the f16 decode kernel (tq-fattn-mma-f16.cuh) also where the int8 one takes the case
-    GGML_TQ_FA_I8=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[34]_0|tqv2_0' > $OUT/tbo-FLASH_ATTN_EXT-noi8.log 2>&1 || rc=1
+    GGML_TQ_FA_I8=0 $B/test-backend-ops -b CUDA0 -o FLASH_ATTN_EXT -p 'tq[346]_0|tqv2_0' > $OUT/tbo-FLASH_ATTN_EXT-noi8.log 2>&1 || rc=1
     printf '%-16s %s\n' "FA (no int8)" "$(grep -c FAIL $OUT/tbo-FLASH_ATTN_EXT-noi8.log) failed; $(grep -E '[0-9]+/[0-9]+ tests passed' $OUT/tbo-FLASH_ATTN_EXT-noi8.log)"
     grep -h FAIL $OUT/tbo-*.log | head -20 || true
     step_unit || rc=1
@@ -169,12 +169,17 @@ step_unit() {
     unpack
     local rc=0
     log "CUDA unit test"
-    # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
-    ref_object
-    nvcc -O2 -std=c++17 -arch=sm_90 -use_fast_math -ftz=false -fmad=false -I$W/src/ggml/include -I$W/src/ggml/src \
-        -I$W/src/ggml/src/ggml-cuda -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itests/cuda \
-        tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
-        || { rc=1; tail -20 $OUT/test-tq-cuda-build.log; }
+    if [ -x .carry/test-tq-cuda ]; then
+        # tools/check_cuda.sh's build of it, carried (the same flags; saves the device a minute of nvcc)
+        cp .carry/test-tq-cuda $W/test-tq-cuda
+    else
+        # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it
+        ref_object
+        nvcc -O2 -std=c++17 -arch=sm_90 -use_fast_math -ftz=false -fmad=false -I$W/src/ggml/include -I$W/src/ggml/src \
+            -I$W/src/ggml/src/ggml-cuda -Iggml-tq/include -Iggml-tq/src -Iggml-tq/cuda -Itests/cuda \
+            tests/cuda/test-tq-cuda.cu ggml-tq/cuda/tq-cuda.cu $W/tq-ref.o -o $W/test-tq-cuda > $OUT/test-tq-cuda-build.log 2>&1 \
+            || { rc=1; tail -20 $OUT/test-tq-cuda-build.log; }
+    fi
     [ $rc = 0 ] && { $W/test-tq-cuda > $OUT/test-tq-cuda.log 2>&1 || rc=1; tail -3 $OUT/test-tq-cuda.log; }
     log "memory bandwidth (dev/gpu/bw.cu)"
     nvcc -O3 -arch=sm_90 dev/gpu/bw.cu -o $W/bw && $W/bw | tee $OUT/bw.txt

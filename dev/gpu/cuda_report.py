@@ -23,7 +23,7 @@ out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "results" / "cuda-h200"
 # caches as cuda_device.sh names them (K-V for a mix; -norot / +rot: upstream's rotation forced off / on for TQ;
 # -noi8: the int8-scoring decode kernel off), in table order: those of the run, known ones first
 ORDER = ["f16", "q8_0", "q4_0", "tq4_0", "tq4_0-norot", "tq4_0+rot", "tq4_0+krot", "tq4_0-noi8", "tq3_0",
-         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot", "tq4_0-tqv2_0", "q8_0-tq4_0", "q8_0-tq4_0-noi8", "q8_0-tq3_0"]
+         "tq3_0+krot", "tq4_0-tq3_0", "tq4_0-tq3_0+krot", "tq4_0-tqv2_0", "q8_0-tq4_0", "q8_0-tq4_0-noi8", "q8_0-tq3_0", "tq6_0-tq4_0"]
 found = sorted(f.name[len("bench-"):-len(".json")] for f in run.glob("bench-*.json"))
 types = [t for t in ORDER if t in found] + [t for t in found if t not in ORDER]
 bench, records = {}, []

@@ -21,6 +21,8 @@
 #include <float.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "ggml-tq.h"
 #include "tq-codebook.h"
 
@@ -32,14 +34,21 @@
 // shuffle lookup below or a shared-memory copy.
 #define TQ_CUDA_I4(a, i)  a[i], a[i + 1], a[i + 2], a[i + 3]
 #define TQ_CUDA_I8(a, i)  TQ_CUDA_I4(a, i), TQ_CUDA_I4(a, i + 4)
+#define TQ_CUDA_I32(a, i) TQ_CUDA_I8(a, i), TQ_CUDA_I8(a, i + 8), TQ_CUDA_I8(a, i + 16), TQ_CUDA_I8(a, i + 24)
+static __constant__ float tq_cuda_centroids_6bit[64]  = { TQ_CUDA_I32(tq_centroids_6bit, 0), TQ_CUDA_I32(tq_centroids_6bit, 32) };
 static __constant__ float tq_cuda_centroids_4bit[16]  = { TQ_CUDA_I8(tq_centroids_4bit, 0), TQ_CUDA_I8(tq_centroids_4bit, 8) };
 static __constant__ float tq_cuda_centroids_3bit[8]   = { TQ_CUDA_I8(tq_centroids_3bit, 0) };
 static __constant__ float tq_cuda_centroids_2bit[4]   = { TQ_CUDA_I4(tq_centroids_2bit, 0) };
 #undef TQ_CUDA_I4
 #undef TQ_CUDA_I8
+#undef TQ_CUDA_I32
 
 // bits -> block type and codebook
 template <int bits> struct tq_cuda_type;
+template <> struct tq_cuda_type<6> {
+    typedef block_tq6_0 block;
+    static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_6bit[i]; }
+};
 template <> struct tq_cuda_type<4> {
     typedef block_tq4_0 block;
     static __device__ __forceinline__ float centroid (int i) { return tq_cuda_centroids_4bit[i]; }
@@ -100,7 +109,7 @@ static __device__ __forceinline__ tq_half tq_cuda_fp32_to_fp16(float f) {
 }
 
 // Index of element j (0..63) of a block, for any thread layout (tq_block_values_of of tq-ref.c).
-// A block starts at a 2-byte boundary only (34, 26 and 18 bytes): load qs/qh bytewise or as 16-bit words.
+// A block starts at a 2-byte boundary only (34, 26, 18 and 50 bytes): load qs/qh bytewise or as 16-bit words.
 static __device__ __forceinline__ int tq4_0_cuda_index(const block_tq4_0 * b, int j) {
     return j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
 }
@@ -110,6 +119,10 @@ static __device__ __forceinline__ int tq3_0_cuda_index(const block_tq3_0 * b, in
 static __device__ __forceinline__ int tqv2_0_cuda_index(const block_tqv2_0 * b, int j) {
     return (b->qs[j % 16] >> (2*(j/16))) & 3;
 }
+static __device__ __forceinline__ int tq6_0_cuda_index(const block_tq6_0 * b, int j) {
+    const int lo = j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
+    return lo | (((b->qh[j % 16] >> (2*(j/16))) & 3) << 4);
+}
 
 // Decision boundary k of the codebook, a compile-time constant (tq-codebook.h): symmetric about an exact 0.
 template <int bits>
@@ -117,7 +130,8 @@ static constexpr __host__ __device__ float tq_cuda_boundary(int k) {
     constexpr float b4[15] = TQ_BOUNDARIES_4BIT_INIT;
     constexpr float b3[7]  = TQ_BOUNDARIES_3BIT_INIT;
     constexpr float b2[3]  = TQ_BOUNDARIES_2BIT_INIT;
-    return bits == 4 ? b4[k] : bits == 3 ? b3[k] : b2[k];
+    constexpr float b6[63] = TQ_BOUNDARIES_6BIT_INIT;
+    return bits == 6 ? b6[k] : bits == 4 ? b4[k] : bits == 3 ? b3[k] : b2[k];
 }
 template <int bits>
 static constexpr __host__ __device__ bool tq_cuda_boundaries_symmetric() {
@@ -139,6 +153,7 @@ static constexpr __host__ __device__ bool tq_cuda_boundaries_symmetric() {
 // #{a_k <= |z|} is #{a_k < |z| + 1 ulp}, NaN's magnitude plus one is above every a_k (index 0), and a_k < m for
 // floats >= 0 is their bit patterns' order: the sign bit of bits(a_k) - m, with no overflow for m <= 2^31.
 // Exact for every input, subnormals too, whatever the flush-to-zero mode of the including file.
+// The count is linear in the boundaries: 31 of them for the 6-bit codebook, against 7 for 4 bits.
 template <int bits>
 static __device__ __forceinline__ int tq_cuda_nearest_index(float z) {
     static_assert(tq_cuda_boundaries_symmetric<bits>(), "the index count needs boundaries symmetric about 0");
@@ -156,14 +171,44 @@ static __device__ __forceinline__ int tq_cuda_nearest_index(float z) {
 
 // ---- warp helpers: lane l holds elements l (lo) and l + 32 (hi) -----------------------------------
 
+// Whether centroid 2^bits - 1 - i is exactly -centroid i, for every i: the 6-bit lookup below relies on it.
+template <int bits>
+static constexpr __host__ __device__ bool tq_cuda_centroids_symmetric() {
+    constexpr float c6[64] = TQ_CENTROIDS_6BIT_INIT;
+    constexpr float c4[16] = TQ_CENTROIDS_4BIT_INIT;
+    constexpr float c3[8]  = TQ_CENTROIDS_3BIT_INIT;
+    constexpr float c2[4]  = TQ_CENTROIDS_2BIT_INIT;
+    constexpr int n = 1 << bits;
+    for (int i = 0; i < n; ++i) {
+        const float a = bits == 6 ? c6[i] : bits == 4 ? c4[i] : bits == 3 ? c3[i] : c2[i];
+        const float b = bits == 6 ? c6[n - 1 - i] : bits == 4 ? c4[n - 1 - i] : bits == 3 ? c3[n - 1 - i] : c2[n - 1 - i];
+        if (a != -b) {
+            return false;
+        }
+    }
+    return true;
+}
+
 // Codebook lookup by shuffle: every lane keeps centroid (lane mod 2^bits) in a register,
-// loaded once per thread with tq_cuda_codebook_lane; tq_cuda_codebook_lookup then reads any index.
+// loaded once per thread with tq_cuda_codebook_lane; tq_cuda_codebook_lookup<bits> then reads any index.
+// A warp has 32 lanes, the 6-bit codebook 64 entries: lane l keeps centroid l, the negative half, and the
+// positive half is its mirror, c[32 + m] = -c[31 - m] (the codebook is symmetric about 0, exactly). So an index
+// with bit 5 set reads lane 31 - m = m ^ 31 and flips the sign: one shuffle per index as for the other types, and
+// the exact float, plus 4 integer instructions (bit 5 spread to a mask, the lane's xor, the sign's xor).
 template <int bits>
 static __device__ __forceinline__ float tq_cuda_codebook_lane(int lane) {
-    return tq_cuda_type<bits>::centroid(lane & ((1 << bits) - 1));
+    return tq_cuda_type<bits>::centroid(lane & ((1 << bits) - 1)); // lane < 32: the 6-bit codebook's lower half
 }
+template <int bits>
 static __device__ __forceinline__ float tq_cuda_codebook_lookup(float codebook_lane, int idx) {
-    return __shfl_sync(TQ_CUDA_FULL_MASK, codebook_lane, idx);
+    if constexpr (bits <= 5) {
+        return __shfl_sync(TQ_CUDA_FULL_MASK, codebook_lane, idx);
+    } else {
+        static_assert(bits == 6 && tq_cuda_centroids_symmetric<6>(), "64 centroids as 32 lanes and their mirror");
+        const uint32_t upper = (uint32_t) ((int32_t) ((uint32_t) idx << 26) >> 31); // all ones where bit 5 is set
+        const float    c     = __shfl_sync(TQ_CUDA_FULL_MASK, codebook_lane, idx ^ (int) upper); // reads the low 5 bits
+        return __uint_as_float(__float_as_uint(c) ^ (upper & 0x80000000u));
+    }
 }
 
 // In-place 64-point Walsh-Hadamard transform, unnormalized, the reference's stages and roundings.
@@ -249,6 +294,12 @@ static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tqv
     ilo = (qs >> (2*(lane >> 4)))     & 3;
     ihi = (qs >> (2*(lane >> 4) + 4)) & 3;
 }
+static __device__ __forceinline__ void tq_cuda_load_indices_warp(const block_tq6_0 * b, int lane, int & ilo, int & ihi) {
+    const int q  = b->qs[lane];       // low 4 bits: tq4_0's nibbles
+    const int qh = b->qh[lane & 15];  // high 2 bits: tqv2_0's qs
+    ilo = (q & 0xf) | (((qh >> (2*(lane >> 4)))     & 3) << 4);
+    ihi = (q >> 4)  | (((qh >> (2*(lane >> 4) + 4)) & 3) << 4);
+}
 
 // Rotated-domain values of a block: d * c[index] for elements lane and lane + 32, no inverse rotation
 // (what attention uses: q.x = (H D q / 8) . (d c), and V accumulated rotated, unrotated once).
@@ -258,16 +309,17 @@ static __device__ __forceinline__ void tq_cuda_rotated_block_warp(const typename
     int ilo, ihi;
     tq_cuda_load_indices_warp(b, lane, ilo, ihi);
     const float d = tq_cuda_fp16_to_fp32(b->d);
-    lo = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ilo));
-    hi = __fmul_rn(d, tq_cuda_codebook_lookup(codebook_lane, ihi));
+    lo = __fmul_rn(d, tq_cuda_codebook_lookup<bits>(codebook_lane, ilo));
+    hi = __fmul_rn(d, tq_cuda_codebook_lookup<bits>(codebook_lane, ihi));
 }
 
 // dequantize_row_*_ref for one block, bit-identical, from its indices (tq_cuda_load_indices_warp)
 // and scale: lo = x'[lane], hi = x'[lane + 32]. Kernels that load several blocks before decoding them call this.
+template <int bits>
 static __device__ __forceinline__ void tq_cuda_decode_block_warp(int ilo, int ihi, tq_half d, int lane,
                                                                  float codebook_lane, float & lo, float & hi) {
-    lo = tq_cuda_codebook_lookup(codebook_lane, ilo);
-    hi = tq_cuda_codebook_lookup(codebook_lane, ihi);
+    lo = tq_cuda_codebook_lookup<bits>(codebook_lane, ilo);
+    hi = tq_cuda_codebook_lookup<bits>(codebook_lane, ihi);
     tq_cuda_fwht64_warp(lo, hi, lane);
     const float ds = __fmul_rn(tq_cuda_fp16_to_fp32(d), 0.125f);
     lo = tq_cuda_apply_sign(__fmul_rn(lo, ds), lane);
@@ -280,7 +332,7 @@ static __device__ __forceinline__ void tq_dequantize_block_warp(const typename t
                                                                 float codebook_lane, float & lo, float & hi) {
     int ilo, ihi;
     tq_cuda_load_indices_warp(b, lane, ilo, ihi);
-    tq_cuda_decode_block_warp(ilo, ihi, b->d, lane, codebook_lane, lo, hi);
+    tq_cuda_decode_block_warp<bits>(ilo, ihi, b->d, lane, codebook_lane, lo, hi);
 }
 
 // Writes the block's data bytes: lane l < nbytes writes byte l, lane 0 the scale (coalesced, no local memory).
@@ -323,6 +375,19 @@ static __device__ __forceinline__ void tq_cuda_store_block(block_tqv2_0 * y, int
         y->d = d;
     }
 }
+static __device__ __forceinline__ void tq_cuda_store_block(block_tq6_0 * y, int lane, tq_half d, int ilo, int ihi) {
+    // qs[j]: low 4 bits of indices j and j + 32 (tq4_0's qs); qh[j] (j < 16): high 2 bits of indices j, j + 16,
+    // j + 32, j + 48 at bits 0, 2, 4, 6 (tqv2_0's qs)
+    const int ilo16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ilo, 16);
+    const int ihi16 = __shfl_down_sync(TQ_CUDA_FULL_MASK, ihi, 16);
+    y->qs[lane] = (uint8_t)((ilo & 0xf) | (ihi & 0xf) << 4);
+    if (lane < 16) {
+        y->qh[lane] = (uint8_t)((ilo >> 4) | (ilo16 >> 4) << 2 | (ihi >> 4) << 4 | (ihi16 >> 4) << 6);
+    }
+    if (lane == 0) {
+        y->d = d;
+    }
+}
 
 // The encoder's scale search (tq-ref.c, docs/design.md): the indices of the block magnified by each gain t of
 // TQ_SEARCH_GAINS_INIT, kept for the largest cosine dot(z, c)/sqrt(cc), the first of equal scores.
@@ -340,18 +405,22 @@ template <int bits>
 static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, float zhi, int lane, float codebook_lane,
                                                                    int & ilo, int & ihi, float & clo, float & chi) {
     static_assert(TQ_SEARCH_N == 8, "the sums' layout: 2 sums of each gain over 32 lanes");
-    static_assert(bits <= 4, "indices of all gains packed 4 bits each");
+    static_assert(bits <= 8, "indices of all gains packed in one word");
     constexpr float gains[TQ_SEARCH_N] = TQ_SEARCH_GAINS_INIT;
-    uint32_t plo = 0, phi = 0; // index of gain g in bits 4g .. 4g + 3
+    // the indices of all gains in one word: gain g's in bits PB*g .. PB*g + bits - 1 (4-bit fields in 32 bits up to
+    // 4-bit indices, bytes of 64 bits for 6-bit ones)
+    typedef typename std::conditional<(bits <= 4), uint32_t, uint64_t>::type pack_t;
+    constexpr int PB = bits <= 4 ? 4 : 8;
+    pack_t plo = 0, phi = 0;
     float v[2*TQ_SEARCH_N];    // v[2g] = dot, v[2g + 1] = cc, each lane's stage-32 sum; registers: loops unrolled
 #pragma unroll
     for (int g = 0; g < TQ_SEARCH_N; ++g) {
         const int   jlo = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zlo : __fmul_rn(zlo, gains[g]));
         const int   jhi = tq_cuda_nearest_index<bits>(gains[g] == 1.0f ? zhi : __fmul_rn(zhi, gains[g]));
-        const float cl  = tq_cuda_codebook_lookup(codebook_lane, jlo);
-        const float ch  = tq_cuda_codebook_lookup(codebook_lane, jhi);
-        plo |= (uint32_t) jlo << 4*g;
-        phi |= (uint32_t) jhi << 4*g;
+        const float cl  = tq_cuda_codebook_lookup<bits>(codebook_lane, jlo);
+        const float ch  = tq_cuda_codebook_lookup<bits>(codebook_lane, jhi);
+        plo |= (pack_t) jlo << PB*g;
+        phi |= (pack_t) jhi << PB*g;
         v[2*g]     = __fadd_rn(__fmul_rn(zlo, cl), __fmul_rn(zhi, ch));
         v[2*g + 1] = __fadd_rn(__fmul_rn(cl, cl), __fmul_rn(ch, ch));
     }
@@ -384,10 +453,10 @@ static __device__ __forceinline__ void tq_cuda_search_indices_warp(float zlo, fl
         score = s1 > s0 ? s1 : s0;
         g     = s1 > s0 ? g1 : g0;
     }
-    ilo = (plo >> 4*g) & 0xf;
-    ihi = (phi >> 4*g) & 0xf;
-    clo = tq_cuda_codebook_lookup(codebook_lane, ilo);
-    chi = tq_cuda_codebook_lookup(codebook_lane, ihi);
+    ilo = (int) ((plo >> PB*g) & ((1u << bits) - 1));
+    ihi = (int) ((phi >> PB*g) & ((1u << bits) - 1));
+    clo = tq_cuda_codebook_lookup<bits>(codebook_lane, ilo);
+    chi = tq_cuda_codebook_lookup<bits>(codebook_lane, ihi);
 }
 
 // quantize_row_*_ref for one block, byte-identical:

@@ -65,6 +65,7 @@ static size_t tq_cuda_type_size(enum ggml_type type) {
         case GGML_TYPE_TQ4_0:  return sizeof(block_tq4_0);
         case GGML_TYPE_TQ3_0:  return sizeof(block_tq3_0);
         case GGML_TYPE_TQV2_0: return sizeof(block_tqv2_0);
+        case GGML_TYPE_TQ6_0:  return sizeof(block_tq6_0);
         default:               return 0;
     }
 }
@@ -152,7 +153,7 @@ k_tq_dequantize(const char * __restrict__ x, dst_t * __restrict__ y, const int64
             const int64_t g = w*TQ_CUDA_DEQ_BLOCKS + u;
             if (g < nblocks) {
                 float lo, hi;
-                tq_cuda_decode_block_warp(ilo[u], ihi[u], d[u], lane, cb, lo, hi);
+                tq_cuda_decode_block_warp<bits>(ilo[u], ihi[u], d[u], lane, cb, lo, hi);
                 y[g*QK_TQ + lane]      = tq_cuda_from_f32<dst_t>(lo);
                 y[g*QK_TQ + lane + 32] = tq_cuda_from_f32<dst_t>(hi);
             }
@@ -283,6 +284,7 @@ void ggml_tq_cuda_set_rows(const ggml_tensor * src0, const ggml_tensor * src1, g
     GGML_ASSERT(dst->ne[0] == src0->ne[0] && src1->ne[0] == src0->ne[1] && (size_t) dst->nb[0] == tq_cuda_type_size(dst->type));
     GGML_ASSERT(src0->ne[2] % src1->ne[1] == 0 && src0->ne[3] % src1->ne[2] == 0);
     switch (tq_cuda_bits(dst->type)) {
+        case 6:  tq_cuda_set_rows_bits<6>(src0, src1, dst, stream); break;
         case 4:  tq_cuda_set_rows_bits<4>(src0, src1, dst, stream); break;
         case 3:  tq_cuda_set_rows_bits<3>(src0, src1, dst, stream); break;
         default: tq_cuda_set_rows_bits<2>(src0, src1, dst, stream); break;
@@ -321,6 +323,7 @@ void ggml_tq_cuda_get_rows(const ggml_tensor * src0, const ggml_tensor * src1, g
     GGML_ASSERT((size_t) src0->nb[0] == tq_cuda_type_size(src0->type) && (size_t) dst->nb[0] == tq_cuda_type_size(dst->type));
     GGML_ASSERT(src1->ne[3] == 1 && dst->ne[0] == src0->ne[0] && src0->ne[0] % QK_TQ == 0);
     switch (tq_cuda_bits(src0->type)) {
+        case 6:  tq_cuda_get_rows_bits<6>(src0, src1, dst, stream); break;
         case 4:  tq_cuda_get_rows_bits<4>(src0, src1, dst, stream); break;
         case 3:  tq_cuda_get_rows_bits<3>(src0, src1, dst, stream); break;
         default: tq_cuda_get_rows_bits<2>(src0, src1, dst, stream); break;
@@ -363,6 +366,7 @@ void ggml_tq_cuda_cpy(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t s
     }
     const enum ggml_type tq_type = ggml_tq_cuda_is_tq_type(dst->type) ? dst->type : src->type;
     switch (tq_cuda_bits(tq_type)) {
+        case 6:  tq_cuda_cpy_bits<6>(src, dst, ne/QK_TQ, stream); break;
         case 4:  tq_cuda_cpy_bits<4>(src, dst, ne/QK_TQ, stream); break;
         case 3:  tq_cuda_cpy_bits<3>(src, dst, ne/QK_TQ, stream); break;
         default: tq_cuda_cpy_bits<2>(src, dst, ne/QK_TQ, stream); break;
@@ -408,9 +412,11 @@ static void tq_cuda_to_float_nc(const void * x, dst_t * y, int64_t ne00, int64_t
 void ggml_tq4_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
 void ggml_tq3_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
 void ggml_tqv2_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<2>(x, y, k, stream); }
+void ggml_tq6_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<6>(x, y, k, stream); }
 void ggml_tq4_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<4>(x, y, k, stream); }
 void ggml_tq3_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<3>(x, y, k, stream); }
 void ggml_tqv2_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<2>(x, y, k, stream); }
+void ggml_tq6_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream) { tq_cuda_to_float<6>(x, y, k, stream); }
 
 void ggml_tq4_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
@@ -424,6 +430,10 @@ void ggml_tqv2_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<2>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
 }
+void ggml_tq6_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
+    tq_cuda_to_float_nc<6>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
+}
 void ggml_tq4_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<4>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
@@ -435,4 +445,8 @@ void ggml_tq3_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t
 void ggml_tqv2_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
     tq_cuda_to_float_nc<2>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
+}
+void ggml_tq6_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream) {
+    tq_cuda_to_float_nc<6>(x, y, ne00, ne01, ne02, ne03, s01, s02, s03, stream);
 }

@@ -1,5 +1,5 @@
 // ggml-tq CUDA ops for ggml-cuda (tq-cuda.cu): what the patched ggml-cuda files call for the TQ types
-// (TQ4_0, TQ3_0, TQV2_0).
+// (TQ4_0, TQ3_0, TQV2_0, TQ6_0).
 // The kernels map one warp to one 64-value block and agree bit for bit with the CPU reference
 // (tq-ref.c): quantized bytes and dequantized values alike.
 #pragma once
@@ -12,7 +12,8 @@
 
 // bits per centroid index of a TQ type (the template argument of tq-common.cuh's helpers), 0 for other types
 static constexpr __host__ __device__ int ggml_tq_cuda_bits(enum ggml_type type) {
-    return type == GGML_TYPE_TQ4_0 ? 4 : type == GGML_TYPE_TQ3_0 ? 3 : type == GGML_TYPE_TQV2_0 ? 2 : 0;
+    return type == GGML_TYPE_TQ4_0 ? 4 : type == GGML_TYPE_TQ3_0 ? 3 : type == GGML_TYPE_TQV2_0 ? 2 :
+           type == GGML_TYPE_TQ6_0 ? 6 : 0;
 }
 
 static inline bool ggml_tq_cuda_is_tq_type(enum ggml_type type) {
@@ -59,18 +60,24 @@ void ggml_tq_cuda_cpy(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t s
 void ggml_tq4_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream);
 void ggml_tq3_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream);
 void ggml_tqv2_0_to_fp16_cuda(const void * x, half  * y, int64_t k, cudaStream_t stream);
+void ggml_tq6_0_to_fp16_cuda (const void * x, half  * y, int64_t k, cudaStream_t stream);
 void ggml_tq4_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream);
 void ggml_tq3_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream);
 void ggml_tqv2_0_to_fp32_cuda(const void * x, float * y, int64_t k, cudaStream_t stream);
+void ggml_tq6_0_to_fp32_cuda (const void * x, float * y, int64_t k, cudaStream_t stream);
 void ggml_tq4_0_to_fp16_nc_cuda (const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 void ggml_tq3_0_to_fp16_nc_cuda (const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 void ggml_tqv2_0_to_fp16_nc_cuda(const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq6_0_to_fp16_nc_cuda (const void * x, half * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 void ggml_tq4_0_to_fp32_nc_cuda (const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 void ggml_tq3_0_to_fp32_nc_cuda (const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
 void ggml_tqv2_0_to_fp32_nc_cuda(const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
+                                 int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);
+void ggml_tq6_0_to_fp32_nc_cuda (const void * x, float * y, int64_t ne00, int64_t ne01, int64_t ne02, int64_t ne03,
                                  int64_t s01, int64_t s02, int64_t s03, cudaStream_t stream);

@@ -1,17 +1,18 @@
 // Flash-attention decode over TQ K/V (or q8_0 K, TQ V) in any layout, on the f16 tensor cores: the kernel that
 // tq-fattn.cu runs where tq-fattn-mma-i8.cuh's does not (head 64, heads not side by side in a key's row, short
-// rows).
+// rows, TQ6_0 K or V).
 //
 // Why a kernel of its own: ggml-cuda's vector kernel handles one query head per block (GQA siblings re-read
 // the same K/V through L2) and quantized K against a q8_1 query; its tensor-core kernels want f16 K/V.
 // Here one warp reads each K/V row once for all query heads of its GQA group (up to 8, the rows of an
-// m16n8k16 tile) and decodes the 4/3/2-bit indices to f16 codebook values straight into mma fragments:
+// m16n8k16 tile) and decodes the 6/4/3/2-bit indices to f16 codebook values straight into mma fragments:
 //   - Q is rotated once per block and scaled;
 //   - S = Qrot . (codebook values), times each key's block scale d;
 //   - O += softmax(S) * (d * codebook values of V), still rotated;
 //   - each warp is one key split (flash-decoding): tq_fattn_combine merges them and rotates O back.
 // Work per key: one codebook lookup per element and two mma per 16 keys and 16 dims; the bytes read are
-// the cache's own 4.25 / 3.25 / 2.25 bits per value (8.5 for q8_0 keys).
+// the cache's own 4.25 / 3.25 / 2.25 / 6.25 bits per value (8.5 for q8_0 keys). A 6-bit index is one shuffle
+// too, the 64-entry codebook being 32 lanes and their mirror (tq-common.cuh, tq_cuda_codebook_lookup).
 //
 // Keys may also be upstream's q8_0 beside TQ values (-ctk q8_0 -ctv tq4_0: the keys carry a TQ cache's loss
 // at long context, the values little of it). Their int8 values are exact in f16 and go into the same fragments
@@ -106,6 +107,30 @@ template <> struct tq_fa_kbits<GGML_TYPE_TQV2_0> { // tq3_0's low bits alone
     }
 };
 
+// TQ6_0: the low 4 bits as TQ4_0's qs, the high 2 bits as TQV2_0's qs (in qh)
+template <> struct tq_fa_kbits<GGML_TYPE_TQ6_0> {
+    static constexpr int N_SCALE = 1;
+    uint32_t u0, u1, u2, u3, h0, h1;
+    __device__ __forceinline__ void load(const char * row, int blk, int t) {
+        const block_tq6_0 * b = (const block_tq6_0 *) row + blk;
+        u0 = tq_fa_ld16(b->qs + 2*t);      // low 4 bits, as TQ4_0
+        u1 = tq_fa_ld16(b->qs + 2*t + 8);
+        u2 = tq_fa_ld16(b->qs + 2*t + 16);
+        u3 = tq_fa_ld16(b->qs + 2*t + 24);
+        h0 = tq_fa_ld16(b->qh + 2*t);      // high 2 bits of elements 2t, 2t+1 (+16k in bits 2k), as TQV2_0
+        h1 = tq_fa_ld16(b->qh + 2*t + 8);  // elements 2t+8, 2t+9
+    }
+    __device__ __forceinline__ void idx(int kk, int & i0, int & i1, int & i2, int & i3) const {
+        const uint32_t x = (kk & 1) ? u2 : u0;
+        const uint32_t y = (kk & 1) ? u3 : u1;
+        const int sh = (kk >> 1)*4, sl = 2*kk;
+        i0 = ((x >> sh)       & 0xf) | (((h0 >> sl)       & 3) << 4);
+        i1 = ((x >> (8 + sh)) & 0xf) | (((h0 >> (8 + sl)) & 3) << 4);
+        i2 = ((y >> sh)       & 0xf) | (((h1 >> sl)       & 3) << 4);
+        i3 = ((y >> (8 + sh)) & 0xf) | (((h1 >> (8 + sl)) & 3) << 4);
+    }
+};
+
 // upstream's q8_0 (the values themselves, not indices): 64 dims are two of its 32-value blocks; k-step kk reads
 // block kk/2, bytes 16(kk%2) + 2t, +1 (b0) and + 8, + 9 (b1), an int8 pair each. The 16-bit loads are aligned:
 // a q8_0 row, its heads and its blocks (34 bytes, qs at byte 2) all start on even bytes.
@@ -130,10 +155,11 @@ static __device__ __forceinline__ void tq_fa_kfrag(const tq_fa_kbits<type> & kb,
         b0 = tq_fa_pack((float) (int8_t) (x      ), (float) (int8_t) (x >>  8));
         b1 = tq_fa_pack((float) (int8_t) (x >> 16), (float) (int8_t) (x >> 24));
     } else {
+        constexpr int bits = ggml_tq_cuda_bits(type);
         int i0, i1, i2, i3;
         kb.idx(kk, i0, i1, i2, i3);
-        b0 = tq_fa_pack(tq_cuda_codebook_lookup(codebook_lane, i0), tq_cuda_codebook_lookup(codebook_lane, i1));
-        b1 = tq_fa_pack(tq_cuda_codebook_lookup(codebook_lane, i2), tq_cuda_codebook_lookup(codebook_lane, i3));
+        b0 = tq_fa_pack(tq_cuda_codebook_lookup<bits>(codebook_lane, i0), tq_cuda_codebook_lookup<bits>(codebook_lane, i1));
+        b1 = tq_fa_pack(tq_cuda_codebook_lookup<bits>(codebook_lane, i2), tq_cuda_codebook_lookup<bits>(codebook_lane, i3));
     }
 }
 
@@ -188,6 +214,21 @@ template <> struct tq_fa_vbits<GGML_TYPE_TQV2_0> {
     }
     __device__ __forceinline__ int idx(int nd) const {
         return (s >> (8*(nd & 3) + sh + 4*(nd >> 2))) & 3;
+    }
+};
+
+template <> struct tq_fa_vbits<GGML_TYPE_TQ6_0> {
+    uint32_t w; // qs bytes 4n .. 4n+3: the low 4 bits, as TQ4_0
+    uint32_t s; // qh bytes 4(n%4) .. +3: the high 2 bits, as TQV2_0's qs
+    int sh;     // 2(n/4)
+    __device__ __forceinline__ void load(const block_tq6_0 * b, int n) {
+        w  = tq_fa_ld16(b->qs + 4*n)       | (tq_fa_ld16(b->qs + 4*n + 2)       << 16);
+        s  = tq_fa_ld16(b->qh + 4*(n & 3)) | (tq_fa_ld16(b->qh + 4*(n & 3) + 2) << 16);
+        sh = 2*(n >> 2);
+    }
+    __device__ __forceinline__ int idx(int nd) const {
+        const int r = 8*(nd & 3) + 4*(nd >> 2);
+        return ((w >> r) & 0xf) | (((s >> (r + sh)) & 3) << 4);
     }
 };
 
@@ -386,8 +427,8 @@ static __global__ void tq_fattn_mma_f16(const tq_fa_f16_params p) {
             for (int nd = 0; nd < 8; ++nd) {
                 O[b][nd][0] *= alpha;
                 O[b][nd][1] *= alpha;
-                const uint32_t b0 = tq_fa_pack(tq_cuda_codebook_lookup(cbV, vb[0][b].idx(nd)), tq_cuda_codebook_lookup(cbV, vb[1][b].idx(nd)));
-                const uint32_t b1 = tq_fa_pack(tq_cuda_codebook_lookup(cbV, vb[2][b].idx(nd)), tq_cuda_codebook_lookup(cbV, vb[3][b].idx(nd)));
+                const uint32_t b0 = tq_fa_pack(tq_cuda_codebook_lookup<bits_V>(cbV, vb[0][b].idx(nd)), tq_cuda_codebook_lookup<bits_V>(cbV, vb[1][b].idx(nd)));
+                const uint32_t b1 = tq_fa_pack(tq_cuda_codebook_lookup<bits_V>(cbV, vb[2][b].idx(nd)), tq_cuda_codebook_lookup<bits_V>(cbV, vb[3][b].idx(nd)));
                 tq_fa_mma_rows8(O[b][nd][0], O[b][nd][1], pa0, pa2, b0, b1);
             }
         }
@@ -439,6 +480,7 @@ static void tq_fa_f16_launch_v(const tq_fa_f16_params & p, ggml_type tv, cudaStr
         case GGML_TYPE_TQ4_0:  tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQ4_0> (p, stream); break;
         case GGML_TYPE_TQ3_0:  tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQ3_0> (p, stream); break;
         case GGML_TYPE_TQV2_0: tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQV2_0>(p, stream); break;
+        case GGML_TYPE_TQ6_0:  tq_fa_f16_launch_case<D, type_K, GGML_TYPE_TQ6_0> (p, stream); break;
         default: GGML_ABORT("TQ flash attention: V type %s", ggml_type_name(tv));
     }
 }
@@ -449,6 +491,7 @@ static void tq_fa_f16_launch_types(const tq_fa_f16_params & p, ggml_type tk, ggm
         case GGML_TYPE_TQ4_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ4_0> (p, tv, stream); break;
         case GGML_TYPE_TQ3_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ3_0> (p, tv, stream); break;
         case GGML_TYPE_TQV2_0: tq_fa_f16_launch_v<D, GGML_TYPE_TQV2_0>(p, tv, stream); break;
+        case GGML_TYPE_TQ6_0:  tq_fa_f16_launch_v<D, GGML_TYPE_TQ6_0> (p, tv, stream); break;
         case GGML_TYPE_Q8_0:   tq_fa_f16_launch_v<D, GGML_TYPE_Q8_0>  (p, tv, stream); break;
         default: GGML_ABORT("TQ flash attention: K type %s", ggml_type_name(tk));
     }

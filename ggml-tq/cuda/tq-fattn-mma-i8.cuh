@@ -105,9 +105,18 @@ static constexpr __host__ __device__ int tq_fa_stages(int D) {
 // The price: the centroids in 8 bits (tq4_0: 0.37 % rms; tq3_0: 0.12 %; tqv2_0: 0.006 %) and Q in 8 bits
 // (0.60 %), next to TQ4_0's own 9.3 % (bench/cuda/int8_scores.py).
 //
-// Takes: head 128 or 256 (blocks in pairs), any TQ types of K and V or q8_0 K (tq_i8_fmt<GGML_TYPE_Q8_0>: its
-// integers are the A operand as they are), rows 4-byte aligned, heads side by side in a key's row
-// (tq_fa_i8_layout says which); anything else stays with tq-fattn-mma-f16.cuh.
+// Takes: head 128 or 256 (blocks in pairs), TQ4_0, TQ3_0 and TQV2_0 as K and V or q8_0 K (tq_i8_fmt<GGML_TYPE_Q8_0>:
+// its integers are the A operand as they are), rows 4-byte aligned, heads side by side in a key's row
+// (tq_fa_i8_types and tq_fa_i8_layout say which); anything else stays with tq-fattn-mma-f16.cuh.
+//
+// TQ6_0, K or V, is not taken. Its 64 centroids as an int8 table are 16 registers (K's and V's: 32 of the 125 the
+// kernel has at 3 blocks per SM), and a byte permute picks from 8 bytes: 4 indices would take 8 permutes over the
+// register pairs and a tree of 7 on index bits 3-5, with their selectors and the 2 high bits merged in about 40
+// instructions per 8 indices against TQ4_0's 11 (folding the symmetric table to 32 entries saves 8 permutes per
+// 8 indices and adds a bytewise negation). And the rounding costs what the type is for: at the best scale
+// (240.31) the 64 centroids round to int8 with 0.68 % rms error (0.80 % at 127/max|c|), about a quarter of
+// TQ6_0's own 2.5 % (the square root of its codebook's 0.000616 MSE), where TQ4_0's 0.37 % is 4 % of its 9.3 %.
+// The f16 kernel reads TQ6_0 exactly in f16, one shuffle per index (tq-fattn-mma-f16.cuh).
 
 static __device__ __forceinline__ uint32_t tq_fa_prmt(uint32_t a, uint32_t b, uint32_t s) {
     uint32_t d;
@@ -1010,11 +1019,20 @@ static tq_fa_i8_kernel_t tq_fa_i8_get_types(ggml_type tk, ggml_type tv) {
     }
 }
 
-// The kernel for head size D, a key type of tq_fa_key_type and a TQ value type, compiled for MINB blocks per
-// SM; heads 128 and 256 only: anything else gets none (and tq_fa_i8_layout refuses it).
+// The K and V types the kernel takes (the inner loop's comment says why not TQ6_0); tq-fattn.cu gives the others to
+// tq-fattn-mma-f16.cuh.
+static inline bool tq_fa_i8_types(ggml_type tk, ggml_type tv) {
+    const auto table_type = [](ggml_type t) {
+        return t == GGML_TYPE_TQ4_0 || t == GGML_TYPE_TQ3_0 || t == GGML_TYPE_TQV2_0;
+    };
+    return (table_type(tk) || tk == GGML_TYPE_Q8_0) && table_type(tv);
+}
+
+// The kernel for head size D and types of tq_fa_i8_types, compiled for MINB blocks per SM; heads 128 and 256 only:
+// anything else gets none (and tq_fa_i8_layout refuses it).
 template <int MINB = TQ_FA_I8_MINB>
 static tq_fa_i8_kernel_t tq_fa_i8_select(int D, ggml_type tk, ggml_type tv) {
-    if (!tq_fa_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || (D != 128 && D != 256)) {
+    if (!tq_fa_i8_types(tk, tv) || (D != 128 && D != 256)) {
         return nullptr;
     }
     return D == 128 ? tq_fa_i8_get_types<128, MINB>(tk, tv) : tq_fa_i8_get_types<256, MINB>(tk, tv);
@@ -1034,9 +1052,9 @@ static int tq_fa_row_bytes(ggml_type t, int D) {
 // Returns false where the kernel cannot take them: query heads in more groups than a block has warps, a
 // head's rows not 4-byte aligned, or heads not side by side in a key's row.
 static bool tq_fa_i8_layout(tq_fa_i8_params & p, int D, ggml_type tk, ggml_type tv) {
-    if (p.n_groups > TQ_I8_WARPS || !tq_fa_key_type(tk) || !ggml_tq_cuda_is_tq_type(tv) || D % (2*QK_TQ) != 0 ||
+    if (p.n_groups > TQ_I8_WARPS || !tq_fa_i8_types(tk, tv) || D % (2*QK_TQ) != 0 ||
         (uintptr_t) p.K % 4 != 0 || (uintptr_t) p.V % 4 != 0) {
-        return false; // TQ (or q8_0) keys, TQ values, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
+        return false; // its K and V types, blocks in pairs, rows on 4-byte boundaries (nb1, nb3 below)
     }
     const int row_K = tq_fa_row_bytes(tk, D), row_V = tq_fa_row_bytes(tv, D);
     if (p.nbk2 != row_K || p.nbv2 != row_V || p.nbk1 % 4 != 0 || p.nbv1 % 4 != 0 ||

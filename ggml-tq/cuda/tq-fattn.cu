@@ -2,7 +2,8 @@
 // runs, as ggml-cuda's fattn.cu chooses among its own. Both kernels score on the tensor cores and sum V in the
 // rotated domain (tq-fattn-common.cuh):
 //   - tq-fattn-mma-i8.cuh: S on the int8 tensor cores, about half the instructions per key; head 128/256, the
-//     cache's own layout (a token's heads side by side), from TQ_FA_I8_MIN_KV keys on; TQ or q8_0 keys;
+//     cache's own layout (a token's heads side by side), from TQ_FA_I8_MIN_KV keys on; TQ or q8_0 keys, TQ values,
+//     but neither of them TQ6_0 (its 64 centroids do not fit the kernel's byte-permute tables);
 //   - tq-fattn-mma-f16.cuh: codebook values (or q8_0's integers) as f16 mma fragments; any layout, head 64/128/256.
 #include "tq-fattn.cuh"
 #include "tq-fattn-mma-f16.cuh"
@@ -44,7 +45,7 @@ static bool tq_fa_try_i8(ggml_backend_cuda_context & ctx, ggml_tensor * dst, con
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
     const int D = (int) K->ne[0];
-    if (!enabled || !tq_fa_key_type(K->type) || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
+    if (!enabled || !tq_fa_i8_types(K->type, V->type) || (D != 128 && D != 256) || pn.n_kv < TQ_FA_I8_MIN_KV) {
         return false;
     }
     tq_fa_i8_params p = {};

@@ -108,6 +108,7 @@ static void ggml_tq_cuda_rope_set_rows(const tq_rope_rows & r, ggml_type cache_t
     const ggml_cuda_kernel_launch_params launch(grid, dim3(threads), 0, stream);
 #define TQ_ROPE_LAUNCH(bits, nx) ggml_cuda_kernel_launch(k_tq_rope_set_rows<bits, nx, angle_t>, launch, r, angle)
     switch (ggml_tq_cuda_bits(cache_type)) {
+        case 6:  if (neox) { TQ_ROPE_LAUNCH(6, true); } else { TQ_ROPE_LAUNCH(6, false); } break;
         case 4:  if (neox) { TQ_ROPE_LAUNCH(4, true); } else { TQ_ROPE_LAUNCH(4, false); } break;
         case 3:  if (neox) { TQ_ROPE_LAUNCH(3, true); } else { TQ_ROPE_LAUNCH(3, false); } break;
         case 2:  if (neox) { TQ_ROPE_LAUNCH(2, true); } else { TQ_ROPE_LAUNCH(2, false); } break; // a V type, but allowed as K

@@ -51,6 +51,15 @@ typedef struct {
     uint8_t qs[QK_TQ/4];
 } block_tqv2_0;
 
+// 6.25 bits per value, a key type for long contexts: the low 4 bits of each index as tq4_0's qs, the high 2 bits of
+// index j + 16*k in bits 2k..2k+1 of qh[j] (j < 16, k < 4), as tqv2_0's qs. Weighted keys at 6 bits err a quarter
+// of what they do at 4 (docs/design.md, "A 6-bit key type"); beside tq4_0 V it is 5.25 bits per value.
+typedef struct {
+    tq_half d;              // norm-correction scale
+    uint8_t qs[QK_TQ/2];
+    uint8_t qh[QK_TQ/4];
+} block_tq6_0;
+
 // the query of attention over TQ keys, rotated once into the blocks' domain (ggml's vec_dot_type of TQ types)
 typedef struct {
     float qs[QK_TQ];
@@ -64,6 +73,7 @@ typedef struct {
 TQ_STATIC_ASSERT(sizeof(block_tq4_0) == sizeof(tq_half) + QK_TQ/2,           "wrong tq4_0 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tq3_0) == sizeof(tq_half) + QK_TQ/4 + QK_TQ/8, "wrong tq3_0 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_tqv2_0) == sizeof(tq_half) + QK_TQ/4,           "wrong tqv2_0 block size/padding");
+TQ_STATIC_ASSERT(sizeof(block_tq6_0) == sizeof(tq_half) + QK_TQ/2 + QK_TQ/4, "wrong tq6_0 block size/padding");
 
 // Naming: a `_ref` function is the scalar reference (src/tq-ref.c), the definition of the formats;
 // the same name without `_ref` is the fastest kernel compiled for this machine (src/arch/x86.c for
@@ -76,21 +86,26 @@ TQ_STATIC_ASSERT(sizeof(block_tqv2_0) == sizeof(tq_half) + QK_TQ/4,           "w
 void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k);
 void quantize_row_tqv2_0_ref(const float * x, block_tqv2_0 * y, int64_t k);
+void quantize_row_tq6_0_ref(const float * x, block_tq6_0 * y, int64_t k);
 void quantize_row_tq4_0    (const float * x, block_tq4_0 * y, int64_t k);
 void quantize_row_tq3_0    (const float * x, block_tq3_0 * y, int64_t k);
 void quantize_row_tqv2_0    (const float * x, block_tqv2_0 * y, int64_t k);
+void quantize_row_tq6_0    (const float * x, block_tq6_0 * y, int64_t k);
 
 void dequantize_row_tq4_0_ref(const block_tq4_0 * x, float * y, int64_t k);
 void dequantize_row_tq3_0_ref(const block_tq3_0 * x, float * y, int64_t k);
 void dequantize_row_tqv2_0_ref(const block_tqv2_0 * x, float * y, int64_t k);
+void dequantize_row_tq6_0_ref(const block_tq6_0 * x, float * y, int64_t k);
 void dequantize_row_tq4_0    (const block_tq4_0 * x, float * y, int64_t k);
 void dequantize_row_tq3_0    (const block_tq3_0 * x, float * y, int64_t k);
 void dequantize_row_tqv2_0    (const block_tqv2_0 * x, float * y, int64_t k);
+void dequantize_row_tq6_0    (const block_tq6_0 * x, float * y, int64_t k);
 
 // ggml's quantize_chunk signature, rows of the reference (imatrix is ignored: TurboQuant needs no calibration)
 size_t quantize_tq4_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_tqv2_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_tq6_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
 // The rotation alone, block by block: y = H D x / 8 and its inverse x = D H y / 8 (in place allowed).
 void tq_rotate_row_ref  (const float * x, float * y, int64_t k);
@@ -104,15 +119,19 @@ void tq_unrotate_row    (const float * x, float * y, int64_t k);
 float tq4_0_dot_rotated_ref(const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated_ref(const block_tq3_0 * x, const float * q_rot, int64_t k);
 float tqv2_0_dot_rotated_ref(const block_tqv2_0 * x, const float * q_rot, int64_t k);
+float tq6_0_dot_rotated_ref(const block_tq6_0 * x, const float * q_rot, int64_t k);
 float tq4_0_dot_rotated    (const block_tq4_0 * x, const float * q_rot, int64_t k);
 float tq3_0_dot_rotated    (const block_tq3_0 * x, const float * q_rot, int64_t k);
 float tqv2_0_dot_rotated    (const block_tqv2_0 * x, const float * q_rot, int64_t k);
+float tq6_0_dot_rotated    (const block_tq6_0 * x, const float * q_rot, int64_t k);
 void  tq4_0_mad_rotated_ref(const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t k);
 void  tqv2_0_mad_rotated_ref(const block_tqv2_0 * x, float * acc, float w, int64_t k);
+void  tq6_0_mad_rotated_ref(const block_tq6_0 * x, float * acc, float w, int64_t k);
 void  tq4_0_mad_rotated    (const block_tq4_0 * x, float * acc, float w, int64_t k);
 void  tq3_0_mad_rotated    (const block_tq3_0 * x, float * acc, float w, int64_t k);
 void  tqv2_0_mad_rotated    (const block_tqv2_0 * x, float * acc, float w, int64_t k);
+void  tq6_0_mad_rotated    (const block_tq6_0 * x, float * acc, float w, int64_t k);
 
 const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what the fast kernels were compiled for
 
@@ -121,12 +140,13 @@ const char * tq_cpu_variant(void); // "avx512", "avx2", "neon" or "scalar": what
 void ggml_vec_dot_tq4_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void ggml_vec_dot_tq3_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void ggml_vec_dot_tqv2_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void ggml_vec_dot_tq6_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void quantize_row_tq_rot_f32(const float * x, void * y, int64_t k); // rotates q into block_tq_rot_f32
 
 // ---- helpers ------------------------------------------------------------------------------------
 float   tq_fp16_to_fp32(tq_half h);
 tq_half tq_fp32_to_fp16(float f); // round to nearest even, saturating finite values at 65504
-const float * tq_codebook(int bits); // 2, 3 or 4: the 2^bits centroids for unit blocks, ascending
+const float * tq_codebook(int bits); // 2, 3, 4 or 6: the 2^bits centroids for unit blocks, ascending
 
 #ifdef __cplusplus
 }

@@ -24,3 +24,9 @@ void ggml_vec_dot_tqv2_0_rot_f32(int n, float * s, size_t bs, const void * x, si
     (void) bs; (void) bx; (void) by; (void) nrc;
     *s = tqv2_0_dot_rotated((const block_tqv2_0 *) x, ((const block_tq_rot_f32 *) y)->qs, n);
 }
+
+void ggml_vec_dot_tq6_0_rot_f32(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc) {
+    assert(nrc == 1);
+    (void) bs; (void) bx; (void) by; (void) nrc;
+    *s = tq6_0_dot_rotated((const block_tq6_0 *) x, ((const block_tq_rot_f32 *) y)->qs, n);
+}

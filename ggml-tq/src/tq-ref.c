@@ -73,6 +73,7 @@ const float * tq_codebook(int bits) {
         case 2: return tq_centroids_2bit;
         case 3: return tq_centroids_3bit;
         case 4: return tq_centroids_4bit;
+        case 6: return tq_centroids_6bit;
         default: return NULL;
     }
 }
@@ -139,8 +140,8 @@ static float tq_tree_sum64(float * v) {
 // Rotates and normalizes one block and picks each coordinate's centroid index.
 // Returns the scale d to store (0 for an all-zero block, whose indices are then all 0).
 static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
-    const float * boundaries = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
-    const float * centroids  = bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
+    const float * boundaries = bits == 6 ? tq_boundaries_6bit : bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const float * centroids  = bits == 6 ? tq_centroids_6bit  : bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
     const int     nb         = (1 << bits) - 1;
 
     float amax = 0.0f;
@@ -241,8 +242,23 @@ void quantize_row_tqv2_0_ref(const float * x, block_tqv2_0 * y, int64_t k) {
     }
 }
 
+void quantize_row_tq6_0_ref(const float * x, block_tq6_0 * y, int64_t k) {
+    assert(k % QK_TQ == 0);
+    for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
+        uint8_t idx[QK_TQ];
+        y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 6, idx));
+        memset(y[ib].qh, 0, sizeof(y[ib].qh));
+        for (int j = 0; j < QK_TQ/2; ++j) {
+            y[ib].qs[j] = (uint8_t)((idx[j] & 0xf) | ((idx[j + QK_TQ/2] & 0xf) << 4));
+        }
+        for (int j = 0; j < QK_TQ; ++j) {
+            y[ib].qh[j % 16] |= (uint8_t)((idx[j] >> 4) << (2*(j/16)));
+        }
+    }
+}
+
 static size_t tq_block_size(int bits) {
-    return bits == 4 ? sizeof(block_tq4_0) : bits == 3 ? sizeof(block_tq3_0) : sizeof(block_tqv2_0);
+    return bits == 6 ? sizeof(block_tq6_0) : bits == 4 ? sizeof(block_tq4_0) : bits == 3 ? sizeof(block_tq3_0) : sizeof(block_tqv2_0);
 }
 
 // ggml's quantize_chunk: rows of quantize_row_tq*_0_ref
@@ -253,6 +269,7 @@ static size_t tq_quantize_rows(const float * src, void * dst, int64_t nrows, int
         switch (bits) {
             case 4:  quantize_row_tq4_0_ref(src + r*n_per_row, row, n_per_row); break;
             case 3:  quantize_row_tq3_0_ref(src + r*n_per_row, row, n_per_row); break;
+            case 6:  quantize_row_tq6_0_ref(src + r*n_per_row, row, n_per_row); break;
             default: quantize_row_tqv2_0_ref(src + r*n_per_row, row, n_per_row); break;
         }
     }
@@ -272,6 +289,11 @@ size_t quantize_tq3_0(const float * src, void * dst, int64_t nrows, int64_t n_pe
 size_t quantize_tqv2_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
     (void) imatrix;
     return tq_quantize_rows(src, dst, nrows, n_per_row, 2);
+}
+
+size_t quantize_tq6_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    return tq_quantize_rows(src, dst, nrows, n_per_row, 6);
 }
 
 // ---- dequantize and rotated-domain kernels ------------------------------------------------------
@@ -294,6 +316,13 @@ static void tq_block_values_of(const void * blk, int bits, tq_block_values * v) 
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
             v->c[j] = tq_centroids_3bit[((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2)];
+        }
+    } else if (bits == 6) {
+        const block_tq6_0 * b = blk;
+        v->d = tq_fp16_to_fp32(b->d);
+        for (int j = 0; j < QK_TQ; ++j) {
+            const int lo = j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
+            v->c[j] = tq_centroids_6bit[lo | (((b->qh[j % 16] >> (2*(j/16))) & 3) << 4)];
         }
     } else {
         const block_tqv2_0 * b = blk;
@@ -359,3 +388,7 @@ void tq3_0_mad_rotated_ref(const block_tq3_0 * x, float * acc, float w, int64_t 
 void dequantize_row_tqv2_0_ref(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row_ref(x, 2, y, k); }
 float tqv2_0_dot_rotated_ref(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated_ref(x, 2, q_rot, k); }
 void  tqv2_0_mad_rotated_ref(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 2, acc, w, k); }
+
+void dequantize_row_tq6_0_ref(const block_tq6_0 * x, float * y, int64_t k) { tq_dequantize_row_ref(x, 6, y, k); }
+float tq6_0_dot_rotated_ref(const block_tq6_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated_ref(x, 6, q_rot, k); }
+void  tq6_0_mad_rotated_ref(const block_tq6_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated_ref(x, 6, acc, w, k); }

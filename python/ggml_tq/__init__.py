@@ -1,4 +1,4 @@
-"""ggml_tq: TurboQuant KV-cache block formats TQ4_0 / TQ3_0 / TQV2_0 (bindings to the ggml-tq C library).
+"""ggml_tq: TurboQuant KV-cache block formats TQ4_0 / TQ3_0 / TQV2_0 / TQ6_0 (bindings to the ggml-tq C library).
 
     q  = quantize(x, "tq4_0")        # x: (rows, n) floats, n a multiple of 64 -> (rows, n/64*34) uint8
     x2 = dequantize(q, "tq4_0", n)   # -> (rows, n) float32
@@ -24,6 +24,7 @@ from ._types import (  # noqa: F401  (re-exported)
     FP16_MAX,
     GGML_TYPE_TQ3_0,
     GGML_TYPE_TQ4_0,
+    GGML_TYPE_TQ6_0,
     GGML_TYPE_TQV2_0,
     QK_TQ,
     TYPES,
@@ -43,7 +44,7 @@ from ._types import FP16_OVERFLOW as _FP16_OVERFLOW
 
 __version__ = "0.1.0"
 __all__ = [
-    "GGML_TYPE_TQ4_0", "GGML_TYPE_TQ3_0", "GGML_TYPE_TQV2_0", "QK_TQ", "TYPES", "TypeInfo",
+    "GGML_TYPE_TQ4_0", "GGML_TYPE_TQ3_0", "GGML_TYPE_TQV2_0", "GGML_TYPE_TQ6_0", "QK_TQ", "TYPES", "TypeInfo",
     "type_info", "quantize", "dequantize", "rotate", "unrotate", "dot_rotated",
     "centroids", "cpu_variant", "fp32_to_fp16_bits",
 ]
@@ -185,9 +186,9 @@ def dot_rotated(q_blocks, q_rot, type: TypeLike, *, impl: Impl = "ref") -> np.nd
 
 
 def centroids(bits: int) -> np.ndarray:
-    """The 2**bits float32 centroids compiled into the C library (bits 2, 3 or 4), ascending."""
-    if bits not in (2, 3, 4):
-        raise ValueError(f"bits must be 2, 3 or 4, got {bits}")
+    """The 2**bits float32 centroids compiled into the C library (bits 2, 3, 4 or 6), ascending."""
+    if bits not in (2, 3, 4, 6):
+        raise ValueError(f"bits must be 2, 3, 4 or 6, got {bits}")
     ffi, lib = _c()
     p = lib.tq_codebook(bits)
     return np.frombuffer(ffi.buffer(p, 4 << bits), dtype=np.float32).copy()

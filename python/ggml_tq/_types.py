@@ -20,6 +20,7 @@ GGML_TYPE_TQ4_0 = 43       # llama.cpp's next free ggml_type numbers
 GGML_TYPE_TQ3_0 = 44
 GGML_TYPE_TQ_ROT_F32 = 45  # internal: the query rotated into the TQ domain, the vec_dot partner of all of them
 GGML_TYPE_TQV2_0 = 46      # a value type (the "v": upstream ggml's tq2_0 is an unrelated ternary type)
+GGML_TYPE_TQ6_0 = 47       # a key type for long contexts
 
 
 class TypeInfo(NamedTuple):
@@ -35,6 +36,7 @@ TYPES = {
     "tq4_0": TypeInfo("tq4_0", GGML_TYPE_TQ4_0, 4, QK_TQ, 2 + QK_TQ // 2, (2 + QK_TQ // 2) * 8 / QK_TQ),
     "tq3_0": TypeInfo("tq3_0", GGML_TYPE_TQ3_0, 3, QK_TQ, 2 + QK_TQ // 4 + QK_TQ // 8, (2 + QK_TQ // 4 + QK_TQ // 8) * 8 / QK_TQ),
     "tqv2_0": TypeInfo("tqv2_0", GGML_TYPE_TQV2_0, 2, QK_TQ, 2 + QK_TQ // 4, (2 + QK_TQ // 4) * 8 / QK_TQ),
+    "tq6_0": TypeInfo("tq6_0", GGML_TYPE_TQ6_0, 6, QK_TQ, 2 + QK_TQ // 2 + QK_TQ // 4, (2 + QK_TQ // 2 + QK_TQ // 4) * 8 / QK_TQ),
 }
 _BY_NUMBER = {t.ggml_type: t for t in TYPES.values()}
 
@@ -42,7 +44,8 @@ TypeLike = Union[str, int, TypeInfo]
 
 
 def type_info(type: TypeLike) -> TypeInfo:
-    """The TypeInfo of a type name ("tq4_0", "tq3_0", "tqv2_0", any case), ggml_type number (43, 44, 46) or TypeInfo."""
+    """The TypeInfo of a type name ("tq4_0", "tq3_0", "tqv2_0", "tq6_0", any case), ggml_type number (43, 44, 46,
+    47) or TypeInfo."""
     if isinstance(type, TypeInfo):
         return type
     if isinstance(type, str):
@@ -149,11 +152,16 @@ def scale_bits(q: np.ndarray, t: TypeInfo) -> np.ndarray:
 def unpack_indices(q: np.ndarray, t: TypeInfo) -> np.ndarray:
     """(rows, nblocks, 64) uint8 centroid indices of the blocks of q (layout of ggml-tq.h)."""
     b = q.reshape(q.shape[0], -1, t.type_size)
-    if t.bits == 4:
-        qs = b[:, :, 2:2 + QK_TQ // 2]
-        return np.concatenate([qs & 0xF, qs >> 4], axis=2)
-    qs = b[:, :, 2:2 + QK_TQ // 4]            # index j + 16k: bits 2k..2k+1 of qs[j] (all of a tqv2_0 index)
     k4 = np.arange(4, dtype=np.uint8)
+    if t.bits in (4, 6):
+        qs = b[:, :, 2:2 + QK_TQ // 2]
+        lo = np.concatenate([qs & 0xF, qs >> 4], axis=2)
+        if t.bits == 4:
+            return lo
+        qh = b[:, :, 2 + QK_TQ // 2:]         # tq6_0: index j + 16k has its bits 4, 5 at bits 2k..2k+1 of qh[j]
+        hi = (qh[:, :, None, :] >> (2 * k4)[None, None, :, None]) & 3
+        return lo | (hi.reshape(*b.shape[:2], QK_TQ) << 4)
+    qs = b[:, :, 2:2 + QK_TQ // 4]            # index j + 16k: bits 2k..2k+1 of qs[j] (all of a tqv2_0 index)
     lo = (qs[:, :, None, :] >> (2 * k4)[None, None, :, None]) & 3          # (r, b, k, j) -> index 16k + j
     lo = lo.reshape(*b.shape[:2], QK_TQ)
     if t.bits == 2:
@@ -170,8 +178,11 @@ def pack_indices(idx: np.ndarray, d_bits: np.ndarray, t: TypeInfo) -> np.ndarray
     rows, nb = idx.shape[:2]
     d = d_bits.astype(np.uint16)
     head = np.stack([(d & 0xFF).astype(np.uint8), (d >> 8).astype(np.uint8)], axis=2)
-    if t.bits == 4:
-        body = idx[:, :, :QK_TQ // 2] | (idx[:, :, QK_TQ // 2:] << 4)
+    if t.bits in (4, 6):
+        body = (idx[:, :, :QK_TQ // 2] & 0xF) | ((idx[:, :, QK_TQ // 2:] & 0xF) << 4)
+        if t.bits == 6:
+            hi = (idx >> 4).reshape(rows, nb, 4, 16) << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
+            body = np.concatenate([body, np.bitwise_or.reduce(hi, axis=2)], axis=2)
     else:
         lo = (idx & 3).reshape(rows, nb, 4, 16) << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
         body = np.bitwise_or.reduce(lo, axis=2)

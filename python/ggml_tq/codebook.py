@@ -20,6 +20,8 @@ from scipy.special import betainc
 
 # Block size of every TQ format: the dimension the rotation works in, hence the d of the codebook.
 QK_TQ = 64
+# The codebooks tq-codebook.h holds: tqv2_0, tq3_0, tq4_0 and tq6_0
+CODEBOOK_BITS = (2, 3, 4, 6)
 # Seed of the fixed sign vector of the randomized Hadamard transform (the arXiv id 2504.19874).
 ROT_SEED = 250419874
 
@@ -116,7 +118,7 @@ def render_header() -> str:
         lines.append("    " + ", ".join(f"{x:+.1f}f" for x in s[i:i + 16]) + ", \\")
     lines.append("}")
     lines.append(f"static const float tq_signs[{QK_TQ}] = TQ_SIGNS_INIT;")
-    for bits in (2, 3, 4):
+    for bits in CODEBOOK_BITS:
         c = lloyd_max_centroids(bits)
         mids = (c[1:] + c[:-1]) / 2
         lines += [

@@ -154,7 +154,7 @@ BITS = {"f16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "iq4_nl": 4.5, "q4_0": 4.5}
 def tq_shipped(x: torch.Tensor, bits: int, gains=None) -> torch.Tensor:
     """The shipped format, bytes as tq-ref.c writes them, decoded; gains=(1.0,): the encoder without its
     scale search (plain nearest-centroid coding)."""
-    t = {4: "tq4_0", 3: "tq3_0", 2: "tqv2_0"}[bits]
+    t = {6: "tq6_0", 4: "tq4_0", 3: "tq3_0", 2: "tqv2_0"}[bits]
     q = reference.quantize(x, t) if gains is None else reference.quantize(x, t, gains=gains)
     return reference.dequantize(q, t, x.shape[-1])
 

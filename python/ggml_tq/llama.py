@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from ._types import GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0
+from ._types import GGML_TYPE_TQ3_0, GGML_TYPE_TQ4_0, GGML_TYPE_TQ6_0, GGML_TYPE_TQV2_0
 
 # ggml_type numbers of the KV-cache types llama.cpp accepts (common/arg.cpp's list, plus ours)
 CACHE_TYPES = {
     "f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7,
-    "tq4_0": GGML_TYPE_TQ4_0, "tq3_0": GGML_TYPE_TQ3_0, "tqv2_0": GGML_TYPE_TQV2_0,
+    "tq4_0": GGML_TYPE_TQ4_0, "tq3_0": GGML_TYPE_TQ3_0, "tqv2_0": GGML_TYPE_TQV2_0, "tq6_0": GGML_TYPE_TQ6_0,
 }
 
 

@@ -1,4 +1,4 @@
-"""Torch reference of the TQ4_0 / TQ3_0 / TQV2_0 codec: the same algorithm as ggml-tq/src/tq-ref.c, written for reading.
+"""Torch reference of the TQ4_0 / TQ3_0 / TQV2_0 / TQ6_0 codec: the same algorithm as ggml-tq/src/tq-ref.c, written for reading.
 
 In float32 (the default) every operation is the one tq-ref.c performs, in the same order, so the
 bytes equal the C reference's and dequantizing the same bytes gives the same floats. float64
@@ -33,6 +33,7 @@ from ._types import (  # noqa: F401  (type_info re-exported: same names as ggml_
     FP16_MAX,
     GGML_TYPE_TQ3_0,
     GGML_TYPE_TQ4_0,
+    GGML_TYPE_TQ6_0,
     GGML_TYPE_TQV2_0,
     QK_TQ,
     TypeInfo,
@@ -227,16 +228,20 @@ def pack(idx: torch.Tensor, d_bits: torch.Tensor, type: TypeLike) -> torch.Tenso
     tq3_0: d, qs[16]: bits 2k..2k+1 of qs[j] = low 2 bits of idx[j + 16k];
               qh[8]:  bit k of qh[j] = bit 2 of idx[j + 8k].
     tqv2_0: d, qs[16]: bits 2k..2k+1 of qs[j] = idx[j + 16k] (tq3_0 without qh).
+    tq6_0: d, qs[32] as tq4_0's of the low 4 bits; qh[16]: bits 2k..2k+1 of qh[j] = bits 4, 5 of idx[j + 16k].
     """
     t = type_info(type)
     idx = idx.to(torch.int32)
     rows, nb = idx.shape[:2]
     d_bits = d_bits.to(torch.int32)
     head = torch.stack((d_bits & 0xFF, d_bits >> 8), dim=-1)
-    if t.bits == 4:
-        body = idx[..., :QK_TQ // 2] | (idx[..., QK_TQ // 2:] << 4)
+    k4 = torch.arange(4, dtype=torch.int32)[:, None]
+    if t.bits in (4, 6):
+        body = (idx[..., :QK_TQ // 2] & 0xF) | ((idx[..., QK_TQ // 2:] & 0xF) << 4)
+        if t.bits == 6:
+            qh = ((idx >> 4).reshape(rows, nb, 4, 16) << (2 * k4)).sum(dim=-2)   # disjoint bits: sum == or
+            body = torch.cat((body, qh), dim=-1)
     else:
-        k4 = torch.arange(4, dtype=torch.int32)[:, None]
         body = ((idx & 3).reshape(rows, nb, 4, 16) << (2 * k4)).sum(dim=-2)   # disjoint bits: sum == or
         if t.bits == 3:
             k8 = torch.arange(8, dtype=torch.int32)[:, None]
@@ -250,12 +255,15 @@ def unpack(q: torch.Tensor, type: TypeLike) -> tuple:
     t = type_info(type)
     b = q.to(torch.int32).reshape(q.shape[0], -1, t.type_size)
     d_bits = b[..., 0] | (b[..., 1] << 8)
-    if t.bits == 4:
-        qs = b[..., 2:]
+    k4 = torch.arange(4, dtype=torch.int32)[:, None]
+    if t.bits in (4, 6):
+        qs = b[..., 2:2 + QK_TQ // 2]
         idx = torch.cat((qs & 0xF, qs >> 4), dim=-1)
+        if t.bits == 6:
+            qh = b[..., 2 + QK_TQ // 2:]
+            idx = idx | (((qh[..., None, :] >> (2 * k4)) & 3).flatten(-2) << 4)   # [k, j] -> index 16k + j
     else:
         qs = b[..., 2:2 + QK_TQ // 4]
-        k4 = torch.arange(4, dtype=torch.int32)[:, None]
         idx = ((qs[..., None, :] >> (2 * k4)) & 3).flatten(-2)            # [k, j] -> index 16k + j
         if t.bits == 3:
             qh = b[..., 2 + QK_TQ // 4:]
@@ -300,7 +308,7 @@ def dequantize(q, type: TypeLike, n: int, dtype: torch.dtype = torch.float32) ->
 
 
 def dot_rotated(q_blocks, q_rot, type: TypeLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """tq4_0/tq3_0/tqv2_0_dot_rotated_ref: per row, sum over blocks of (sum_j q_rot_j * c_j, in order) * d -> (rows,)."""
+    """tq4_0/tq3_0/tqv2_0/tq6_0_dot_rotated_ref: per row, sum over blocks of (sum_j q_rot_j * c_j, in order) * d -> (rows,)."""
     t = type_info(type)
     qr = _rows(q_rot, dtype)
     n = qr.shape[1]

@@ -148,7 +148,7 @@ static void check(const result & r, double bound, const char * fmt, ...) {
 int main() {
     // float rounding only: rotated vs unrotated order of the same sums
     const double tol = 2e-5;
-    for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
+    for (ggml_type t : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0, GGML_TYPE_TQ6_0 }) {
         for (int D : { 64, 128, 256 }) {
             for (int gqa : { 1, 4, 8 }) {
                 // n_q = 1 with >= 512 keys takes split-KV; >= 64 query rows take the tiled path
@@ -171,13 +171,14 @@ int main() {
             }
         }
     }
-    // tq4_0 keys with a smaller TQ value type (the recommended mixes), and upstream's q8_0 keys beside TQ values (the
-    // long-context pairing), take the same fast paths: split-KV from 512 keys at one query row, the tiled path from
+    // tq4_0 keys with a smaller TQ value type (the recommended mixes), and 6-bit TQ or upstream's q8_0 keys beside TQ
+    // values (the long-context pairings), take the same fast paths: split-KV from 512 keys at one query row, the tiled path from
     // 64 query rows (75: a partial last tile), row by row otherwise. q8_0 keys are dequantized on both fast paths
     // (the reference holds them so, run_case) and scored by q8_0's vec_dot row by row (in both graphs).
     const std::pair<ggml_type, ggml_type> mixes[] = {
         { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 },
-        { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQV2_0 } };
+        { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQV2_0 },
+        { GGML_TYPE_TQ6_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ6_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQ6_0 } };
     for (auto kv : mixes) {
         for (int D : { 64, 128, 256 }) {
             for (int n_kv : { 113, 1024 }) {
@@ -195,7 +196,8 @@ int main() {
     // pairing, head 256: split-KV decode (one query row) and the tiled path (64 rows)
     const std::pair<ggml_type, ggml_type> long_pairs[] = {
         { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0 },
-        { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_TQ3_0, GGML_TYPE_TQ3_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 },
+        { GGML_TYPE_TQ6_0, GGML_TYPE_TQ4_0 } };
     for (auto kv : long_pairs) {
         for (int n_q : { 1, 64 }) {
             check(run_case(kv.first, kv.second, 256, 1, 4, 33000, n_q, 2, false), tol, "K=%s V=%s D=256 n_kv=33000 n_q=%d",
@@ -206,7 +208,8 @@ int main() {
     // sinks, ALiBi slopes, softcap, a sliding window per head; GQA 1, 4 and 12 (heads of a group sharing each decoded
     // row); 1, 2 and 3 threads (key chunks that end inside a tile, a thread whose keys no head sees)
     const std::pair<ggml_type, ggml_type> split_pairs[] = {
-        { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 } };
+        { GGML_TYPE_TQ4_0, GGML_TYPE_TQ4_0 }, { GGML_TYPE_TQ4_0, GGML_TYPE_TQV2_0 }, { GGML_TYPE_Q8_0, GGML_TYPE_TQ4_0 },
+        { GGML_TYPE_TQ6_0, GGML_TYPE_TQ4_0 } };
     for (auto kv : split_pairs) {
         for (int gqa : { 1, 4, 12 }) {
             for (int nth : { 1, 2, 3 }) {

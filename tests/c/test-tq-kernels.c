@@ -131,8 +131,8 @@ static void gen_row(float * x, int k, int kind) {
 // FMAs, which moves the scale by an ulp now and then. The model computes a block both ways.
 
 static void model_block(const float * x, int bits, int fused, uint8_t * idx, tq_half * dh) {
-    const float * bnd = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
-    const float * cen = bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
+    const float * bnd = bits == 6 ? tq_boundaries_6bit : bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const float * cen = bits == 6 ? tq_centroids_6bit  : bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
     const int nb = (1 << bits) - 1;
     float amax = 0.0f, y[QK_TQ];
     for (int j = 0; j < QK_TQ; ++j) amax = fmaxf(amax, fabsf(x[j]));
@@ -224,6 +224,14 @@ static void model_tqv2_0(const float * x, int fused, block_tqv2_0 * b) {
     for (int j = 0; j < QK_TQ; ++j) {
         b->qs[j % 16] |= (uint8_t)(idx[j] << (2*(j/16)));
     }
+}
+
+static void model_tq6_0(const float * x, int fused, block_tq6_0 * b) {
+    uint8_t idx[QK_TQ];
+    model_block(x, 6, fused, idx, &b->d);
+    memset(b->qh, 0, sizeof(b->qh));
+    for (int j = 0; j < QK_TQ/2; ++j) b->qs[j] = (uint8_t)((idx[j] & 0xf) | ((idx[j + QK_TQ/2] & 0xf) << 4));
+    for (int j = 0; j < QK_TQ; ++j) b->qh[j % 16] |= (uint8_t)((idx[j] >> 4) << (2*(j/16)));
 }
 
 // ---- the checks ---------------------------------------------------------------------------------
@@ -355,6 +363,46 @@ static void check_##NAME(const float * x, int k, int kind, const float * q, cons
 DEFINE_FORMAT_CHECK(tq4_0)
 DEFINE_FORMAT_CHECK(tq3_0)
 DEFINE_FORMAT_CHECK(tqv2_0)
+DEFINE_FORMAT_CHECK(tq6_0)
+
+// Blocks of random bytes and random finite scales: every index in every position, which quantized data reaches
+// seldom for the outer centroids. dequantize and mad bit for bit, dot to rounding.
+#define DEFINE_DECODE_CHECK(NAME)                                                                   \
+static void check_decode_##NAME(int k) {                                                            \
+    const int nb = k/QK_TQ;                                                                         \
+    block_##NAME blk[MAXK/QK_TQ];                                                                   \
+    float q[MAXK], deq_r[MAXK], deq_o[MAXK], acc_r[MAXK], acc_o[MAXK];                              \
+    uint8_t * bytes = (uint8_t *) blk;                                                              \
+    for (size_t i = 0; i < nb*sizeof(block_##NAME); ++i) bytes[i] = (uint8_t) rng_u64();            \
+    for (int b = 0; b < nb; ++b) blk[b].d = (tq_half)((rng_u64() % 0x7c00) | (rng_u64() & 0x8000)); \
+    for (int i = 0; i < k; ++i) q[i] = (float) rng_gauss();                                         \
+    for (int i = 0; i < k; ++i) acc_r[i] = acc_o[i] = (float) rng_gauss();                          \
+    dequantize_row_##NAME##_ref(blk, deq_r, k);                                                     \
+    dequantize_row_##NAME(blk, deq_o, k);                                                           \
+    const float w = (float)(2.0*rng_uniform() - 1.0);                                               \
+    NAME##_mad_rotated_ref(blk, acc_r, w, k);                                                       \
+    NAME##_mad_rotated(blk, acc_o, w, k);                                                           \
+    long nd = 0, nm = 0;                                                                            \
+    for (int i = 0; i < k; ++i) {                                                                   \
+        nd += !same_bits(deq_r[i], deq_o[i]);                                                       \
+        nm += !same_bits(acc_r[i], acc_o[i]);                                                       \
+    }                                                                                               \
+    st.deq_diff += nd;                                                                              \
+    st.mad_bits_diff += nm;                                                                         \
+    st.mad_elems += k;                                                                              \
+    check(nd == 0, #NAME " dequantize k=%d random bytes: %ld values differ from the reference", k, nd); \
+    check(nm == 0, #NAME " mad k=%d random bytes: %ld values differ from the reference", k, nm);    \
+    const double dq = NAME##_dot_rotated(blk, q, k), dr = NAME##_dot_rotated_ref(blk, q, k);        \
+    const double scale = norm2(q, k)*norm2(deq_r, k);                                               \
+    const double e = scale > 0.0 ? fabs(dq - dr)/scale : fabs(dq - dr);                             \
+    upd(&st.dot_vs_ref, e);                                                                         \
+    check(e < 1e-5, #NAME " dot k=%d random bytes: opt %.9g ref %.9g (rel %.3g)", k, dq, dr, e);    \
+}
+
+DEFINE_DECODE_CHECK(tq4_0)
+DEFINE_DECODE_CHECK(tq3_0)
+DEFINE_DECODE_CHECK(tqv2_0)
+DEFINE_DECODE_CHECK(tq6_0)
 
 static void check_rotation(const float * x, int k, int kind) {
     float a[MAXK], b[MAXK], c[MAXK], d[MAXK];
@@ -403,8 +451,18 @@ static int run_tests(void) {
                 check_tq4_0(x, k, kind, q, qr, w);
                 check_tq3_0(x, k, kind, q, qr, w);
                 check_tqv2_0(x, k, kind, q, qr, w);
+                check_tq6_0(x, k, kind, q, qr, w);
                 for (int r = 0; r < NROWS; r += 7) check_rotation(x + r*k, k, kind);
             }
+        }
+    }
+
+    for (int ik = 0; ik < 3; ++ik) {
+        for (int rep = 0; rep < 500; ++rep) {
+            check_decode_tq4_0(ks[ik]);
+            check_decode_tq3_0(ks[ik]);
+            check_decode_tqv2_0(ks[ik]);
+            check_decode_tq6_0(ks[ik]);
         }
     }
 
@@ -415,18 +473,23 @@ static int run_tests(void) {
         block_tq4_0 b4[2];
         block_tq3_0 b3[2];
         block_tqv2_0 b2[2];
+        block_tq6_0 b6[2];
         memset(b4, 0xff, sizeof(b4));
         memset(b3, 0xff, sizeof(b3));
         memset(b2, 0xff, sizeof(b2));
+        memset(b6, 0xff, sizeof(b6));
         quantize_row_tq4_0(z, b4, k);
         quantize_row_tq3_0(z, b3, k);
         quantize_row_tqv2_0(z, b2, k);
+        quantize_row_tq6_0(z, b6, k);
         static const block_tq4_0 z4[2];
         static const block_tq3_0 z3[2];
         static const block_tqv2_0 z2[2];
+        static const block_tq6_0 z6[2];
         check(memcmp(b4, z4, sizeof(b4)) == 0, "tq4_0 quantize(0) is not all-zero bytes");
         check(memcmp(b3, z3, sizeof(b3)) == 0, "tq3_0 quantize(0) is not all-zero bytes");
         check(memcmp(b2, z2, sizeof(b2)) == 0, "tqv2_0 quantize(0) is not all-zero bytes");
+        check(memcmp(b6, z6, sizeof(b6)) == 0, "tq6_0 quantize(0) is not all-zero bytes");
         int ok = 1;
         dequantize_row_tq4_0(b4, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
@@ -434,18 +497,22 @@ static int run_tests(void) {
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
         dequantize_row_tqv2_0(b2, o, k);
         for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
+        dequantize_row_tq6_0(b6, o, k);
+        for (int i = 0; i < k; ++i) ok &= o[i] == 0.0f;
         for (int i = 0; i < k; ++i) o[i] = (float) rng_gauss();
-        ok &= tq4_0_dot_rotated(b4, o, k) == 0.0f && tq3_0_dot_rotated(b3, o, k) == 0.0f && tqv2_0_dot_rotated(b2, o, k) == 0.0f;
+        ok &= tq4_0_dot_rotated(b4, o, k) == 0.0f && tq3_0_dot_rotated(b3, o, k) == 0.0f && tqv2_0_dot_rotated(b2, o, k) == 0.0f
+           && tq6_0_dot_rotated(b6, o, k) == 0.0f;
         for (int i = 0; i < k; ++i) acc[i] = o[i];
         tq4_0_mad_rotated(b4, acc, 0.7f, k);
         tq3_0_mad_rotated(b3, acc, 0.7f, k);
         tqv2_0_mad_rotated(b2, acc, 0.7f, k);
+        tq6_0_mad_rotated(b6, acc, 0.7f, k);
         for (int i = 0; i < k; ++i) ok &= acc[i] == o[i] && isfinite(acc[i]);
         check(ok, "all-zero blocks: dequantize/dot/mad not zero or not finite");
     }
 
     printf("variant %s\n", tq_cpu_variant());
-    printf("quantize: %ld/%ld blocks differ from the reference (tq4_0 + tq3_0 + tqv2_0)\n", st.quant_diff_blocks, st.quant_blocks);
+    printf("quantize: %ld/%ld blocks differ from the reference (tq4_0 + tq3_0 + tqv2_0 + tq6_0)\n", st.quant_diff_blocks, st.quant_blocks);
     printf("model: %ld/%ld blocks differ from the test's scalar model of the reference\n", st.model_diff, st.model_checked);
     if (st.ref_contracted) {
         printf("note: %ld reference blocks match the model with FMA-contracted sums of squares: tq-ref.c was compiled\n"
@@ -495,6 +562,7 @@ static void run_bench(void) {
     static block_tq4_0 y4[BROWS*2];
     static block_tq3_0 y3[BROWS*2];
     static block_tqv2_0 y2[BROWS*2];
+    static block_tq6_0 y6[BROWS*2];
     printf("variant %s; ns per call (best of 5), %d rows cycled\n", tq_cpu_variant(), BROWS);
     printf("%-26s %5s %10s %10s %8s\n", "kernel", "k", "ref", "opt", "speedup");
     const int ks[2] = { 64, 128 };
@@ -507,7 +575,8 @@ static void run_bench(void) {
         quantize_row_tq4_0_ref(x, y4, (int64_t) BROWS*k);
         quantize_row_tq3_0_ref(x, y3, (int64_t) BROWS*k);
         quantize_row_tqv2_0_ref(x, y2, (int64_t) BROWS*k);
-        double res[32];
+        quantize_row_tq6_0_ref(x, y6, (int64_t) BROWS*k);
+        double res[64];
         int nres = 0;
         float s = 0.0f;
         int iters = 200;
@@ -515,17 +584,23 @@ static void run_bench(void) {
         BENCH(BROWS, s += tq4_0_dot_rotated(y4 + r*nb, qr, k));
         BENCH(BROWS, s += tq3_0_dot_rotated_ref(y3 + r*nb, qr, k));
         BENCH(BROWS, s += tq3_0_dot_rotated(y3 + r*nb, qr, k));
+        BENCH(BROWS, s += tq6_0_dot_rotated_ref(y6 + r*nb, qr, k));
+        BENCH(BROWS, s += tq6_0_dot_rotated(y6 + r*nb, qr, k));
         BENCH(BROWS, tq4_0_mad_rotated_ref(y4 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq4_0_mad_rotated(y4 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq3_0_mad_rotated_ref(y3 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tq3_0_mad_rotated(y3 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tqv2_0_mad_rotated_ref(y2 + r*nb, acc, 1e-3f, k));
         BENCH(BROWS, tqv2_0_mad_rotated(y2 + r*nb, acc, 1e-3f, k));
+        BENCH(BROWS, tq6_0_mad_rotated_ref(y6 + r*nb, acc, 1e-3f, k));
+        BENCH(BROWS, tq6_0_mad_rotated(y6 + r*nb, acc, 1e-3f, k));
         iters = 20;
         BENCH(BROWS, dequantize_row_tq4_0_ref(y4 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq4_0(y4 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq3_0_ref(y3 + r*nb, deq + r*k, k));
         BENCH(BROWS, dequantize_row_tq3_0(y3 + r*nb, deq + r*k, k));
+        BENCH(BROWS, dequantize_row_tq6_0_ref(y6 + r*nb, deq + r*k, k));
+        BENCH(BROWS, dequantize_row_tq6_0(y6 + r*nb, deq + r*k, k));
         BENCH(BROWS, tq_rotate_row_ref(x + r*k, deq + r*k, k));
         BENCH(BROWS, tq_rotate_row(x + r*k, deq + r*k, k));
         iters = 4;
@@ -535,10 +610,14 @@ static void run_bench(void) {
         BENCH(BROWS, quantize_row_tq3_0(x + r*k, y3 + r*nb, k));
         BENCH(BROWS, quantize_row_tqv2_0_ref(x + r*k, y2 + r*nb, k));
         BENCH(BROWS, quantize_row_tqv2_0(x + r*k, y2 + r*nb, k));
+        BENCH(BROWS, quantize_row_tq6_0_ref(x + r*k, y6 + r*nb, k));
+        BENCH(BROWS, quantize_row_tq6_0(x + r*k, y6 + r*nb, k));
         sink = s + acc[0] + deq[0];
         static const char * names[] = {
-            "tq4_0 dot_rotated", "tq3_0 dot_rotated", "tq4_0 mad_rotated", "tq3_0 mad_rotated", "tqv2_0 mad_rotated",
-            "tq4_0 dequantize", "tq3_0 dequantize", "rotate", "tq4_0 quantize", "tq3_0 quantize", "tqv2_0 quantize",
+            "tq4_0 dot_rotated", "tq3_0 dot_rotated", "tq6_0 dot_rotated",
+            "tq4_0 mad_rotated", "tq3_0 mad_rotated", "tqv2_0 mad_rotated", "tq6_0 mad_rotated",
+            "tq4_0 dequantize", "tq3_0 dequantize", "tq6_0 dequantize", "rotate",
+            "tq4_0 quantize", "tq3_0 quantize", "tqv2_0 quantize", "tq6_0 quantize",
         };
         for (int i = 0; i < nres/2; ++i) {
             printf("%-26s %5d %10.1f %10.1f %7.1fx\n", names[i], k, res[2*i], res[2*i + 1], res[2*i]/res[2*i + 1]);
@@ -547,11 +626,14 @@ static void run_bench(void) {
     // quantizing a whole K-cache row at once (8 KV heads of 128 = 16 blocks)
     {
         const int k = 1024, rows = BROWS*128/k;
-        double res[2];
+        double res[4];
         int nres = 0, iters = 4;
         BENCH(rows, quantize_row_tq4_0_ref(x + r*k, y4 + r*(k/QK_TQ), k));
         BENCH(rows, quantize_row_tq4_0(x + r*k, y4 + r*(k/QK_TQ), k));
+        BENCH(rows, quantize_row_tq6_0_ref(x + r*k, y6 + r*(k/QK_TQ), k));
+        BENCH(rows, quantize_row_tq6_0(x + r*k, y6 + r*(k/QK_TQ), k));
         printf("%-26s %5d %10.1f %10.1f %7.1fx\n", "tq4_0 quantize", k, res[0], res[1], res[0]/res[1]);
+        printf("%-26s %5d %10.1f %10.1f %7.1fx\n", "tq6_0 quantize", k, res[2], res[3], res[2]/res[3]);
     }
 }
 

@@ -1,7 +1,8 @@
 // CUDA kernels of ggml-tq against the scalar reference (tq-ref.c), bit for bit, for each TQ type:
 //   - device helpers (tq-common.cuh): warp quantize -> the reference's bytes (with blocks where the scale search
 //     keeps a gain other than 1), warp dequantize -> the reference's floats, rotate / unrotate ->
-//     tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h, the centroid index of every float;
+//     tq_rotate_row_ref / tq_unrotate_row_ref, device tables == tq-codebook.h, the centroid index of every float,
+//     the shuffle lookup of every index from every lane (the 6-bit one through its mirrored half);
 //   - ggml ops (tq-cuda.cu, through hand-made ggml_tensor structs): SET_ROWS from f32/f16 with i32/i64 indices
 //     and broadcasting, GET_ROWS to f32/f16, CPY f32/f16 -> TQ and TQ -> f32/f16 through permuted views,
 //     the contiguous and non-contiguous conversions to f32/f16 that flash attention uses.
@@ -120,6 +121,7 @@ static size_t type_size(ggml_type t) {
         case GGML_TYPE_TQ4_0:  return sizeof(block_tq4_0);
         case GGML_TYPE_TQ3_0:  return sizeof(block_tq3_0);
         case GGML_TYPE_TQV2_0: return sizeof(block_tqv2_0);
+        case GGML_TYPE_TQ6_0:  return sizeof(block_tq6_0);
         default: abort();
     }
 }
@@ -132,6 +134,7 @@ static const char * tq_name(ggml_type t) {
         case GGML_TYPE_TQ4_0:  return "tq4_0";
         case GGML_TYPE_TQ3_0:  return "tq3_0";
         case GGML_TYPE_TQV2_0: return "tqv2_0";
+        case GGML_TYPE_TQ6_0:  return "tq6_0";
         default: abort();
     }
 }
@@ -141,6 +144,7 @@ static void quantize_ref(ggml_type t, const float * x, void * y, int64_t k) {
         case GGML_TYPE_TQ4_0:  quantize_row_tq4_0_ref (x, (block_tq4_0  *) y, k); break;
         case GGML_TYPE_TQ3_0:  quantize_row_tq3_0_ref (x, (block_tq3_0  *) y, k); break;
         case GGML_TYPE_TQV2_0: quantize_row_tqv2_0_ref(x, (block_tqv2_0 *) y, k); break;
+        case GGML_TYPE_TQ6_0:  quantize_row_tq6_0_ref (x, (block_tq6_0  *) y, k); break;
         default: abort();
     }
 }
@@ -149,6 +153,7 @@ static void dequantize_ref(ggml_type t, const void * x, float * y, int64_t k) {
         case GGML_TYPE_TQ4_0:  dequantize_row_tq4_0_ref ((const block_tq4_0  *) x, y, k); break;
         case GGML_TYPE_TQ3_0:  dequantize_row_tq3_0_ref ((const block_tq3_0  *) x, y, k); break;
         case GGML_TYPE_TQV2_0: dequantize_row_tqv2_0_ref((const block_tqv2_0 *) x, y, k); break;
+        case GGML_TYPE_TQ6_0:  dequantize_row_tq6_0_ref ((const block_tq6_0  *) x, y, k); break;
         default: abort();
     }
 }
@@ -263,16 +268,18 @@ static int grid_for_warps(int nwarps) { return (nwarps + 7)/8; }
 // ---- tests -------------------------------------------------------------------------------------------
 
 static void test_tables() {
-    float c4[16], c3[8], c2[4];
+    float c6[64], c4[16], c3[8], c2[4];
+    CUDA_CHECK(cudaMemcpyFromSymbol(c6, tq_cuda_centroids_6bit, sizeof(c6)));
     CUDA_CHECK(cudaMemcpyFromSymbol(c4, tq_cuda_centroids_4bit, sizeof(c4)));
     CUDA_CHECK(cudaMemcpyFromSymbol(c3, tq_cuda_centroids_3bit, sizeof(c3)));
     CUDA_CHECK(cudaMemcpyFromSymbol(c2, tq_cuda_centroids_2bit, sizeof(c2)));
     bool boundaries_ok = true;
+    for (int k = 0; k < 63; ++k) boundaries_ok &= tq_cuda_boundary<6>(k) == tq_boundaries_6bit[k];
     for (int k = 0; k < 15; ++k) boundaries_ok &= tq_cuda_boundary<4>(k) == tq_boundaries_4bit[k];
     for (int k = 0; k < 7;  ++k) boundaries_ok &= tq_cuda_boundary<3>(k) == tq_boundaries_3bit[k];
     for (int k = 0; k < 3;  ++k) boundaries_ok &= tq_cuda_boundary<2>(k) == tq_boundaries_2bit[k];
-    check(!memcmp(c4, tq_centroids_4bit, sizeof(c4)) && !memcmp(c3, tq_centroids_3bit, sizeof(c3)) &&
-          !memcmp(c2, tq_centroids_2bit, sizeof(c2)) && boundaries_ok,
+    check(!memcmp(c6, tq_centroids_6bit, sizeof(c6)) && !memcmp(c4, tq_centroids_4bit, sizeof(c4)) &&
+          !memcmp(c3, tq_centroids_3bit, sizeof(c3)) && !memcmp(c2, tq_centroids_2bit, sizeof(c2)) && boundaries_ok,
           "device codebooks and boundaries == tq-codebook.h");
     bool signs_ok = true;
     for (int j = 0; j < QK_TQ; ++j) {
@@ -317,6 +324,35 @@ static void test_nearest_index() {
     check(n_bad == 0, "tq_cuda_nearest_index<%d> == boundaries below, all 2^32 floats", bits);
 }
 
+// tq_cuda_codebook_lookup<bits> of every index from every lane, against tq-codebook.h bit for bit: lane l asks
+// for index (l + r) mod 2^bits in round r, so every lane reads every index (the 6-bit upper half is a mirror and a
+// sign flip of the lanes' lower half).
+template <int bits>
+static __global__ void k_codebook_lookup(float * out) {
+    const int lane = threadIdx.x % 32;
+    const float cb = tq_cuda_codebook_lane<bits>(lane);
+    for (int r = 0; r < (1 << bits); ++r) {
+        out[r*32 + lane] = tq_cuda_codebook_lookup<bits>(cb, (lane + r) & ((1 << bits) - 1));
+    }
+}
+
+template <int bits>
+static void test_codebook_lookup() {
+    constexpr int n = 1 << bits;
+    dbuf d_out(n*32*sizeof(float));
+    k_codebook_lookup<bits><<<1, 32>>>((float *) d_out.ptr);
+    CUDA_CHECK(cudaGetLastError());
+    const std::vector<float> got = d_out.get<float>();
+    const float * c = tq_codebook(bits);
+    bool ok = true;
+    for (int r = 0; r < n; ++r) {
+        for (int l = 0; l < 32; ++l) {
+            ok &= !memcmp(&got[r*32 + l], &c[(l + r) % n], sizeof(float));
+        }
+    }
+    check(ok, "tq_cuda_codebook_lookup<%d> == tq_codebook(%d) bitwise, every index from every lane", bits, bits);
+}
+
 // The reference's centroid index j of a block, and the indices the encoder picks without its scale search
 // (gain 1 alone), from the reference's own steps: a block where they differ kept another gain.
 static int ref_index(ggml_type t, const uint8_t * block, int j) {
@@ -328,12 +364,18 @@ static int ref_index(ggml_type t, const uint8_t * block, int j) {
         const block_tq3_0 * b = (const block_tq3_0 *) block;
         return ((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2);
     }
+    if (t == GGML_TYPE_TQ6_0) {
+        const block_tq6_0 * b = (const block_tq6_0 *) block;
+        const int lo = j < QK_TQ/2 ? b->qs[j] & 0xf : b->qs[j - QK_TQ/2] >> 4;
+        return lo | (((b->qh[j % 16] >> (2*(j/16))) & 3) << 4);
+    }
     const block_tqv2_0 * b = (const block_tqv2_0 *) block;
     return (b->qs[j % 16] >> (2*(j/16))) & 3;
 }
 
 static void gain1_indices(ggml_type t, const float * x, int * idx) {
-    const float * boundaries = t == GGML_TYPE_TQ4_0 ? tq_boundaries_4bit : t == GGML_TYPE_TQ3_0 ? tq_boundaries_3bit : tq_boundaries_2bit;
+    const float * boundaries = t == GGML_TYPE_TQ6_0 ? tq_boundaries_6bit : t == GGML_TYPE_TQ4_0 ? tq_boundaries_4bit :
+                               t == GGML_TYPE_TQ3_0 ? tq_boundaries_3bit : tq_boundaries_2bit;
     const int     nb         = (1 << ggml_tq_cuda_bits(t)) - 1;
     float amax = 0.0f;
     for (int j = 0; j < QK_TQ; ++j) amax = std::fmax(amax, std::fabs(x[j]));
@@ -618,10 +660,26 @@ static void test_convert(std::mt19937 & rng, ggml_type type, bool f16, int64_t b
     typedef void (*to_fp32_t)(const void *, float *, int64_t, cudaStream_t);
     typedef void (*to_fp16_nc_t)(const void *, half *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
     typedef void (*to_fp32_nc_t)(const void *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
-    const to_fp16_t    to_fp16    = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp16_cuda    : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp16_cuda    : ggml_tqv2_0_to_fp16_cuda;
-    const to_fp32_t    to_fp32    = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp32_cuda    : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp32_cuda    : ggml_tqv2_0_to_fp32_cuda;
-    const to_fp16_nc_t to_fp16_nc = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp16_nc_cuda : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp16_nc_cuda : ggml_tqv2_0_to_fp16_nc_cuda;
-    const to_fp32_nc_t to_fp32_nc = type == GGML_TYPE_TQ4_0 ? ggml_tq4_0_to_fp32_nc_cuda : type == GGML_TYPE_TQ3_0 ? ggml_tq3_0_to_fp32_nc_cuda : ggml_tqv2_0_to_fp32_nc_cuda;
+    to_fp16_t to_fp16; to_fp32_t to_fp32; to_fp16_nc_t to_fp16_nc; to_fp32_nc_t to_fp32_nc;
+    switch (type) {
+        case GGML_TYPE_TQ4_0:
+            to_fp16 = ggml_tq4_0_to_fp16_cuda; to_fp32 = ggml_tq4_0_to_fp32_cuda;
+            to_fp16_nc = ggml_tq4_0_to_fp16_nc_cuda; to_fp32_nc = ggml_tq4_0_to_fp32_nc_cuda;
+            break;
+        case GGML_TYPE_TQ3_0:
+            to_fp16 = ggml_tq3_0_to_fp16_cuda; to_fp32 = ggml_tq3_0_to_fp32_cuda;
+            to_fp16_nc = ggml_tq3_0_to_fp16_nc_cuda; to_fp32_nc = ggml_tq3_0_to_fp32_nc_cuda;
+            break;
+        case GGML_TYPE_TQV2_0:
+            to_fp16 = ggml_tqv2_0_to_fp16_cuda; to_fp32 = ggml_tqv2_0_to_fp32_cuda;
+            to_fp16_nc = ggml_tqv2_0_to_fp16_nc_cuda; to_fp32_nc = ggml_tqv2_0_to_fp32_nc_cuda;
+            break;
+        case GGML_TYPE_TQ6_0:
+            to_fp16 = ggml_tq6_0_to_fp16_cuda; to_fp32 = ggml_tq6_0_to_fp32_cuda;
+            to_fp16_nc = ggml_tq6_0_to_fp16_nc_cuda; to_fp32_nc = ggml_tq6_0_to_fp32_nc_cuda;
+            break;
+        default: abort();
+    }
 
     auto encode = [&](const std::vector<float> & v) {
         std::vector<uint8_t> b(v.size()*(f16 ? 2 : 4));
@@ -673,12 +731,18 @@ int main() {
     test_nearest_index<4>();
     test_nearest_index<3>();
     test_nearest_index<2>();
+    test_nearest_index<6>();
+    test_codebook_lookup<4>();
+    test_codebook_lookup<3>();
+    test_codebook_lookup<2>();
+    test_codebook_lookup<6>();
     test_block_helpers<4>(rng, GGML_TYPE_TQ4_0);
     test_block_helpers<3>(rng, GGML_TYPE_TQ3_0);
     test_block_helpers<2>(rng, GGML_TYPE_TQV2_0);
+    test_block_helpers<6>(rng, GGML_TYPE_TQ6_0);
     test_rotation(rng);
 
-    for (ggml_type type : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0 }) {
+    for (ggml_type type : { GGML_TYPE_TQ4_0, GGML_TYPE_TQ3_0, GGML_TYPE_TQV2_0, GGML_TYPE_TQ6_0 }) {
         for (ggml_type src_type : { GGML_TYPE_F32, GGML_TYPE_F16 }) {
             for (ggml_type idx_type : { GGML_TYPE_I64, GGML_TYPE_I32 }) {
                 // a KV-cache write: [n_embd_gqa, n_tokens] rows into a [n_embd_gqa, kv_size] cache

@@ -88,6 +88,27 @@ TQ_INLINE void tqv2_lookup(uint8x16_t idx, float32x4_t * c) {
     }
 }
 
+// 64 floats are 256 bytes, four tables of vqtbl4: each byte offset is looked up in the table it falls in, and
+// vqtbx leaves the lanes outside its table as they are. Index bits 6 and 7 are don't-care (tq_byte_idx drops them).
+TQ_INLINE void tq6_lookup(uint8x16_t idx, float32x4_t * c) {
+    const uint8_t * p = (const uint8_t *) tq_centroids_6bit;
+    uint8x16x4_t cb[4];
+    for (int m = 0; m < 4; ++m) {
+        for (int k = 0; k < 4; ++k) {
+            cb[m].val[k] = vld1q_u8(p + 64*m + 16*k);
+        }
+    }
+    uint8x16_t bi[4];
+    tq_byte_idx(idx, bi);
+    for (int g = 0; g < 4; ++g) {
+        uint8x16_t r = vqtbl4q_u8(cb[0], bi[g]);
+        for (int m = 1; m < 4; ++m) {
+            r = vqtbx4q_u8(r, cb[m], vsubq_u8(bi[g], vdupq_n_u8((uint8_t)(64*m))));
+        }
+        c[g] = vreinterpretq_f32_u8(r);
+    }
+}
+
 // the centroids of a block: c[i] holds values 4i..4i+3; the 64 indices as 4 vectors of 16 bytes,
 // value 16i+l in lane l of idx[i]
 TQ_INLINE void tq4_decode(const void * blk, float32x4_t * c) {
@@ -120,6 +141,16 @@ TQ_INLINE void tqv2_decode(const void * blk, float32x4_t * c) {
     tqv2_lookup(vshrq_n_u8(qs, 6),               c + 12);
 }
 
+TQ_INLINE void tq6_decode(const void * blk, float32x4_t * c) {
+    const block_tq6_0 * b = blk;
+    const uint8x16_t lo = vld1q_u8(b->qs), hi = vld1q_u8(b->qs + 16), qh = vld1q_u8(b->qh);
+    // value 16k + l: the low 4 bits as tq4_0's, bits 4 and 5 from bits 2k, 2k+1 of qh[l] (vsli: b << 4 over a's low nibble)
+    tq6_lookup(vsliq_n_u8(lo,                qh,                4), c);
+    tq6_lookup(vsliq_n_u8(hi,                vshrq_n_u8(qh, 2), 4), c + 4);
+    tq6_lookup(vsliq_n_u8(vshrq_n_u8(lo, 4), vshrq_n_u8(qh, 4), 4), c + 8);
+    tq6_lookup(vsliq_n_u8(vshrq_n_u8(hi, 4), vshrq_n_u8(qh, 6), 4), c + 12);
+}
+
 // ---- quantize -----------------------------------------------------------------------------------
 
 TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
@@ -149,6 +180,13 @@ TQ_INLINE float tq_prep_block(const float * x, float * y, float * sq) {
     return amax;
 }
 
+// 16 indices < 256 in 4 vectors of 32-bit lanes to bytes
+TQ_INLINE uint8x16_t tq_narrow16(const uint32x4_t * cnt) {
+    const uint16x8_t a = vcombine_u16(vmovn_u32(cnt[0]), vmovn_u32(cnt[1]));
+    const uint16x8_t b = vcombine_u16(vmovn_u32(cnt[2]), vmovn_u32(cnt[3]));
+    return vcombine_u8(vmovn_u16(a), vmovn_u16(b));
+}
+
 // 16 indices (number of boundaries strictly below z*t) from 16 coordinates z
 TQ_INLINE uint8x16_t tq_count16(const float * z, float32x4_t t, const float * B, int nbnd) {
     uint32x4_t cnt[4];
@@ -160,9 +198,74 @@ TQ_INLINE uint8x16_t tq_count16(const float * z, float32x4_t t, const float * B,
         }
         cnt[g] = c;
     }
-    const uint16x8_t a = vcombine_u16(vmovn_u32(cnt[0]), vmovn_u32(cnt[1]));
-    const uint16x8_t b = vcombine_u16(vmovn_u32(cnt[2]), vmovn_u32(cnt[3]));
-    return vcombine_u8(vmovn_u16(a), vmovn_u16(b));
+    return tq_narrow16(cnt);
+}
+
+TQ_INLINE uint8x16_t tq4_count16(const float * z, float32x4_t t) { return tq_count16(z, t, tq_boundaries_4bit, 15); }
+TQ_INLINE uint8x16_t tq3_count16(const float * z, float32x4_t t) { return tq_count16(z, t, tq_boundaries_3bit, 7); }
+TQ_INLINE uint8x16_t tqv2_count16(const float * z, float32x4_t t) { return tq_count16(z, t, tq_boundaries_2bit, 3); }
+
+// The 63 boundaries of tq6_0 as tq6_search4 reads them: once the bits of the index above a step are known, the
+// boundary that step compares with is a table entry indexed by those bits alone, so each table holds only the
+// entries its step can read (counting all 63 boundaries would take 63 compares per 4 values).
+typedef struct {
+    uint8x16_t   b8;    // B[16j + 7], j < 4
+    uint8x16x2_t b4;    // B[8j + 3],  j < 8
+    uint8x16x4_t b2;    // B[4j + 1],  j < 16
+    uint8x16x4_t b1[2]; // B[2j],      j < 32
+} tq6_bounds;
+
+// B[o + s*j] for j < 4 (constant arguments: the compiler folds it to a constant)
+TQ_INLINE uint8x16_t tq6_bnd4(int s, int o) {
+    const float * B = tq_boundaries_6bit;
+    const float v[4] = { B[o], B[o + s], B[o + 2*s], B[o + 3*s] };
+    return vreinterpretq_u8_f32(vld1q_f32(v));
+}
+
+TQ_INLINE tq6_bounds tq6_bounds_load(void) {
+    tq6_bounds bd;
+    bd.b8 = tq6_bnd4(16, 7);
+    for (int k = 0; k < 2; ++k) {
+        bd.b4.val[k] = tq6_bnd4(8, 3 + 32*k);
+    }
+    for (int k = 0; k < 4; ++k) {
+        bd.b2.val[k]    = tq6_bnd4(4, 1 + 16*k);
+        bd.b1[0].val[k] = tq6_bnd4(2, 8*k);
+        bd.b1[1].val[k] = tq6_bnd4(2, 32 + 8*k);
+    }
+    return bd;
+}
+
+// the byte offsets of float i in a table, i < 64
+TQ_INLINE uint8x16_t tq_lane_bytes(uint32x4_t i) {
+    return vreinterpretq_u8_u32(vmlaq_n_u32(vdupq_n_u32(0x03020100u), i, 0x04040404u));
+}
+
+// t + s in the lanes where b < w
+TQ_INLINE uint32x4_t tq_step(uint32x4_t t, uint8x16_t b, float32x4_t w, uint32_t s) {
+    return vaddq_u32(t, vandq_u32(vcltq_f32(vreinterpretq_f32_u8(b), w), vdupq_n_u32(s)));
+}
+
+// number of the 63 boundaries strictly below w: a binary search, bit 5 of the index first
+TQ_INLINE uint32x4_t tq6_search4(float32x4_t w, const tq6_bounds * bd) {
+    const float * B = tq_boundaries_6bit;
+    const uint32x4_t upper = vcltq_f32(vdupq_n_f32(B[31]), w);
+    uint32x4_t t = vandq_u32(upper, vdupq_n_u32(32));
+    t = tq_step(t, vreinterpretq_u8_f32(vbslq_f32(upper, vdupq_n_f32(B[47]), vdupq_n_f32(B[15]))), w, 16);
+    t = tq_step(t, vqtbl1q_u8(bd->b8, tq_lane_bytes(vshrq_n_u32(t, 4))), w, 8);
+    t = tq_step(t, vqtbl2q_u8(bd->b4, tq_lane_bytes(vshrq_n_u32(t, 3))), w, 4);
+    t = tq_step(t, vqtbl4q_u8(bd->b2, tq_lane_bytes(vshrq_n_u32(t, 2))), w, 2);
+    const uint8x16_t i1 = tq_lane_bytes(vshrq_n_u32(t, 1)); // 32 entries: two tables, as tq6_lookup
+    return tq_step(t, vqtbx4q_u8(vqtbl4q_u8(bd->b1[0], i1), bd->b1[1], vsubq_u8(i1, vdupq_n_u8(64))), w, 1);
+}
+
+TQ_INLINE uint8x16_t tq6_count16(const float * z, float32x4_t t) {
+    const tq6_bounds bd = tq6_bounds_load();
+    uint32x4_t cnt[4];
+    for (int g = 0; g < 4; ++g) {
+        cnt[g] = tq6_search4(vmulq_f32(vld1q_f32(z + 4*g), t), &bd);
+    }
+    return tq_narrow16(cnt);
 }
 
 // csq[j] = c*c of the 16 centroids c
@@ -177,7 +280,7 @@ TQ_INLINE void tq4_index_block(const float * z, float gain, void * blk, float * 
     const float32x4_t t = vdupq_n_f32(gain);
     uint8x16_t idx[4];
     for (int i = 0; i < 4; ++i) {
-        idx[i] = tq_count16(z + 16*i, t, tq_boundaries_4bit, 15);
+        idx[i] = tq4_count16(z + 16*i, t);
         float32x4_t c[4];
         tq4_lookup(idx[i], c);
         tq_store_sq16(c, csq + 16*i);
@@ -192,7 +295,7 @@ TQ_INLINE void tq3_index_block(const float * z, float gain, void * blk, float * 
     const uint8x16_t m3 = vdupq_n_u8(3), m1 = vdupq_n_u8(1);
     uint8x16_t qs = vdupq_n_u8(0), h = vdupq_n_u8(0);
     for (int i = 0; i < 4; ++i) {
-        const uint8x16_t t = tq_count16(z + 16*i, g, tq_boundaries_3bit, 7);
+        const uint8x16_t t = tq3_count16(z + 16*i, g);
         float32x4_t c[4];
         tq3_lookup(t, c);
         tq_store_sq16(c, csq + 16*i);
@@ -208,13 +311,29 @@ TQ_INLINE void tqv2_index_block(const float * z, float gain, void * blk, float *
     const float32x4_t g = vdupq_n_f32(gain);
     uint8x16_t qs = vdupq_n_u8(0);
     for (int i = 0; i < 4; ++i) {
-        const uint8x16_t t = tq_count16(z + 16*i, g, tq_boundaries_2bit, 3);
+        const uint8x16_t t = tqv2_count16(z + 16*i, g);
         float32x4_t c[4];
         tqv2_lookup(t, c);
         tq_store_sq16(c, csq + 16*i);
         qs = vorrq_u8(qs, vshlq_u8(t, vdupq_n_s8((int8_t)(2*i))));
     }
     vst1q_u8(b->qs, qs);
+}
+
+TQ_INLINE void tq6_index_block(const float * z, float gain, void * blk, float * csq) {
+    block_tq6_0 * b = blk;
+    const float32x4_t g = vdupq_n_f32(gain);
+    uint8x16_t idx[4], qh = vdupq_n_u8(0);
+    for (int i = 0; i < 4; ++i) {
+        idx[i] = tq6_count16(z + 16*i, g);
+        float32x4_t c[4];
+        tq6_lookup(idx[i], c);
+        tq_store_sq16(c, csq + 16*i);
+        qh = vorrq_u8(qh, vshlq_u8(vshrq_n_u8(idx[i], 4), vdupq_n_s8((int8_t)(2*i))));
+    }
+    vst1q_u8(b->qs,      vsliq_n_u8(idx[0], idx[2], 4));
+    vst1q_u8(b->qs + 16, vsliq_n_u8(idx[1], idx[3], 4));
+    vst1q_u8(b->qh, qh);
 }
 
 TQ_STATIC_ASSERT(TQ_SEARCH_N % 4 == 0, "the scores are computed 4 at a time");
@@ -229,15 +348,14 @@ TQ_INLINE float tq_tree_sum(float32x4_t * v) {
     return vpadds_f32(vadd_f32(vget_low_f32(v[0]), vget_high_f32(v[0])));
 }
 
+typedef uint8x16_t (*tq_count_fn)(const float * z, float32x4_t t);
 typedef void (*tq_lookup_fn)(uint8x16_t idx, float32x4_t * c);
 typedef void (*tq_index_z_fn)(const float * z, float gain, void * blk, float * csq);
 
 // The scale search of tq-ref.c on the normalized coordinates z: the gain whose centroids score best
 // (first of equal scores), then its indices into blk and their squares into csq.
-TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, float * csq, int bits,
-                               tq_lookup_fn lookup, tq_index_z_fn index) {
-    const float * B  = bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
-    const int     nb = (1 << bits) - 1;
+TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, float * csq,
+                               tq_count_fn count, tq_lookup_fn lookup, tq_index_z_fn index) {
     float z[QK_TQ];
     for (int i = 0; i < 16; ++i) {
         vst1q_f32(z + 4*i, vmulq_f32(vld1q_f32(y + 4*i), vdupq_n_f32(inv_norm)));
@@ -247,7 +365,7 @@ TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, floa
         const float32x4_t t = vdupq_n_f32(tq_search_gains[g]);
         float32x4_t p[16], q[16];
         for (int i = 0; i < 4; ++i) {
-            lookup(tq_count16(z + 16*i, t, B, nb), p + 4*i);
+            lookup(count(z + 16*i, t), p + 4*i);
             for (int j = 4*i; j < 4*i + 4; ++j) {
                 q[j] = vmulq_f32(p[j], p[j]);
                 p[j] = vmulq_f32(vld1q_f32(z + 4*j), p[j]);
@@ -263,13 +381,15 @@ TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, floa
     index(z, tq_search_pick(score), blk, csq);
 }
 
-TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 4, tq4_lookup, tq4_index_block); }
-TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 3, tq3_lookup, tq3_index_block); }
-TQ_INLINE void tqv2_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, 2, tqv2_lookup, tqv2_index_block); }
+TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq4_count16, tq4_lookup, tq4_index_block); }
+TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq3_count16, tq3_lookup, tq3_index_block); }
+TQ_INLINE void tqv2_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tqv2_count16, tqv2_lookup, tqv2_index_block); }
+TQ_INLINE void tq6_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq6_count16, tq6_lookup, tq6_index_block); }
 
 void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
 void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
 void quantize_row_tqv2_0(const float * x, block_tqv2_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tqv2_search_block); }
+void quantize_row_tq6_0(const float * x, block_tq6_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq6_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
 // Written once for all block types: decode (inlined) gives a block's centroids, unscaled.
@@ -326,14 +446,17 @@ TQ_INLINE void tq_mad_rotated(const void * x, size_t block_size, tq_decode_fn de
 void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq4_decode, y, k); }
 void dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq3_decode, y, k); }
 void dequantize_row_tqv2_0(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tqv2_decode, y, k); }
+void dequantize_row_tq6_0(const block_tq6_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq6_decode, y, k); }
 
 float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq4_decode, q_rot, k); }
 float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq3_decode, q_rot, k); }
 float tqv2_0_dot_rotated(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tqv2_decode, q_rot, k); }
+float tq6_0_dot_rotated(const block_tq6_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq6_decode, q_rot, k); }
 
 void tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq4_decode, acc, w, k); }
 void tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq3_decode, acc, w, k); }
 void tqv2_0_mad_rotated(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tqv2_decode, acc, w, k); }
+void tq6_0_mad_rotated(const block_tq6_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq6_decode, acc, w, k); }
 
 // ---- rotation alone -----------------------------------------------------------------------------
 

@@ -232,6 +232,109 @@ TQ_INLINE void tqv2_index_block(const __m512 * z, float gain, void * blk, float 
     _mm_storeu_si128((__m128i *) b->qs, _mm512_cvtepi32_epi8(qs));
 }
 
+// tq6_0: 64 centroids in 4 registers, t[i] = entries 16i..16i+15
+TQ_INLINE void tq6_table(const float * p, __m512 * t) {
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_loadu_ps(p + 16*i);
+    }
+}
+
+// entry idx of t[0..3]: index bits 0..4 pick within a pair of registers, bit 5 the pair; the bits above are don't-care
+TQ_INLINE __m512 tq_lookup64(const __m512 * t, __m512i idx) {
+    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)),
+                                _mm512_permutex2var_ps(t[0], idx, t[1]), _mm512_permutex2var_ps(t[2], idx, t[3]));
+}
+
+TQ_INLINE void tq6_decode(const void * blk, __m512 * c) {
+    const block_tq6_0 * b = blk;
+    __m512 cb[4];
+    tq6_table(tq_centroids_6bit, cb);
+    const __m512i lo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) b->qs));
+    const __m512i hi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16)));
+    const __m512i qh = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) b->qh));
+    const __m512i m4 = _mm512_set1_epi32(15);
+    // value 16k + l: the low 4 bits as tq4_0's, bits 4 and 5 from bits 2k, 2k+1 of qh[l]; (A & 15) | (B & ~15)
+    c[0] = tq_lookup64(cb, _mm512_ternarylogic_epi32(lo,                       _mm512_slli_epi32(qh, 4), m4, 0xE4));
+    c[1] = tq_lookup64(cb, _mm512_ternarylogic_epi32(hi,                       _mm512_slli_epi32(qh, 2), m4, 0xE4));
+    c[2] = tq_lookup64(cb, _mm512_ternarylogic_epi32(_mm512_srli_epi32(lo, 4), qh,                       m4, 0xE4));
+    c[3] = tq_lookup64(cb, _mm512_ternarylogic_epi32(_mm512_srli_epi32(hi, 4), _mm512_srli_epi32(qh, 2), m4, 0xE4));
+}
+
+// The 63 boundaries as tq6_search reads them: once the bits of the index above a step are known, the
+// boundary that step compares with is a table entry indexed by those bits alone, so each table holds
+// only the entries its step can read (one permute instead of two and a blend for a 64-entry lookup).
+typedef struct {
+    __m512 b8;    // B[16j + 7], j < 4
+    __m512 b4;    // B[8j + 3],  j < 8
+    __m512 b2;    // B[4j + 1],  j < 16
+    __m512 b1[2]; // B[2j],      j < 32
+} tq6_bounds;
+
+// B[o + s*j] for j < 16 (constant arguments: the compiler folds it to a constant)
+TQ_INLINE __m512 tq6_bnd16(int s, int o) {
+    const float * B = tq_boundaries_6bit;
+    return _mm512_setr_ps(B[o],          B[o + s],      B[o + 2*s],  B[o + 3*s],  B[o + 4*s],  B[o + 5*s],  B[o + 6*s],  B[o + 7*s],
+                          B[o + 8*s],    B[o + 9*s],    B[o + 10*s], B[o + 11*s], B[o + 12*s], B[o + 13*s], B[o + 14*s], B[o + 15*s]);
+}
+
+TQ_INLINE tq6_bounds tq6_bounds_load(void) {
+    const float * B = tq_boundaries_6bit;
+    tq6_bounds bd;
+    bd.b8    = _mm512_zextps128_ps512(_mm_setr_ps(B[7], B[23], B[39], B[55]));
+    bd.b4    = _mm512_zextps256_ps512(_mm256_setr_ps(B[3], B[11], B[19], B[27], B[35], B[43], B[51], B[59]));
+    bd.b2    = tq6_bnd16(4, 1);
+    bd.b1[0] = tq6_bnd16(2, 0);
+    bd.b1[1] = tq6_bnd16(2, 32);
+    return bd;
+}
+
+// number of the 63 boundaries strictly below z: a binary search, bit 5 of the index first
+TQ_INLINE __m512i tq6_search(__m512 z, const tq6_bounds * bd) {
+    const float * B = tq_boundaries_6bit;
+    const __mmask16 upper = tq_lt(_mm512_set1_ps(B[31]), z);
+    __m512i t = _mm512_maskz_mov_epi32(upper, _mm512_set1_epi32(32));
+    __m512 b = _mm512_mask_blend_ps(upper, _mm512_set1_ps(B[15]), _mm512_set1_ps(B[47]));
+    t = _mm512_mask_add_epi32(t, tq_lt(b, z), t, _mm512_set1_epi32(16));
+    b = _mm512_permutexvar_ps(_mm512_srli_epi32(t, 4), bd->b8);
+    t = _mm512_mask_add_epi32(t, tq_lt(b, z), t, _mm512_set1_epi32(8));
+    b = _mm512_permutexvar_ps(_mm512_srli_epi32(t, 3), bd->b4);
+    t = _mm512_mask_add_epi32(t, tq_lt(b, z), t, _mm512_set1_epi32(4));
+    b = _mm512_permutexvar_ps(_mm512_srli_epi32(t, 2), bd->b2);
+    t = _mm512_mask_add_epi32(t, tq_lt(b, z), t, _mm512_set1_epi32(2));
+    b = _mm512_permutex2var_ps(bd->b1[0], _mm512_srli_epi32(t, 1), bd->b1[1]);
+    t = _mm512_mask_add_epi32(t, tq_lt(b, z), t, _mm512_set1_epi32(1));
+    return t;
+}
+
+TQ_INLINE __m512 tq6_code(__m512 w) {
+    const tq6_bounds bd = tq6_bounds_load();
+    __m512 cb[4];
+    tq6_table(tq_centroids_6bit, cb);
+    return tq_lookup64(cb, tq6_search(w, &bd));
+}
+
+TQ_INLINE void tq6_index_block(const __m512 * z, float gain, void * blk, float * csq) {
+    block_tq6_0 * b = blk;
+    const tq6_bounds bd = tq6_bounds_load();
+    __m512 cb2[4];
+    tq6_table(tq_centroids_6bit, cb2);
+    for (int i = 0; i < 4; ++i) {
+        cb2[i] = _mm512_mul_ps(cb2[i], cb2[i]);
+    }
+    const __m512 g = _mm512_set1_ps(gain);
+    __m512i idx[4], qh = _mm512_setzero_si512();
+    for (int i = 0; i < 4; ++i) {
+        idx[i] = tq6_search(_mm512_mul_ps(z[i], g), &bd);
+        _mm512_store_ps(csq + 16*i, tq_lookup64(cb2, idx[i]));
+        qh = _mm512_or_si512(qh, _mm512_slli_epi32(_mm512_srli_epi32(idx[i], 4), 2*i));
+    }
+    // the byte conversion drops the bits of idx[2], idx[3] above the nibble
+    const __m512i m4 = _mm512_set1_epi32(15);
+    _mm_storeu_si128((__m128i *) b->qs,       _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_and_si512(idx[0], m4), _mm512_slli_epi32(idx[2], 4))));
+    _mm_storeu_si128((__m128i *)(b->qs + 16), _mm512_cvtepi32_epi8(_mm512_or_si512(_mm512_and_si512(idx[1], m4), _mm512_slli_epi32(idx[3], 4))));
+    _mm_storeu_si128((__m128i *) b->qh,       _mm512_cvtepi32_epi8(qh));
+}
+
 #else // AVX2
 
 // one butterfly stage inside a register: s = v with partners swapped, neg = -0.0f in the lanes
@@ -435,6 +538,78 @@ TQ_INLINE void tqv2_index_block(const __m256 * z, float gain, void * blk, float 
     tq_pack8(qb, b->qs + 8);
 }
 
+// tq6_0's lookups in 64 entries are gathers: eight permutes and a tree of seven blends took twice as long on the
+// Intel core measured. Where Intel's GDS microcode mitigation is on (Skylake to Tiger Lake), gathers are slower.
+TQ_INLINE __m256 tq6_lookup(const float * t, __m256i idx) { return _mm256_i32gather_ps(t, idx, 4); }
+
+// (a & 15) | (b & 48): the gather needs an index without the bits above it
+TQ_INLINE __m256i tq6_idx(__m256i a, __m256i b) {
+    return _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(15)), _mm256_and_si256(b, _mm256_set1_epi32(48)));
+}
+
+TQ_INLINE void tq6_decode(const void * blk, __m256 * c) {
+    const block_tq6_0 * b = blk;
+    const __m256i ha = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) b->qh));        // qh[0..7]
+    const __m256i hb = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qh + 8)));   // qh[8..15]
+    // values 8m..8m+7: bits 4 and 5 from qh[8(m%2)..] >> 2(m/2), moved up to bit 4
+    const __m256i h[8] = {
+        _mm256_slli_epi32(ha, 4), _mm256_slli_epi32(hb, 4), _mm256_slli_epi32(ha, 2), _mm256_slli_epi32(hb, 2),
+        ha,                       hb,                       _mm256_srli_epi32(ha, 2), _mm256_srli_epi32(hb, 2),
+    };
+    for (int g = 0; g < 4; ++g) { // values 8g.. from the low nibbles of qs[8g..], values 32+8g.. from the high ones
+        const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8*g)));
+        c[g]     = tq6_lookup(tq_centroids_6bit, tq6_idx(q,                       h[g]));
+        c[g + 4] = tq6_lookup(tq_centroids_6bit, tq6_idx(_mm256_srli_epi32(q, 4), h[g + 4]));
+    }
+}
+
+// B[o + s*j] for j < 8 (constant arguments: the compiler folds it to a constant)
+TQ_INLINE __m256 tq6_bnd8(int s, int o) {
+    const float * B = tq_boundaries_6bit;
+    return _mm256_setr_ps(B[o], B[o + s], B[o + 2*s], B[o + 3*s], B[o + 4*s], B[o + 5*s], B[o + 6*s], B[o + 7*s]);
+}
+
+// Number of the 63 boundaries strictly below z, by counting: g = how many of B[7], B[15], .., B[55] are below z,
+// then how many of B[8g], .., B[8g+6]; all below those count 8g, none above them is below z. A binary search
+// would need 16- and 32-entry lookups (two and four permutes); here every lookup is one permute of B[8j + i].
+TQ_INLINE __m256i tq6_search(__m256 z) {
+    const float * B = tq_boundaries_6bit;
+    __m256i g = _mm256_setzero_si256();
+    for (int j = 0; j < 7; ++j) {
+        g = _mm256_sub_epi32(g, _mm256_castps_si256(tq_lt(_mm256_set1_ps(B[8*j + 7]), z)));
+    }
+    __m256i r = _mm256_setzero_si256();
+    for (int i = 0; i < 7; ++i) {
+        r = _mm256_sub_epi32(r, _mm256_castps_si256(tq_lt(_mm256_permutevar8x32_ps(tq6_bnd8(8, i), g), z)));
+    }
+    return _mm256_add_epi32(_mm256_slli_epi32(g, 3), r);
+}
+
+TQ_INLINE __m256 tq6_code(__m256 w) { return tq6_lookup(tq_centroids_6bit, tq6_search(w)); }
+
+TQ_INLINE void tq6_index_block(const __m256 * z, float gain, void * blk, float * csq) {
+    block_tq6_0 * b = blk;
+    const __m256 g = _mm256_set1_ps(gain);
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256i idx[8], ha = _mm256_setzero_si256(), hb = _mm256_setzero_si256();
+    for (int i = 0; i < 8; ++i) { // values 8i..8i+7: high bits to qh[8(i%2)..] bits 2(i/2)
+        idx[i] = tq6_search(_mm256_mul_ps(z[i], g));
+        const __m256 c = tq6_lookup(tq_centroids_6bit, idx[i]);
+        _mm256_store_ps(csq + 8*i, _mm256_mul_ps(c, c));
+        const __m256i h = _mm256_slli_epi32(_mm256_srli_epi32(idx[i], 4), 2*(i/2));
+        if (i % 2 == 0) {
+            ha = _mm256_or_si256(ha, h);
+        } else {
+            hb = _mm256_or_si256(hb, h);
+        }
+    }
+    for (int i = 0; i < 4; ++i) { // tq_pack8 drops the bits of idx[i + 4] above the nibble
+        tq_pack8(_mm256_or_si256(_mm256_and_si256(idx[i], m4), _mm256_slli_epi32(idx[i + 4], 4)), b->qs + 8*i);
+    }
+    tq_pack8(ha, b->qh);
+    tq_pack8(hb, b->qh + 8);
+}
+
 #endif // __AVX512F__
 
 // ---- quantize -----------------------------------------------------------------------------------
@@ -508,10 +683,12 @@ TQ_INLINE void tq_search_block(const float * y, float inv_norm, void * blk, floa
 TQ_INLINE void tq4_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq4_code, tq4_index_block); }
 TQ_INLINE void tq3_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq3_code, tq3_index_block); }
 TQ_INLINE void tqv2_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tqv2_code, tqv2_index_block); }
+TQ_INLINE void tq6_search_block(const float * y, float inv_norm, void * blk, float * csq) { tq_search_block(y, inv_norm, blk, csq, tq6_code, tq6_index_block); }
 
 void quantize_row_tq4_0(const float * x, block_tq4_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq4_search_block); }
 void quantize_row_tq3_0(const float * x, block_tq3_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq3_search_block); }
 void quantize_row_tqv2_0(const float * x, block_tqv2_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tqv2_search_block); }
+void quantize_row_tq6_0(const float * x, block_tq6_0 * y, int64_t k) { tq_quantize_row(x, y, sizeof(*y), k, tq_prep_block, tq6_search_block); }
 
 // ---- dequantize and the rotated-domain kernels ----------------------------------------------------
 // Written once for all block types: decode (inlined) gives a block's centroids, unscaled.
@@ -566,14 +743,17 @@ TQ_INLINE void tq_mad_rotated(const void * x, size_t block_size, tq_decode_fn de
 void dequantize_row_tq4_0(const block_tq4_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq4_decode, y, k); }
 void dequantize_row_tq3_0(const block_tq3_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq3_decode, y, k); }
 void dequantize_row_tqv2_0(const block_tqv2_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tqv2_decode, y, k); }
+void dequantize_row_tq6_0(const block_tq6_0 * x, float * y, int64_t k) { tq_dequantize_row(x, sizeof(*x), tq6_decode, y, k); }
 
 float tq4_0_dot_rotated(const block_tq4_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq4_decode, q_rot, k); }
 float tq3_0_dot_rotated(const block_tq3_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq3_decode, q_rot, k); }
 float tqv2_0_dot_rotated(const block_tqv2_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tqv2_decode, q_rot, k); }
+float tq6_0_dot_rotated(const block_tq6_0 * x, const float * q_rot, int64_t k) { return tq_dot_rotated(x, sizeof(*x), tq6_decode, q_rot, k); }
 
 void tq4_0_mad_rotated(const block_tq4_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq4_decode, acc, w, k); }
 void tq3_0_mad_rotated(const block_tq3_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq3_decode, acc, w, k); }
 void tqv2_0_mad_rotated(const block_tqv2_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tqv2_decode, acc, w, k); }
+void tq6_0_mad_rotated(const block_tq6_0 * x, float * acc, float w, int64_t k) { tq_mad_rotated(x, sizeof(*x), tq6_decode, acc, w, k); }
 
 // ---- rotation alone -----------------------------------------------------------------------------
 
