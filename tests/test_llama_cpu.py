@@ -113,7 +113,7 @@ def test_cli_rejects_unknown_cache_type_listing_valid_ones():
     p = cli("-p", "hi", "-n", "1", "-ctk", "tq5_0")
     assert p.returncode != 0
     msg = p.stdout + p.stderr
-    assert "tq5_0" in msg and "tq4_0" in msg and "tq3_0" in msg and "tqv2_0" in msg and "q8_0" in msg
+    assert "tq5_0" in msg and "tq4_0" in msg and "tq3_0" in msg and "tqv2_0" in msg and "tq6_0" in msg and "q8_0" in msg
 
 
 def test_unsupported_head_size_is_refused_with_its_size(random_model):

@@ -11,7 +11,7 @@ Corpus: The Jargon File 4.4.7, Debian package jargon-text (fetched with `apt-get
 ~/.cache/ggml-tq/jargon/). Procedure: one llama-perplexity run with an f16 cache saves the base logits
 (--kl-divergence-base); then one run per cache type (-ctk T -ctv T -fa on --kl-divergence) measures the
 mean KLD, PPL(Q)/PPL(base) and "same top p" against them. "tq4_0/tqv2_0" is tq4_0 keys with the 2-bit value
-type (3.25 bits per value, as tq3_0). Extra rows measure the attention-rotation
+type (3.25 bits per value, as tq3_0), "tq6_0/tq4_0" 6-bit keys with tq4_0 values (5.25). Extra rows measure the attention-rotation
 decisions: "tq4_0 +rot" keeps upstream's Hadamard rotation on top of TQ's own (LLAMA_ATTN_ROT_TQ=1; off by
 default for TQ caches), "q4_0 norot" (--extra) turns it off for q4_0 (LLAMA_ATTN_ROT_DISABLE=1). The rotation
 actually in force is read back from the log (-lv 4). "tq4_0 uncentered" / "tq3_0 uncentered" (--extra) store the
@@ -419,8 +419,9 @@ def sweep(name, a, info_corpus):
     if not a.no_extras:
         for nm, tk, tv, env in EXTRAS + [x for x in OPTIONAL if x[0] in a.extra]:
             if (tk in a.types or tk in KEY_TYPES) and (tv in a.types or tv in VALUE_TYPES):
-                after = tv if tv in a.types else tk
-                plan.insert(plan.index((after, after, after, {})) + 1, (nm, tk, tv, env))
+                # after the row of its V type, else of its K type, else last (a K-only type with a V-only one)
+                after = [(t, t, t, {}) for t in (tv, tk) if t in a.types]
+                plan.insert(plan.index(after[0]) + 1 if after else len(plan), (nm, tk, tv, env))
     for nm, t, tv, env in plan:
         print(f"\n== {name}: {nm}")
         logf = work / (nm.replace(" ", "_").replace("+", "plus").replace("/", "-") + ".log")

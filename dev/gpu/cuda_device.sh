@@ -169,8 +169,10 @@ step_unit() {
     unpack
     local rc=0
     log "CUDA unit test"
-    if [ -x .carry/test-tq-cuda ]; then
-        # tools/check_cuda.sh's build of it, carried (the same flags; saves the device a minute of nvcc)
+    # tools/check_cuda.sh's build of it, carried with the sources' hash it was built from (the same flags; saves the
+    # device a minute of nvcc): cp build/cuda-check/test-tq-cuda .carry/ && (cd tests/cuda && sha256sum test-tq-cuda.cu;
+    # dev/gpu/cuda_src_hash.sh) > .carry/test-tq-cuda.sum
+    if [ -x .carry/test-tq-cuda ] && [ "$(cat .carry/test-tq-cuda.sum 2>/dev/null)" = "$( (cd tests/cuda && sha256sum test-tq-cuda.cu); dev/gpu/cuda_src_hash.sh)" ]; then
         cp .carry/test-tq-cuda $W/test-tq-cuda
     else
         # tq-cuda.cu with the exact-arithmetic flags ggml-tq.cmake gives it, the C reference beside it

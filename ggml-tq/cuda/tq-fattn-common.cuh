@@ -18,7 +18,7 @@
 
 #define TQ_FA_MAX_G 8 // query heads of a GQA group per warp: the 8 rows or columns of an m16n8 mma tile
 
-// the key types both decode kernels read beside TQ values: TQ types, and upstream's q8_0 (the long-context pairing,
+// the key types the decode kernels read beside TQ values (the int8 one all but tq6_0: tq_fa_i8_types): TQ types, and upstream's q8_0 (the long-context pairing,
 // README "Which to choose": its keys keep the retrieval that 4-bit keys lose at long context)
 static inline bool tq_fa_key_type(ggml_type tk) {
     return ggml_tq_cuda_is_tq_type(tk) || tk == GGML_TYPE_Q8_0;

@@ -52,8 +52,8 @@ typedef struct {
 } block_tqv2_0;
 
 // 6.25 bits per value, a key type for long contexts: the low 4 bits of each index as tq4_0's qs, the high 2 bits of
-// index j + 16*k in bits 2k..2k+1 of qh[j] (j < 16, k < 4), as tqv2_0's qs. Weighted keys at 6 bits err a quarter
-// of what they do at 4 (docs/design.md, "A 6-bit key type"); beside tq4_0 V it is 5.25 bits per value.
+// index j + 16*k in bits 2k..2k+1 of qh[j] (j < 16, k < 4), as tqv2_0's qs. In the lab weighted keys at 6 bits give a
+// seventeenth of 4 bits' key-only output error (docs/design.md, "A 6-bit key type"); beside tq4_0 V it is 5.25 bits per value.
 typedef struct {
     tq_half d;              // norm-correction scale
     uint8_t qs[QK_TQ/2];
