@@ -78,6 +78,17 @@ const float * tq_codebook(int bits) {
     }
 }
 
+// the 2^bits - 1 decision boundaries of tq_codebook(bits), ascending
+static const float * tq_boundaries(int bits) {
+    switch (bits) {
+        case 2: return tq_boundaries_2bit;
+        case 3: return tq_boundaries_3bit;
+        case 4: return tq_boundaries_4bit;
+        case 6: return tq_boundaries_6bit;
+        default: return NULL;
+    }
+}
+
 // ---- rotation -----------------------------------------------------------------------------------
 
 // In-place 64-point Walsh-Hadamard transform, unnormalized. The butterfly order is part of the
@@ -140,8 +151,8 @@ static float tq_tree_sum64(float * v) {
 // Rotates and normalizes one block and picks each coordinate's centroid index.
 // Returns the scale d to store (0 for an all-zero block, whose indices are then all 0).
 static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
-    const float * boundaries = bits == 6 ? tq_boundaries_6bit : bits == 4 ? tq_boundaries_4bit : bits == 3 ? tq_boundaries_3bit : tq_boundaries_2bit;
-    const float * centroids  = bits == 6 ? tq_centroids_6bit  : bits == 4 ? tq_centroids_4bit  : bits == 3 ? tq_centroids_3bit  : tq_centroids_2bit;
+    const float * boundaries = tq_boundaries(bits);
+    const float * centroids  = tq_codebook(bits);
     const int     nb         = (1 << bits) - 1;
 
     float amax = 0.0f;
@@ -205,14 +216,36 @@ static float tq_quantize_block(const float * x, int bits, uint8_t * idx) {
     return amax*(norm/sqrtf(csumsq));
 }
 
+// The two index fields the layouts share (ggml-tq.h): 4 bits of index j in the low nibble of qs[j], of j + 32 in the
+// high one (tq4_0, tq6_0's low bits); 2 bits of index j + 16k in bits 2k..2k+1 of q[j], j < 16 (tq3_0's low bits,
+// tqv2_0, tq6_0's high bits). The pack takes idx >> shift; the reads return the field.
+static void tq_pack_nibbles(const uint8_t * idx, uint8_t * qs) {
+    for (int j = 0; j < QK_TQ/2; ++j) {
+        qs[j] = (uint8_t)((idx[j] & 0xf) | ((idx[j + QK_TQ/2] & 0xf) << 4));
+    }
+}
+
+static void tq_pack_pairs(const uint8_t * idx, int shift, uint8_t * q) {
+    memset(q, 0, QK_TQ/4);
+    for (int j = 0; j < QK_TQ; ++j) {
+        q[j % 16] |= (uint8_t)(((idx[j] >> shift) & 3) << (2*(j/16)));
+    }
+}
+
+static int tq_nibble(const uint8_t * qs, int j) {
+    return j < QK_TQ/2 ? (qs[j] & 0xf) : (qs[j - QK_TQ/2] >> 4);
+}
+
+static int tq_pair(const uint8_t * q, int j) {
+    return (q[j % 16] >> (2*(j/16))) & 3;
+}
+
 void quantize_row_tq4_0_ref(const float * x, block_tq4_0 * y, int64_t k) {
     assert(k % QK_TQ == 0);
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         uint8_t idx[QK_TQ];
         y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 4, idx));
-        for (int j = 0; j < QK_TQ/2; ++j) {
-            y[ib].qs[j] = (uint8_t)(idx[j] | (idx[j + QK_TQ/2] << 4));
-        }
+        tq_pack_nibbles(idx, y[ib].qs);
     }
 }
 
@@ -221,11 +254,10 @@ void quantize_row_tq3_0_ref(const float * x, block_tq3_0 * y, int64_t k) {
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         uint8_t idx[QK_TQ];
         y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 3, idx));
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
+        tq_pack_pairs(idx, 0, y[ib].qs);
         memset(y[ib].qh, 0, sizeof(y[ib].qh));
         for (int j = 0; j < QK_TQ; ++j) {
-            y[ib].qs[j % 16] |= (uint8_t)((idx[j] & 3) << (2*(j/16)));
-            y[ib].qh[j % 8]  |= (uint8_t)((idx[j] >> 2) << (j/8));
+            y[ib].qh[j % 8] |= (uint8_t)((idx[j] >> 2) << (j/8));
         }
     }
 }
@@ -235,10 +267,7 @@ void quantize_row_tqv2_0_ref(const float * x, block_tqv2_0 * y, int64_t k) {
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         uint8_t idx[QK_TQ];
         y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 2, idx));
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        for (int j = 0; j < QK_TQ; ++j) {
-            y[ib].qs[j % 16] |= (uint8_t)(idx[j] << (2*(j/16)));
-        }
+        tq_pack_pairs(idx, 0, y[ib].qs);
     }
 }
 
@@ -247,13 +276,8 @@ void quantize_row_tq6_0_ref(const float * x, block_tq6_0 * y, int64_t k) {
     for (int64_t ib = 0; ib < k/QK_TQ; ++ib) {
         uint8_t idx[QK_TQ];
         y[ib].d = tq_fp32_to_fp16(tq_quantize_block(x + ib*QK_TQ, 6, idx));
-        memset(y[ib].qh, 0, sizeof(y[ib].qh));
-        for (int j = 0; j < QK_TQ/2; ++j) {
-            y[ib].qs[j] = (uint8_t)((idx[j] & 0xf) | ((idx[j + QK_TQ/2] & 0xf) << 4));
-        }
-        for (int j = 0; j < QK_TQ; ++j) {
-            y[ib].qh[j % 16] |= (uint8_t)((idx[j] >> 4) << (2*(j/16)));
-        }
+        tq_pack_nibbles(idx, y[ib].qs);
+        tq_pack_pairs(idx, 4, y[ib].qh);
     }
 }
 
@@ -309,26 +333,25 @@ static void tq_block_values_of(const void * blk, int bits, tq_block_values * v) 
         const block_tq4_0 * b = blk;
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
-            v->c[j] = tq_centroids_4bit[j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4)];
+            v->c[j] = tq_centroids_4bit[tq_nibble(b->qs, j)];
         }
     } else if (bits == 3) {
         const block_tq3_0 * b = blk;
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
-            v->c[j] = tq_centroids_3bit[((b->qs[j % 16] >> (2*(j/16))) & 3) | (((b->qh[j % 8] >> (j/8)) & 1) << 2)];
+            v->c[j] = tq_centroids_3bit[tq_pair(b->qs, j) | (((b->qh[j % 8] >> (j/8)) & 1) << 2)];
         }
     } else if (bits == 6) {
         const block_tq6_0 * b = blk;
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
-            const int lo = j < QK_TQ/2 ? (b->qs[j] & 0xf) : (b->qs[j - QK_TQ/2] >> 4);
-            v->c[j] = tq_centroids_6bit[lo | (((b->qh[j % 16] >> (2*(j/16))) & 3) << 4)];
+            v->c[j] = tq_centroids_6bit[tq_nibble(b->qs, j) | (tq_pair(b->qh, j) << 4)];
         }
     } else {
         const block_tqv2_0 * b = blk;
         v->d = tq_fp16_to_fp32(b->d);
         for (int j = 0; j < QK_TQ; ++j) {
-            v->c[j] = tq_centroids_2bit[(b->qs[j % 16] >> (2*(j/16))) & 3];
+            v->c[j] = tq_centroids_2bit[tq_pair(b->qs, j)];
         }
     }
 }
