@@ -361,8 +361,9 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
     import passkey
 
-    def row(cache, depth, lp, ok=True):
-        return dict(cache=cache, length=100, depth=depth, key=12345, ok=ok, digits_ok=ok, digits_logprob=lp)
+    def row(cache, depth, lp, ok=True):   # the weakest digit: lp itself
+        return dict(cache=cache, length=100, depth=depth, key=12345, ok=ok, digits_ok=ok, digits_logprob=lp,
+                    answer_logprobs=[-0.5, lp, 0.0])
 
     def run_json(*rows, model="m.gguf"):
         return json.dumps({"model": model, "rows": list(rows)})
@@ -372,11 +373,12 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
                           row("tq4_0", 0.5, -1.0), row("q8_0", 0.1, -1.0, ok=False), row("q8_0", 0.5, -2.0)))
     b.write_text(run_json(row("f16", 0.5, -2.0, ok=False), row("q4_0", 0.5, -3.0, ok=False)))
     lines = {l.split(" | ")[0].strip("| "): l.split(" | ") for l in passkey.pool([a, b]).splitlines()[2:]}
-    assert lines["tq4_0"][1:5] == ["2", "1/1", "1/1", "2/2 (-0 +1)"]   # prompts, kept, extra, free answers
-    assert lines["q8_0"][4] == "1/2 (-1 +1)"   # the same count as f16's, each prompt flipped
-    assert lines["f16"][4] == "1/2"
-    assert lines["tq4_0"][5].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
-    assert lines["q4_0"][1:5] == ["1", "0/0", "0/1", "0/1 (-0 +0)"]
+    # prompts, kept, f16's weakest digit where lost, extra, free answers
+    assert lines["tq4_0"][1:6] == ["2", "1/1", "", "1/1", "2/2 (-0 +1)"]
+    assert lines["q8_0"][2:6] == ["0/1", "0.37", "1/1", "1/2 (-1 +1)"]   # f16's e^-1; each prompt flipped
+    assert lines["f16"][5] == "1/2"
+    assert lines["tq4_0"][6].startswith("+0.25 ± 0.75")       # (-0.5 + 1.0) / 2, s.e. 1.06/sqrt(2)
+    assert lines["q4_0"][1:6] == ["1", "0/0", "", "0/1", "0/1 (-0 +0)"]
     c = tmp_path / "c.json"   # --lengths keeps one length's prompts of runs that hold several
     c.write_text(run_json(dict(row("f16", 0.1, -1.0), length=200), dict(row("tq4_0", 0.1, -9.0), length=200)))
     assert passkey.pool([a, b, c], lengths=[100]) == passkey.pool([a, b])
@@ -408,7 +410,7 @@ def test_passkey_pool_pairs_prompts_across_runs(tmp_path):
     b.write_text(run_json(row("f16 [-fa off]", 0.1, -0.5, ok=False), row("f16 [-fa off]", 0.5, -2.0)))
     table = passkey.pool([b, a]).splitlines()[2:]
     assert [l.split(" | ")[0].strip("| ") for l in table][:2] == ["f16", "f16 [-fa off]"]
-    assert table[1].split(" | ")[4] == "1/2 (-1 +1)"
+    assert table[1].split(" | ")[5] == "1/2 (-1 +1)"
 
 
 def test_passkey_pair(tmp_path):

@@ -470,6 +470,12 @@ def pooled_rows(files, base="f16", lengths=None):
     return seen
 
 
+def weakest_digit(row):
+    """The probability of the least likely digit of the answer as teacher forcing scored it (after the first token)."""
+    logprobs = row.get("answer_logprobs") or []   # runs before teacher forcing have none
+    return math.exp(min(logprobs[1:])) if len(logprobs) > 1 else math.nan
+
+
 def pool(files, base="f16", lengths=None):
     """Markdown table over the prompts of several runs: a prompt is (length, depth, key); a cache that ran a prompt
     twice must have given the same scores (decoding is deterministic), else the runs are not comparable. Runs of
@@ -482,15 +488,18 @@ def pool(files, base="f16", lengths=None):
         raise SystemExit(f"--pool: no {base} rows to compare with")
     caches = [base] + [c for c in caches if c != base]
     # free answers are paired too: a cache may keep the count while flipping many prompts each way
-    out = [f"| cache | prompts | digits where {base} gives them | digits elsewhere | free answers ({base}'s lost, "
-           f"gained) | "
-           f"digits log-prob - {base}'s, mean ± s.e. (nats) |", "|---|---:|---:|---:|---:|---:|"]
+    # where a cache loses digits the base gives, how sure the base was of them: the probability of its least likely
+    # digit on each such prompt (a digit the base picks at about 1/2 flips under any other arithmetic)
+    out = [f"| cache | prompts | digits where {base} gives them | {base}'s weakest digit where lost (p) | digits "
+           f"elsewhere | free answers ({base}'s lost, gained) | "
+           f"digits log-prob - {base}'s, mean ± s.e. (nats) |", "|---|---:|---:|---|---:|---:|---:|"]
     for c in caches:
         cases = sorted(case for cc, case in seen if cc == c and (base, case) in seen)
         ref = [seen[(base, case)] for case in cases]
         mine = [seen[(c, case)] for case in cases]
         kept = sum(m["digits_ok"] for m, b in zip(mine, ref) if b["digits_ok"])
         extra = sum(m["digits_ok"] for m, b in zip(mine, ref) if not b["digits_ok"])
+        weakest = sorted(weakest_digit(b) for m, b in zip(mine, ref) if b["digits_ok"] and not m["digits_ok"])
         d = np.array([m["digits_logprob"] - b["digits_logprob"] for m, b in zip(mine, ref)])
         spread = f" ± {d.std(ddof=1)/math.sqrt(len(d)):.2f}" if len(d) > 1 else " (one prompt)"   # standard error
         lost = sum(b["ok"] and not m["ok"] for m, b in zip(mine, ref))
@@ -499,7 +508,7 @@ def pool(files, base="f16", lengths=None):
         # a server's log-probability below its N_PROBS best is a bound: such a difference is not exact
         bound = " (bounded)" if any(r.get("logprob_upper_bounds") for r in mine + ref) else ""
         out.append(f"| {c} | {len(cases)} | {kept}/{sum(b['digits_ok'] for b in ref)} | "
-                   f"{extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
+                   f"{' '.join(f'{w:.2f}' for w in weakest)} | {extra}/{sum(not b['digits_ok'] for b in ref)} | {free} | "
                    + ("" if c == base else f"{d.mean():+.2f}" + spread + bound) + " |")
     return "\n".join(out)
 
